@@ -1,0 +1,6 @@
+import sys
+
+from fipo_trl.cli import main
+
+
+sys.exit(main())
