@@ -1,0 +1,176 @@
+"""The FIPO maths as pure torch functions: no TRL, no trainer, usable from any framework.
+
+Everything follows the official `compute_policy_loss_future_kl` (qwenpilot/FIPO @ ee25452), described in
+`docs/fipo-spec.md` §2; where the paper and the code differ, the code wins (§2.14).
+"""
+
+import math
+from typing import NamedTuple
+
+import torch
+
+
+LOG_RATIO_CLAMP = 20.0  # spec §2.1: the official code clamps log π_θ − log π_old to ±20 (not in the paper)
+UNCLIPPED_WEIGHT_MAX = 10.0  # spec §2.4: with clip_range == 0 the official code still caps f at 10
+SAFETY_WEIGHT_RANGE = (0.8, 1.0)  # spec §2.5: unsafe tokens get f clamped to [0.8, 1.0]
+_BLOCK = 128  # tokens per block of the two-level scan; any size is exact, 128 keeps the block matmul cheap
+
+
+def discounted_future_sum(x: torch.Tensor, gamma: float) -> torch.Tensor:
+    r"""
+    Discounted sum of the future along the last dimension: `F_t = Σ_{k≥t} γ^(k−t) x_k` (paper Eq. 6).
+
+    Two-level blocked scan, O(T) time and memory: the sum inside each block of 128 tokens is one small matmul with a
+    fixed (128, 128) decay matrix, and the carry between blocks is the same problem on the block starts with
+    discount `γ^128`, solved recursively. No `γ^(−t)` rescaling appears anywhere, so nothing overflows for any T.
+
+    Args:
+        x (`torch.Tensor` of shape `(..., T)`):
+            Values to sum (any floating dtype). Positions that must not contribute should already be 0; they still
+            count toward the distance `k − t` (spec §2.3).
+        gamma (`float`):
+            Discount in `[0, 1]`. FIPO uses `γ = 2^(−1/decay_rate)`.
+
+    Returns:
+        `torch.Tensor` of the same shape and dtype as `x`, accumulated in float32 (float64 if `x` is float64).
+    """
+    if not 0.0 <= gamma <= 1.0:
+        raise ValueError(f"gamma must be in [0, 1], got {gamma}")
+    work_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+    flat = x.reshape(-1, x.shape[-1]).to(work_dtype)
+    return _future_sum_2d(flat, gamma).reshape(x.shape).to(x.dtype)
+
+
+def _future_sum_2d(x: torch.Tensor, gamma: float) -> torch.Tensor:
+    rows, length = x.shape
+    if length <= 1:
+        return x.clone()
+    block = min(_BLOCK, length)
+    n_blocks = -(-length // block)
+    padded = torch.nn.functional.pad(x, (0, n_blocks * block - length)).view(rows, n_blocks, block)
+    # decay[k, t] = γ^(k−t) for k ≥ t: one row-vector × matrix product gives every in-block future sum at once
+    steps = torch.arange(block, device=x.device, dtype=torch.float64)
+    distance = steps[:, None] - steps[None, :]
+    decay = torch.where(distance >= 0, gamma ** distance.clamp(min=0), 0.0).to(x.dtype)
+    local = padded @ decay  # (rows, n_blocks, block)
+    if n_blocks > 1:
+        # F at the start of block j+1 carries into block j with weight γ^(block − t); solve the block starts first
+        starts = _future_sum_2d(local[:, :, 0], gamma**block)
+        carry_weight = (gamma ** (block - steps)).to(x.dtype)
+        local[:, :-1] += starts[:, 1:, None] * carry_weight
+    return local.view(rows, -1)[:, :length]
+
+
+def weight_bounds(clip_range: float, clip_high_only: bool) -> tuple[float | None, float]:
+    """The `(lower, upper)` clamp of the influence weight in the three official modes (spec §2.4)."""
+    if clip_range == 0:
+        return None, UNCLIPPED_WEIGHT_MAX
+    return (1.0 if clip_high_only else 1.0 - clip_range), 1.0 + clip_range
+
+
+class FIPOWeights(NamedTuple):
+    """Per-token quantities of one FIPO weighting pass; every tensor is `(B, T)` except `keep`, which is `(B, 1)`."""
+
+    log_ratio: torch.Tensor  # s_t = clamp(log π_θ − log π_old, ±20), float32
+    future_kl: torch.Tensor  # FutureKL_t (spec §2.3)
+    raw_weights: torch.Tensor  # exp(FutureKL_t), before any clip
+    weights: torch.Tensor  # f_t after the clip mode and the safety cap
+    safety_capped: torch.Tensor  # bool: valid tokens with A < 0 and ratio > safety_threshold
+    dual_clipped: torch.Tensor  # bool: valid tokens with A < 0 and ratio > dual_clip_ratio
+    keep: torch.Tensor  # bool (B, 1): responses that stay in the loss (fewer than 2 dual-clipped tokens)
+
+
+@torch.no_grad()
+def fipo_weights(
+    log_ratio: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    decay_rate: float = 32.0,
+    clip_range: float = 0.2,
+    clip_high_only: bool = True,
+    safety_threshold: float = 10.0,
+    dual_clip_ratio: float = 10.0,
+) -> FIPOWeights:
+    r"""
+    The FIPO influence weights f_t and the masks derived with them (spec §2.1–§2.5, §2.7). No gradient.
+
+    Args:
+        log_ratio (`torch.Tensor` of shape `(B, T)`):
+            `log π_θ(y_t) − log π_old(y_t)`; clamped to ±20 here.
+        advantages (`torch.Tensor` of shape `(B,)`, `(B, 1)` or `(B, T)`):
+            Advantages A; only their sign is used.
+        mask (`torch.Tensor` of shape `(B, T)`):
+            1 (or True) on valid completion tokens, 0 on padding and on tokens excluded from the loss.
+        decay_rate (`float`): half-life τ in tokens; `γ = 2^(−1/τ)`.
+        clip_range (`float`): ε_f; `0` selects the official "unclipped" mode (f capped at 10 only).
+        clip_high_only (`bool`): `[1, 1+ε_f]` if True, `[1−ε_f, 1+ε_f]` otherwise.
+        safety_threshold (`float`): ratio above which negative-advantage tokens get f clamped to [0.8, 1].
+        dual_clip_ratio (`float`): the dual-clip constant c; tokens with ratio > c are left out of the future sum.
+
+    Returns:
+        [`FIPOWeights`].
+    """
+    mask = mask.bool()
+    log_ratio = log_ratio.detach().float().clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)
+    advantages = advantages.detach()
+    if advantages.dim() == 1:
+        advantages = advantages.unsqueeze(1)
+    negative = (advantages < 0).expand_as(log_ratio)
+    ratio = log_ratio.exp()
+
+    participates = mask & (log_ratio <= math.log(dual_clip_ratio))  # §2.2, regardless of the advantage sign
+    future_kl = discounted_future_sum(log_ratio * participates, 2.0 ** (-1.0 / decay_rate))  # §2.3, Eq. 6
+    raw_weights = future_kl.exp()
+    weights = raw_weights.clamp(*weight_bounds(clip_range, clip_high_only))  # §2.4
+    unsafe = negative & (ratio > safety_threshold)  # §2.5, applied after the clip
+    weights = torch.where(unsafe, weights.clamp(*SAFETY_WEIGHT_RANGE), weights)
+
+    dual_clipped = negative & (ratio > dual_clip_ratio) & mask  # §2.7: the dual clip of §2.6 is active here
+    keep = dual_clipped.sum(-1, keepdim=True) <= 1
+    return FIPOWeights(log_ratio, future_kl, raw_weights, weights, unsafe & mask, dual_clipped, keep)
+
+
+@torch.no_grad()
+def fipo_advantages(
+    per_token_logps: torch.Tensor,
+    old_per_token_logps: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    decay_rate: float = 32.0,
+    clip_range: float = 0.2,
+    clip_high_only: bool = True,
+    safety_threshold: float = 10.0,
+    dual_clip_ratio: float = 10.0,
+) -> torch.Tensor:
+    r"""
+    The future-aware advantage `Ã_t = A·f_t` of FIPO (spec §2.1–§2.5), ready for a DAPO clipped surrogate.
+
+    Defaults are the official Qwen2.5-32B script (`recipe/fipo/run_fipo_qwen2.5_32b.sh`, spec §3.1).
+
+    Args:
+        per_token_logps (`torch.Tensor` of shape `(B, T)`): log π_θ of the completion tokens (detached here).
+        old_per_token_logps (`torch.Tensor` of shape `(B, T)`): log π_old of the same tokens.
+        advantages (`torch.Tensor` of shape `(B,)` or `(B, T)`): advantages A.
+        mask (`torch.Tensor` of shape `(B, T)`): 0/1 or bool, valid completion tokens.
+        decay_rate, clip_range, clip_high_only, safety_threshold, dual_clip_ratio: see [`fipo_weights`].
+
+    Returns:
+        `torch.Tensor` of shape `(B, T)` in float32: `A·f`, zero on masked tokens and on every token of a response
+        dropped by the sequence filter (two or more tokens with A < 0 and ratio > `dual_clip_ratio`, spec §2.7).
+    """
+    w = fipo_weights(
+        per_token_logps - old_per_token_logps,
+        advantages,
+        mask,
+        decay_rate=decay_rate,
+        clip_range=clip_range,
+        clip_high_only=clip_high_only,
+        safety_threshold=safety_threshold,
+        dual_clip_ratio=dual_clip_ratio,
+    )
+    advantages = advantages.detach().float()
+    if advantages.dim() == 1:
+        advantages = advantages.unsqueeze(1)
+    return advantages * w.weights * (mask.bool() & w.keep)
