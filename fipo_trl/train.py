@@ -1,0 +1,460 @@
+"""
+`fipo-trl train RECIPE.yaml [--field value ...]`: train FIPO from a YAML recipe, the open-r1 way.
+
+The recipe is split by `trl.TrlParser` into three dataclasses: [`FIPOScriptArguments`] (data, rewards, the held-out
+check), [`FIPOConfig`] (every `GRPOConfig`/`TrainingArguments` field plus `fipo_*`) and `trl.ModelConfig`. CLI flags
+override the YAML. The same command runs on one CPU or under `accelerate launch`:
+
+    fipo-trl train configs/quickstart.yaml
+    accelerate launch --config_file zero3.yaml --num_processes 8 -m fipo_trl train RECIPE.yaml --use_vllm
+    fipo-trl train configs/quickstart.yaml --resume_from_checkpoint last   # continue from output_dir
+"""
+
+import contextlib
+import io
+import logging
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from trl import ModelConfig, ScriptArguments, TrlParser
+
+from .config import FIPOConfig
+
+
+logger = logging.getLogger(__name__)
+
+ASSETS_DIR = Path(__file__).parent / "assets"
+REQUIRED_COLUMNS = ("prompt", "solution")
+
+
+@dataclass
+class FIPOScriptArguments(ScriptArguments):
+    """
+    Script arguments of `fipo-trl train`: which data, which rewards, and the held-out check around training.
+
+    Parameters:
+        dataset_name (`str`, *optional*, defaults to `"synthetic"`):
+            `"synthetic"` for the built-in generator ([`fipo_trl.synthetic`]), a loader of [`fipo_trl.data`] by name,
+            a local file (`.json`, `.jsonl`, `.parquet`, `.csv`) or folder, or a Hub dataset id. Rows need a `prompt`
+            (string or chat messages) and a `solution` (the reference answer) column.
+        reward_funcs (`list[str]`, *optional*, defaults to `["dapo_accuracy"]`):
+            Reward functions, by name (`dapo_accuracy`, `math_verify`, `soft_overlong`) or dotted import path
+            (`my_pkg.rewards.my_reward`). `soft_overlong` is TRL's DAPO overlong penalty with
+            `max_completion_len=max_completion_length` and `soft_punish_cache=overlong_buffer_length`.
+        overlong_buffer_length (`int`, *optional*, defaults to `4096`):
+            The buffer of the `soft_overlong` reward (official DAPO/FIPO: 4096 with 20480 completion tokens).
+        max_prompt_length (`int` or `None`, *optional*, defaults to `None`):
+            Prompts longer than this many tokens lose their beginning (left truncation, official: 2048). `None`
+            keeps prompts whole.
+        synthetic_task (`str`, *optional*, defaults to `"addition"`):
+            Task of the synthetic generator: `"addition"` or `"linear"`.
+        synthetic_digits (`int`, *optional*, defaults to `2`):
+            Digits per operand of the synthetic problems.
+        synthetic_train_size (`int`, *optional*, defaults to `4096`):
+            Number of synthetic training problems.
+        synthetic_seed (`int`, *optional*, defaults to `0`):
+            Seed of the synthetic problems (training and held-out sets never share a prompt).
+        heldout_size (`int`, *optional*, defaults to `0`):
+            Problems of the held-out set (synthetic, or `dataset_test_split`) on which accuracy is measured before
+            and after training, sampling one completion each as in training. `0` skips the check.
+        token_view (`bool`, *optional*, defaults to `True`):
+            At each logging step, save one completion as HTML with every token coloured by its influence weight
+            (under `output_dir/token_view/`, and to wandb when it is on).
+    """
+
+    dataset_name: str = field(
+        default="synthetic",
+        metadata={"help": "'synthetic', a fipo_trl.data loader name, a local file/folder or a Hub dataset id."},
+    )
+    reward_funcs: list[str] = field(
+        default_factory=lambda: ["dapo_accuracy"],
+        metadata={"help": "Reward names (dapo_accuracy, math_verify, soft_overlong) or dotted import paths."},
+    )
+    overlong_buffer_length: int = field(
+        default=4096, metadata={"help": "Buffer of the soft_overlong reward (official DAPO/FIPO: 4096)."}
+    )
+    max_prompt_length: int | None = field(
+        default=None, metadata={"help": "Left-truncate prompts to this many tokens (official: 2048); None keeps all."}
+    )
+    synthetic_task: str = field(default="addition", metadata={"help": "Synthetic task: 'addition' or 'linear'."})
+    synthetic_digits: int = field(default=2, metadata={"help": "Digits per operand of the synthetic problems."})
+    synthetic_train_size: int = field(default=4096, metadata={"help": "Number of synthetic training problems."})
+    synthetic_seed: int = field(default=0, metadata={"help": "Seed of the synthetic training/held-out problems."})
+    heldout_size: int = field(
+        default=0, metadata={"help": "Held-out problems scored before and after training (0 skips the check)."}
+    )
+    token_view: bool = field(
+        default=True, metadata={"help": "Save a per-token influence-weight HTML view at each logging step."}
+    )
+
+
+def make_parser():
+    """The `TrlParser` of `fipo-trl train`: (FIPOScriptArguments, FIPOConfig, ModelConfig)."""
+    return TrlParser((FIPOScriptArguments, FIPOConfig, ModelConfig), prog="fipo-trl train")
+
+
+class RecipeError(Exception):
+    """A problem with the recipe or its inputs, reported as one line without a traceback."""
+
+
+def parse_recipe(argv):
+    """
+    Parse `RECIPE.yaml [--field value ...]` (or `--config RECIPE.yaml ...`) into the three dataclasses.
+
+    Raises:
+        RecipeError: for an unknown field, a bad value, or a recipe file that cannot be read.
+    """
+    argv = list(argv)
+    if argv and not argv[0].startswith("-"):
+        argv = ["--config", *argv]  # `fipo-trl train recipe.yaml` as in open-r1's launch lines
+    if "--config" in argv:
+        path = argv[argv.index("--config") + 1]
+        if not os.path.isfile(path):
+            raise RecipeError(f"recipe file not found: {path}")
+    stderr = io.StringIO()
+    try:
+        # argparse prints a page of usage before its one-line error: keep only that line
+        with contextlib.redirect_stderr(stderr):
+            *parsed, config_unknown, cli_unknown = make_parser().parse_args_and_config(
+                argv, return_remaining_strings=True, separate_remaining_strings=True
+            )
+    except SystemExit as exc:
+        if exc.code in (0, None):
+            raise
+        lines = stderr.getvalue().strip().splitlines()
+        raise RecipeError(lines[-1] if lines else f"invalid arguments: {argv}") from None
+    except (ValueError, TypeError) as exc:
+        raise RecipeError(str(exc).splitlines()[0]) from None
+    unknown = [arg[2:] for arg in [*config_unknown, *cli_unknown] if arg.startswith("--")]
+    if unknown or cli_unknown:
+        raise RecipeError(f"unknown recipe field(s): {', '.join(unknown) or ' '.join(cli_unknown)}")
+    return tuple(parsed)
+
+
+def resolve_model_path(name):
+    """`fipo_trl/assets/<model>` also works outside the repository, from the installed package."""
+    if not os.path.exists(name) and Path(name).parts[:2] == ("fipo_trl", "assets"):
+        packaged = ASSETS_DIR.joinpath(*Path(name).parts[2:])
+        if packaged.exists():
+            return str(packaged)
+    return name
+
+
+def load_tokenizer(model_args):
+    """The policy's tokenizer, or a `RecipeError` naming the model path that could not be loaded."""
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(model_args.model_name_or_path, revision=model_args.model_revision)
+    except (OSError, ValueError) as exc:
+        raise RecipeError(
+            f"cannot load model_name_or_path={model_args.model_name_or_path!r}: {str(exc).splitlines()[0]}"
+        ) from None
+
+
+def load_datasets(script_args):
+    """`(train, heldout)` datasets of the recipe; `heldout` is `None` when `heldout_size` is 0 or there is none."""
+    from datasets import load_dataset
+
+    if script_args.dataset_name == "synthetic":
+        from .synthetic import train_and_heldout
+
+        train, heldout = train_and_heldout(
+            script_args.synthetic_train_size,
+            max(script_args.heldout_size, 1),
+            seed=script_args.synthetic_seed,
+            task=script_args.synthetic_task,
+            digits=script_args.synthetic_digits,
+        )
+        return train, heldout if script_args.heldout_size > 0 else None
+
+    name = script_args.dataset_name
+    suffix = Path(name).suffix.lstrip(".")
+    builders = {"json": "json", "jsonl": "json", "parquet": "parquet", "csv": "csv"}
+    try:
+        if os.path.isfile(name) and suffix in builders:
+            dataset = load_dataset(builders[suffix], data_files=name)
+        else:
+            dataset = load_dataset(name, name=script_args.dataset_config)
+    except Exception as exc:  # datasets raises many types (FileNotFoundError, DatasetNotFoundError, ...)
+        raise RecipeError(f"cannot load dataset_name={name!r}: {str(exc).splitlines()[0]}") from None
+    if script_args.dataset_train_split not in dataset:
+        raise RecipeError(f"dataset {name!r} has no split {script_args.dataset_train_split!r} ({list(dataset)})")
+    train = dataset[script_args.dataset_train_split]
+    heldout = None
+    if script_args.heldout_size > 0 and script_args.dataset_test_split in dataset:
+        heldout = dataset[script_args.dataset_test_split]
+        heldout = heldout.select(range(min(script_args.heldout_size, len(heldout))))
+    return train, heldout
+
+
+def check_columns(dataset, name):
+    missing = [column for column in REQUIRED_COLUMNS if column not in dataset.column_names]
+    if missing:
+        raise RecipeError(
+            f"{name} dataset lacks column(s) {missing} (has {dataset.column_names}); rows need 'prompt' and 'solution'"
+        )
+
+
+def truncate_prompts(dataset, tokenizer, max_prompt_length):
+    """Left-truncate every prompt to `max_prompt_length` tokens (for chat prompts: the last message's content)."""
+
+    def truncate_text(text, budget):
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        return text if len(ids) <= budget else tokenizer.decode(ids[len(ids) - budget :])
+
+    def truncate(row):
+        prompt = row["prompt"]
+        if isinstance(prompt, str):
+            return {"prompt": truncate_text(prompt, max_prompt_length)}
+        templated = tokenizer.apply_chat_template(prompt, tokenize=True, add_generation_prompt=True)
+        overflow = len(templated["input_ids"] if isinstance(templated, dict) else templated) - max_prompt_length
+        if overflow <= 0:
+            return {"prompt": prompt}
+        content = prompt[-1]["content"]
+        content_len = len(tokenizer(content, add_special_tokens=False)["input_ids"])
+        last = {**prompt[-1], "content": truncate_text(content, max(content_len - overflow, 1))}
+        return {"prompt": [*prompt[:-1], last]}
+
+    return dataset.map(truncate, desc="Truncating prompts")
+
+
+def get_reward_funcs(script_args, training_args):
+    """Reward functions of the recipe, by name or dotted import path."""
+    import importlib
+
+    funcs = []
+    for name in script_args.reward_funcs:
+        if name in ("dapo_accuracy", "math_verify"):
+            from . import rewards
+
+            funcs.append(getattr(rewards, f"{name}_reward"))
+        elif name == "soft_overlong":
+            from trl.rewards import get_soft_overlong_punishment
+
+            funcs.append(
+                get_soft_overlong_punishment(
+                    max_completion_len=training_args.max_completion_length,
+                    soft_punish_cache=script_args.overlong_buffer_length,
+                )
+            )
+        elif "." in name:
+            module_name, attr = name.rsplit(".", 1)
+            sys.path.insert(0, os.getcwd())  # a recipe may name a module next to it, as TRL's grpo script allows
+            try:
+                funcs.append(getattr(importlib.import_module(module_name), attr))
+            except (ImportError, AttributeError) as exc:
+                raise RecipeError(f"cannot import reward function {name!r}: {exc}") from None
+        else:
+            raise RecipeError(
+                f"unknown reward function {name!r}: use dapo_accuracy, math_verify, soft_overlong or a dotted path"
+            )
+    if not funcs:
+        raise RecipeError("reward_funcs is empty: name at least one reward function")
+    return funcs
+
+
+def prepare(script_args, training_args, model_args):
+    """Check the recipe's inputs and load data, rewards and tokenizer; return a ready [`TrainingJob`]."""
+    model_args.model_name_or_path = resolve_model_path(model_args.model_name_or_path or "")
+    if not model_args.model_name_or_path:
+        raise RecipeError("model_name_or_path is not set")
+    tokenizer = load_tokenizer(model_args)
+    train, heldout = load_datasets(script_args)
+    check_columns(train, "training")
+    if heldout is not None:
+        check_columns(heldout, "held-out")
+    if script_args.max_prompt_length is not None:
+        train = truncate_prompts(train, tokenizer, script_args.max_prompt_length)
+    reward_funcs = get_reward_funcs(script_args, training_args)
+
+    if training_args.report_to and "wandb" in training_args.report_to:
+        try:
+            import wandb  # noqa: F401
+        except ImportError:
+            logger.warning("wandb is not installed: logging to the console only (pip install 'fipo-trl[wandb]').")
+            training_args.report_to = [r for r in training_args.report_to if r != "wandb"]
+
+    resume = training_args.resume_from_checkpoint
+    if resume in ("last", "true", "True"):
+        from transformers.trainer_utils import get_last_checkpoint
+
+        last = get_last_checkpoint(training_args.output_dir) if os.path.isdir(training_args.output_dir) else None
+        if last is None:
+            raise RecipeError(f"resume_from_checkpoint={resume}: no checkpoint-* folder in {training_args.output_dir}")
+        training_args.resume_from_checkpoint = last
+    elif resume is not None and not os.path.isdir(resume):
+        raise RecipeError(f"resume_from_checkpoint={resume!r} is not a folder (use 'last' for output_dir's latest)")
+
+    model_init_kwargs = {
+        "revision": model_args.model_revision,
+        "trust_remote_code": training_args.trust_remote_code,
+        "attn_implementation": model_args.attn_implementation,
+        "dtype": model_args.dtype,
+    }
+    training_args.model_init_kwargs = {**model_init_kwargs, **(training_args.model_init_kwargs or {})}
+    return TrainingJob(script_args, training_args, model_args, tokenizer, train, heldout, reward_funcs)
+
+
+@dataclass
+class TrainingJob:
+    """Everything a run needs, checked and loaded; `run()` trains, saves and prints the summary."""
+
+    script_args: FIPOScriptArguments
+    training_args: FIPOConfig
+    model_args: ModelConfig
+    tokenizer: object
+    train_dataset: object
+    heldout_dataset: object
+    reward_funcs: list
+
+    def run(self):
+        import time
+
+        from trl import get_peft_config, get_quantization_config
+
+        from .trainer import FIPOTrainer
+
+        args = self.training_args
+        trainer = FIPOTrainer(
+            model=self.model_args.model_name_or_path,
+            reward_funcs=self.reward_funcs,
+            args=args,
+            train_dataset=self.train_dataset,
+            processing_class=self.tokenizer,
+            peft_config=get_peft_config(self.model_args),
+            quantization_config=get_quantization_config(self.model_args),
+        )
+        if self.script_args.token_view:
+            from .token_view import TokenViewCallback
+
+            trainer.add_callback(TokenViewCallback(trainer))
+
+        before = after = None
+        resumed = args.resume_from_checkpoint is not None
+        if self.heldout_dataset is not None and not resumed:
+            before = self.heldout_accuracy(trainer)
+            trainer.accelerator.print(f"Held-out accuracy before training: {before:.1%}")
+        start = time.monotonic()
+        trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
+        minutes = (time.monotonic() - start) / 60
+        if self.heldout_dataset is not None:
+            after = self.heldout_accuracy(trainer)
+        trainer.save_model(args.output_dir)
+        if trainer.accelerator.is_main_process:
+            print_summary(trainer, before, after, minutes, len(self.heldout_dataset or []))
+        trainer.end()  # finish trackers (wandb) and the process group
+
+    def heldout_accuracy(self, trainer):
+        args = self.training_args
+        return sampled_accuracy(
+            trainer.model,
+            self.tokenizer,
+            self.heldout_dataset,
+            self.reward_funcs[0],
+            accelerator=trainer.accelerator,
+            max_new_tokens=args.max_completion_length,
+            temperature=args.temperature,
+            seed=args.seed,
+        )
+
+
+def sampled_accuracy(
+    model, tokenizer, dataset, reward_func, accelerator=None, max_new_tokens=64, temperature=1.0, seed=0, batch_size=64
+):
+    """
+    Fraction of `dataset` rows whose single sampled completion gets a positive reward (as in training: same
+    temperature, no top-p/top-k). Under several processes each scores a shard and the counts are summed.
+
+    Returns:
+        `float`: accuracy in [0, 1].
+    """
+    import torch
+
+    rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator else (0, 1)
+    rows = dataset.select(range(rank, len(dataset), world))
+    model = accelerator.unwrap_model(model) if accelerator else model
+    was_training, side = model.training, tokenizer.padding_side
+    model.eval()
+    tokenizer.padding_side = "left"  # decoder-only generation continues from the right edge
+    generator_state = torch.random.get_rng_state()
+    torch.manual_seed(seed + rank)
+    correct = 0
+    try:
+        for start in range(0, len(rows), batch_size):
+            batch = rows[start : start + batch_size]
+            prompts = batch["prompt"]
+            if not isinstance(prompts[0], str):
+                prompts = tokenizer.apply_chat_template(prompts, tokenize=False, add_generation_prompt=True)
+            inputs = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
+            with torch.no_grad():
+                output = model.generate(
+                    **inputs,
+                    max_new_tokens=max_new_tokens,
+                    do_sample=temperature > 0,
+                    temperature=temperature if temperature > 0 else None,
+                    top_p=1.0,
+                    top_k=0,
+                    pad_token_id=tokenizer.pad_token_id,
+                )
+            completions = tokenizer.batch_decode(output[:, inputs["input_ids"].size(1) :], skip_special_tokens=True)
+            rewards = reward_func(completions=completions, solution=batch["solution"])
+            correct += sum(1 for reward in rewards if reward is not None and reward > 0)
+    finally:
+        torch.random.set_rng_state(generator_state)
+        tokenizer.padding_side = side
+        model.train(was_training)
+    if accelerator is not None and world > 1:
+        counts = accelerator.reduce(torch.tensor([correct, len(rows)], device=accelerator.device), reduction="sum")
+        correct, total = counts.tolist()
+        return correct / total
+    return correct / max(len(rows), 1)
+
+
+def print_summary(trainer, before, after, minutes, heldout_size):
+    """One screen at the end: accuracy before → after, where the model, checkpoints and logs are."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    args = trainer.args
+    out = Path(args.output_dir)
+    lines = ["", "=" * 72, f"FIPO run finished: {trainer.state.global_step} optimizer steps in {minutes:.1f} min"]
+    if after is not None:
+        shown = f"{before:.1%} → {after:.1%}" if before is not None else f"{after:.1%} (resumed run)"
+        lines.append(f"Held-out accuracy ({heldout_size} problems, sampled at T={args.temperature}): {shown}")
+    rewards = [entry["reward"] for entry in trainer.state.log_history if "reward" in entry]
+    if rewards:
+        lines.append(f"Mean training reward: first log {rewards[0]:+.3f}, last log {rewards[-1]:+.3f}")
+    lines.append(f"Final model:       {out}")
+    checkpoint = get_last_checkpoint(str(out)) if out.is_dir() else None
+    if checkpoint:
+        lines.append(f"Last checkpoint:   {checkpoint}   (resume: --resume_from_checkpoint last)")
+    if (out / "token_view").is_dir():
+        lines.append(f"Token view:        {out / 'token_view' / 'latest.html'}   (open in a browser)")
+    if "wandb" in args.report_to:
+        import wandb
+
+        run_dir = wandb.run.dir if wandb.run is not None else os.environ.get("WANDB_DIR", "./wandb")
+        lines.append(f"wandb:             {run_dir}   (offline: `wandb sync` to upload)")
+    lines.append("=" * 72)
+    print("\n".join(lines))
+
+
+def main(argv=None):
+    """Entry point of `fipo-trl train`; returns the process exit code."""
+    argv = sys.argv[1:] if argv is None else argv
+    if any(arg in ("-h", "--help") for arg in argv):
+        make_parser().print_help()
+        return 0
+    try:
+        job = prepare(*parse_recipe(argv))
+    except RecipeError as exc:
+        print(f"fipo-trl train: error: {exc}", file=sys.stderr)
+        return 2
+    job.run()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
