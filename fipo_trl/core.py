@@ -36,6 +36,8 @@ def discounted_future_sum(x: torch.Tensor, gamma: float) -> torch.Tensor:
     """
     if not 0.0 <= gamma <= 1.0:
         raise ValueError(f"gamma must be in [0, 1], got {gamma}")
+    if x.shape[-1] == 0:
+        return x.clone()
     work_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
     flat = x.reshape(-1, x.shape[-1]).to(work_dtype)
     return _future_sum_2d(flat, gamma).reshape(x.shape).to(x.dtype)
@@ -161,7 +163,7 @@ def fipo_advantages(
         dropped by the sequence filter (two or more tokens with A < 0 and ratio > `dual_clip_ratio`, spec §2.7).
     """
     w = fipo_weights(
-        per_token_logps - old_per_token_logps,
+        per_token_logps.float() - old_per_token_logps.float(),  # subtract in fp32: bf16 log-probs round Δ to ~1e-2
         advantages,
         mask,
         decay_rate=decay_rate,

@@ -82,7 +82,7 @@ class FIPOTrainer(GRPOTrainer):
         # Δ comes from the trainer's recomputed log π_old, never from vLLM's sampling log-probs (spec §6.2)
         old_per_token_logps = inputs.get("old_per_token_logps")
         old_per_token_logps = per_token_logps.detach() if old_per_token_logps is None else old_per_token_logps
-        log_ratio = per_token_logps.detach() - old_per_token_logps
+        log_ratio = per_token_logps.detach().float() - old_per_token_logps.float()
         advantages = inputs["advantages"]
         w = fipo_weights(
             log_ratio,
