@@ -1,0 +1,379 @@
+"""Math RL datasets as `prompt` / `solution` columns, for [`FIPOTrainer`] and the rewards of [`fipo_trl.rewards`].
+
+1. DAPO-Math-17k (training, spec §3.2): the hub file already holds chat prompts in the DAPO template and the answer
+   in `reward_model.ground_truth`; each of its ~17k problems appears ~100 times, so it is de-duplicated by default.
+2. AIME 2024 / AIME 2025 (evaluation): one row per problem, from the verl layout of the official run or from
+   `problem` / `answer` columns.
+3. MATH-500, GSM8K (answer after "####"), and any file with problem/answer columns, as extras.
+
+Every loader takes a hub id or a local path (parquet, jsonl, json, or a folder of them) and, when given a tokenizer,
+left-truncates prompts to 2048 tokens like the official run. Problems from problem/answer columns get the DAPO
+template, whose "Answer:" line is what [`~fipo_trl.rewards.dapo_accuracy_reward`] reads.
+"""
+
+import os
+
+import pyarrow as pa
+import pyarrow.compute as pc
+from datasets import Dataset, load_dataset
+
+
+DAPO_MATH_ID = "BytedTsinghua-SIA/DAPO-Math-17k"
+AIME_2024_ID = "BytedTsinghua-SIA/AIME-2024"  # the official run's validation file: 30 problems, each repeated 32 times
+AIME_2025_ID = "yentinglin/aime_2025"
+MATH_500_ID = "HuggingFaceH4/MATH-500"
+GSM8K_ID = "openai/gsm8k"
+
+# spec §3.2: the user message of every DAPO-Math-17k row
+DAPO_PROMPT_TEMPLATE = (
+    "Solve the following math problem step by step. The last line of your response should be of the form "
+    "Answer: $Answer (without quotes) where $Answer is the answer to the problem.\n\n{problem}\n\n"
+    'Remember to put your answer on its own line after "Answer:".'
+)
+MAX_PROMPT_LENGTH = 2048  # official run: max prompt length, truncation "left"
+
+_FILE_BUILDERS = {".parquet": "parquet", ".jsonl": "json", ".json": "json"}
+
+
+def apply_dapo_template(
+    problem: str, conversational: bool = True, template: str = DAPO_PROMPT_TEMPLATE
+) -> str | list[dict[str, str]]:
+    """
+    The DAPO-Math-17k prompt for a raw problem.
+
+    Args:
+        problem (`str`):
+            The problem statement.
+        conversational (`bool`, *optional*, defaults to `True`):
+            Return one user message (`[{"role": "user", "content": ...}]`), as DAPO-Math-17k stores it and as TRL
+            applies the chat template to; `False` returns the plain text.
+        template (`str`, *optional*, defaults to `DAPO_PROMPT_TEMPLATE`):
+            A format string with a `{problem}` field.
+
+    Returns:
+        `str` or `list[dict[str, str]]`: the prompt.
+    """
+    text = template.format(problem=problem)
+    return [{"role": "user", "content": text}] if conversational else text
+
+
+def read_dataset(path_or_id: str, split: str = "train", name: str | None = None) -> Dataset:
+    """
+    One split of a local file, a local folder or a hub dataset, through `datasets.load_dataset`.
+
+    Args:
+        path_or_id (`str`):
+            A `.parquet`, `.jsonl` or `.json` file, a folder that `load_dataset` reads, or a hub dataset id.
+        split (`str`, *optional*, defaults to `"train"`):
+            Split of a folder or hub dataset; a single file is always read whole.
+        name (`str`, *optional*):
+            Configuration of a hub dataset (`"main"` for GSM8K).
+
+    Returns:
+        [`~datasets.Dataset`]: the rows as stored.
+    """
+    suffix = os.path.splitext(path_or_id)[1].lower()
+    if os.path.isfile(path_or_id):
+        if suffix not in _FILE_BUILDERS:
+            raise ValueError(f"{path_or_id}: unsupported file type {suffix!r}; use one of {sorted(_FILE_BUILDERS)}")
+        return load_dataset(_FILE_BUILDERS[suffix], data_files=path_or_id, split="train")
+    return load_dataset(path_or_id, name=name, split=split)
+
+
+def _require_columns(dataset: Dataset, columns: list[str], source: str) -> None:
+    for column in columns:
+        if column not in dataset.column_names:
+            raise ValueError(f"{source}: no column {column!r} (columns: {dataset.column_names})")
+
+
+def _answer_text(answer) -> str:
+    """An answer as a string; integral floats (parquet integer columns with gaps) lose their `.0`."""
+    if isinstance(answer, float) and answer.is_integer():
+        return str(int(answer))
+    return answer if isinstance(answer, str) else str(answer)
+
+
+def truncate_prompt(prompt: str | list[dict], tokenizer, max_prompt_length: int = MAX_PROMPT_LENGTH):
+    """
+    Left-truncate a prompt to `max_prompt_length` tokens, keeping its end (the answer-format instruction).
+
+    The official run cuts the templated token ids from the left. A chat prompt here keeps its chat template whole
+    and loses the start of its last message's content instead, so that it stays a list of messages.
+
+    Args:
+        prompt (`str` or `list[dict]`):
+            Plain text, or chat messages (counted with the chat template and the generation prompt).
+        tokenizer ([`~transformers.PreTrainedTokenizerBase`]):
+            The policy's tokenizer.
+        max_prompt_length (`int`, *optional*, defaults to `2048`):
+            Token budget of the prompt; the official run's `max_prompt_length`.
+
+    Returns:
+        `str` or `list[dict]`: the prompt, unchanged when it fits.
+    """
+    if isinstance(prompt, str):
+        ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        return prompt if len(ids) <= max_prompt_length else tokenizer.decode(ids[-max_prompt_length:])
+    rendered = tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+    overflow = len(tokenizer(rendered, add_special_tokens=False)["input_ids"]) - max_prompt_length
+    if overflow <= 0:
+        return prompt
+    ids = tokenizer(prompt[-1]["content"], add_special_tokens=False)["input_ids"]
+    return [*prompt[:-1], {**prompt[-1], "content": tokenizer.decode(ids[overflow:])}]
+
+
+def truncate_prompts(dataset: Dataset, tokenizer, max_prompt_length: int = MAX_PROMPT_LENGTH) -> Dataset:
+    """[`truncate_prompt`] over the `prompt` column of `dataset`."""
+    return dataset.map(
+        lambda row: {"prompt": truncate_prompt(row["prompt"], tokenizer, max_prompt_length)},
+        desc="Truncating prompts",
+    )
+
+
+def _finish(dataset: Dataset, tokenizer, max_prompt_length: int) -> Dataset:
+    return dataset if tokenizer is None else truncate_prompts(dataset, tokenizer, max_prompt_length)
+
+
+def load_math_dataset(
+    path_or_id: str,
+    problem_column: str = "problem",
+    answer_column: str = "answer",
+    split: str = "train",
+    name: str | None = None,
+    conversational: bool = True,
+    template: str = DAPO_PROMPT_TEMPLATE,
+    tokenizer=None,
+    max_prompt_length: int = MAX_PROMPT_LENGTH,
+) -> Dataset:
+    """
+    Any dataset with a problem column and an answer column, as `prompt` (DAPO template) and `solution` (string).
+
+    Args:
+        path_or_id (`str`):
+            A local `.parquet` / `.jsonl` / `.json` file or folder, or a hub dataset id.
+        problem_column (`str`, *optional*, defaults to `"problem"`):
+            Column holding the problem statement.
+        answer_column (`str`, *optional*, defaults to `"answer"`):
+            Column holding the final answer (any type; stored as a string).
+        split (`str`, *optional*, defaults to `"train"`):
+            Split of a folder or hub dataset.
+        name (`str`, *optional*):
+            Configuration of a hub dataset.
+        conversational (`bool`, *optional*, defaults to `True`):
+            Chat prompts (one user message) rather than plain text.
+        template (`str`, *optional*, defaults to `DAPO_PROMPT_TEMPLATE`):
+            Prompt format string with a `{problem}` field; `"{problem}"` keeps the bare problem.
+        tokenizer ([`~transformers.PreTrainedTokenizerBase`], *optional*):
+            When given, prompts are left-truncated to `max_prompt_length` tokens.
+        max_prompt_length (`int`, *optional*, defaults to `2048`):
+            Token budget of a prompt (official run: 2048).
+
+    Returns:
+        [`~datasets.Dataset`]: columns `prompt` and `solution`, one row per source row.
+    """
+    dataset = read_dataset(path_or_id, split=split, name=name)
+    _require_columns(dataset, [problem_column, answer_column], path_or_id)
+    return _finish(
+        _from_problem_answer(dataset, problem_column, answer_column, conversational, template),
+        tokenizer,
+        max_prompt_length,
+    )
+
+
+def _from_problem_answer(dataset, problem_column, answer_column, conversational, template, answer_fn=_answer_text):
+    return Dataset.from_dict(
+        {
+            "prompt": [apply_dapo_template(p, conversational, template) for p in dataset[problem_column]],
+            "solution": [answer_fn(answer) for answer in dataset[answer_column]],
+        }
+    )
+
+
+def _from_verl_layout(dataset: Dataset, source: str, conversational: bool, deduplicate: bool) -> Dataset:
+    """`prompt` (chat list) and `reward_model.ground_truth` columns to `prompt` / `solution`, in Arrow."""
+    _require_columns(dataset, ["prompt", "reward_model"], source)
+    table = dataset.data.table
+    messages = table["prompt"].combine_chunks()
+    if not pa.types.is_list(messages.type) and not pa.types.is_large_list(messages.type):
+        raise ValueError(f"{source}: column 'prompt' should hold chat messages, not {messages.type}")
+    rewards = table["reward_model"].combine_chunks()
+    if "ground_truth" not in [field.name for field in rewards.type]:
+        raise ValueError(f"{source}: column 'reward_model' has no field 'ground_truth' ({rewards.type})")
+    solution = pc.struct_field(rewards, "ground_truth").cast(pa.string())
+    # the messages' contents, joined per row: the plain-text prompt and the de-duplication key
+    offsets = pc.subtract(messages.offsets, messages.offsets[0])
+    contents = pc.struct_field(messages.flatten(), "content")
+    text = pc.binary_join(pa.ListArray.from_arrays(offsets, contents), "\n")
+    prompt = messages if conversational else text
+    if deduplicate:
+        keys = pa.table({"text": text, "solution": solution, "row": pa.array(range(len(table)), pa.int64())})
+        first = keys.group_by(["text", "solution"], use_threads=False).aggregate([("row", "min")])["row_min"]
+        rows = pc.take(first, pc.sort_indices(first))  # first occurrences, in file order
+        prompt, solution = pc.take(prompt, rows), pc.take(solution, rows)
+    return Dataset(pa.table({"prompt": prompt, "solution": solution}))
+
+
+def load_dapo_math(
+    path_or_id: str = DAPO_MATH_ID,
+    split: str = "train",
+    deduplicate: bool = True,
+    conversational: bool = True,
+    tokenizer=None,
+    max_prompt_length: int = MAX_PROMPT_LENGTH,
+) -> Dataset:
+    """
+    DAPO-Math-17k, the training set of DAPO and FIPO (spec §3.2).
+
+    Rows are read in the hub layout: `prompt` is a list with one user message that already holds the DAPO template,
+    `reward_model` is `{"ground_truth": ..., "style": ...}`, next to `data_source`, `ability` and `extra_info`.
+
+    Args:
+        path_or_id (`str`, *optional*, defaults to `"BytedTsinghua-SIA/DAPO-Math-17k"`):
+            Hub id, or a local copy (e.g. `dapo-math-17k.parquet`).
+        split (`str`, *optional*, defaults to `"train"`):
+            Split of a folder or hub dataset.
+        deduplicate (`bool`, *optional*, defaults to `True`):
+            Keep the first row of each distinct (prompt, answer): the hub file repeats its ~17k problems ~100 times
+            (~1.79M rows). The official run trains on the repeated file; `False` keeps it as is.
+        conversational (`bool`, *optional*, defaults to `True`):
+            Chat prompts as stored; `False` gives the message content as plain text.
+        tokenizer ([`~transformers.PreTrainedTokenizerBase`], *optional*):
+            When given, prompts are left-truncated to `max_prompt_length` tokens.
+        max_prompt_length (`int`, *optional*, defaults to `2048`):
+            Token budget of a prompt (official run: 2048).
+
+    Returns:
+        [`~datasets.Dataset`]: columns `prompt` and `solution`.
+    """
+    dataset = read_dataset(path_or_id, split=split)
+    return _finish(_from_verl_layout(dataset, path_or_id, conversational, deduplicate), tokenizer, max_prompt_length)
+
+
+def _load_competition(path_or_id, split, problem_column, answer_column, conversational, tokenizer, max_prompt_length):
+    dataset = read_dataset(path_or_id, split=split)
+    if "reward_model" in dataset.column_names:  # verl layout, as in the official run's aime-2024.parquet
+        dataset = _from_verl_layout(dataset, path_or_id, conversational, deduplicate=True)
+    else:
+        _require_columns(dataset, [problem_column, answer_column], path_or_id)
+        dataset = _from_problem_answer(dataset, problem_column, answer_column, conversational, DAPO_PROMPT_TEMPLATE)
+    return _finish(dataset, tokenizer, max_prompt_length)
+
+
+def load_aime_2024(
+    path_or_id: str = AIME_2024_ID,
+    split: str = "train",
+    problem_column: str = "problem",
+    answer_column: str = "answer",
+    conversational: bool = True,
+    tokenizer=None,
+    max_prompt_length: int = MAX_PROMPT_LENGTH,
+) -> Dataset:
+    """
+    AIME 2024, one row per problem (the official run's validation set).
+
+    A source in the verl layout (`prompt` chat list and `reward_model`, like `BytedTsinghua-SIA/AIME-2024`, which
+    repeats each of its 30 problems 32 times) is de-duplicated; any other source is read from `problem_column` and
+    `answer_column` and gets the DAPO template.
+
+    Args:
+        path_or_id (`str`, *optional*, defaults to `"BytedTsinghua-SIA/AIME-2024"`):
+            Hub id or local file/folder.
+        split (`str`, *optional*, defaults to `"train"`):
+            Split of a folder or hub dataset.
+        problem_column (`str`, *optional*, defaults to `"problem"`):
+            Problem column of a source not in the verl layout (`"Problem"` for `Maxwell-Jia/AIME_2024`).
+        answer_column (`str`, *optional*, defaults to `"answer"`):
+            Answer column of a source not in the verl layout.
+        conversational (`bool`, *optional*, defaults to `True`):
+            Chat prompts rather than plain text.
+        tokenizer ([`~transformers.PreTrainedTokenizerBase`], *optional*):
+            When given, prompts are left-truncated to `max_prompt_length` tokens.
+        max_prompt_length (`int`, *optional*, defaults to `2048`):
+            Token budget of a prompt.
+
+    Returns:
+        [`~datasets.Dataset`]: columns `prompt` and `solution`.
+    """
+    return _load_competition(
+        path_or_id, split, problem_column, answer_column, conversational, tokenizer, max_prompt_length
+    )
+
+
+def load_aime_2025(
+    path_or_id: str = AIME_2025_ID,
+    split: str = "train",
+    problem_column: str = "problem",
+    answer_column: str = "answer",
+    conversational: bool = True,
+    tokenizer=None,
+    max_prompt_length: int = MAX_PROMPT_LENGTH,
+) -> Dataset:
+    """
+    AIME 2025 (I and II), one row per problem; the paper's supplementary benchmark.
+
+    Same layouts and arguments as [`load_aime_2024`]; the default source `yentinglin/aime_2025` has `problem` and
+    `answer` columns.
+
+    Returns:
+        [`~datasets.Dataset`]: columns `prompt` and `solution`.
+    """
+    return _load_competition(
+        path_or_id, split, problem_column, answer_column, conversational, tokenizer, max_prompt_length
+    )
+
+
+def load_math_500(
+    path_or_id: str = MATH_500_ID,
+    split: str = "test",
+    conversational: bool = True,
+    tokenizer=None,
+    max_prompt_length: int = MAX_PROMPT_LENGTH,
+) -> Dataset:
+    """
+    MATH-500: its `answer` column becomes `solution` (its own `solution` column, a worked solution, is dropped).
+
+    Arguments as in [`load_math_dataset`].
+
+    Returns:
+        [`~datasets.Dataset`]: columns `prompt` and `solution`.
+    """
+    return load_math_dataset(
+        path_or_id,
+        split=split,
+        conversational=conversational,
+        tokenizer=tokenizer,
+        max_prompt_length=max_prompt_length,
+    )
+
+
+def gsm8k_final_answer(answer: str) -> str:
+    """The number after "####" in a GSM8K answer, without thousands separators."""
+    return answer.rpartition("####")[2].strip().replace(",", "")
+
+
+def load_gsm8k(
+    path_or_id: str = GSM8K_ID,
+    split: str = "test",
+    name: str = "main",
+    conversational: bool = True,
+    tokenizer=None,
+    max_prompt_length: int = MAX_PROMPT_LENGTH,
+) -> Dataset:
+    """
+    GSM8K: `question` becomes the prompt and the number after "####" in `answer` the `solution`.
+
+    Args:
+        name (`str`, *optional*, defaults to `"main"`):
+            Hub configuration (ignored for a local file).
+
+    Other arguments as in [`load_math_dataset`].
+
+    Returns:
+        [`~datasets.Dataset`]: columns `prompt` and `solution`.
+    """
+    dataset = read_dataset(path_or_id, split=split, name=name)
+    _require_columns(dataset, ["question", "answer"], path_or_id)
+    dataset = _from_problem_answer(
+        dataset, "question", "answer", conversational, DAPO_PROMPT_TEMPLATE, answer_fn=gsm8k_final_answer
+    )
+    return _finish(dataset, tokenizer, max_prompt_length)
