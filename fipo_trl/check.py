@@ -1,0 +1,481 @@
+"""
+`fipo-trl check RECIPE [--num-processes N] [--num-nodes M] [--accelerate-config FILE]`: what a recipe really does.
+
+Reads the recipe the way `fipo-trl train` does, loads no model and prints:
+
+1. the batch geometry for N training processes: prompts and completions per generation batch, completions per
+   optimizer step, optimizer steps per generation batch, and whether FIPO is active (some updates off-policy) or
+   numerically identical to DAPO (spec §1);
+2. tokens per optimizer step (upper bound) and a rough per-GPU memory for the policy weights, gradients and AdamW
+   states under the ZeRO/FSDP stage of the accelerate config (activations, logits and the vLLM cache not included);
+3. warnings for known mistakes. An impossible configuration exits with status 2 and a one-line message.
+
+`FIPOConfig.__post_init__` resolves the geometry for the current world size (1 on a laptop), so the geometry here is
+computed from the recipe's raw fields for N processes, with TRL 1.16's rules (`GRPOConfig.__post_init__`).
+"""
+
+import argparse
+import dataclasses
+import io
+import json
+import math
+import os
+import re
+import sys
+import warnings
+from contextlib import redirect_stderr, redirect_stdout
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+
+# Official 32B run (spec §3.1): 512 prompts × 16 per training step, 8 mini-batches of 64 prompts, 20480 + 2048 tokens
+OFFICIAL = {
+    "prompts_per_generation": 512,
+    "completions_per_generation": 8192,
+    "completions_per_step": 1024,
+    "steps_per_generation": 8,
+    "num_generations": 16,
+    "max_completion_length": 20480,
+    "max_prompt_length": 2048,
+}
+OFFICIAL_PROMPT_COUNTS = (64, 512, 2048)  # 32B mini-batch, training batch and generation batch, all in prompts
+GEOMETRY_FIELDS = (
+    "per_device_train_batch_size",
+    "gradient_accumulation_steps",
+    "steps_per_generation",
+    "generation_batch_size",
+    "num_generations",
+    "num_iterations",
+)
+
+# Published config.json shapes (hidden, intermediate, layers, heads, kv heads, vocab, tied embeddings)
+QWEN25_SHAPES = {
+    "0.5b": (896, 4864, 24, 14, 2, 151936, True),
+    "1.5b": (1536, 8960, 28, 12, 2, 151936, True),
+    "3b": (2048, 11008, 36, 16, 2, 151936, True),
+    "7b": (3584, 18944, 28, 28, 4, 152064, False),
+    "14b": (5120, 13824, 48, 40, 8, 152064, False),
+    "32b": (5120, 27648, 64, 40, 8, 152064, False),
+    "72b": (8192, 29568, 80, 64, 8, 152064, False),
+}
+_QWEN25_NAME = re.compile(r"qwen2\.5-(?:math-|coder-)?(\d+(?:\.\d+)?b)", re.IGNORECASE)
+
+# Bytes per parameter with bf16 mixed precision and AdamW: bf16 weights 2, bf16 grads 2, fp32 master + m + v 12
+WEIGHT_BYTES, GRAD_BYTES, OPTIM_BYTES = 2, 2, 12
+GIB = 1024**3
+
+
+class CheckError(Exception):
+    """An impossible configuration, reported as one line."""
+
+
+@dataclass
+class Geometry:
+    """Batch geometry of one run, in TRL's units (completions) unless the name says prompts."""
+
+    num_processes: int
+    num_nodes: int
+    per_device_train_batch_size: int
+    gradient_accumulation_steps: int
+    steps_per_generation: int
+    num_generations: int
+    num_iterations: int
+
+    @property
+    def completions_per_generation(self):
+        return self.per_device_train_batch_size * self.num_processes * self.steps_per_generation
+
+    @property
+    def prompts_per_generation(self):
+        return self.completions_per_generation // self.num_generations
+
+    @property
+    def completions_per_step(self):
+        return self.per_device_train_batch_size * self.num_processes * self.gradient_accumulation_steps
+
+    @property
+    def steps_per_generation_batch(self):
+        # Optimizer steps fed by one generation batch over all its passes (a fraction if one batch is < one step)
+        return self.steps_per_generation * self.num_iterations / self.gradient_accumulation_steps
+
+    @property
+    def off_policy_steps(self):
+        """`(stale, total)` optimizer steps over one period of the schedule: steps that see data generated before an
+        earlier optimizer step (FIPO weights can differ from 1 there) and all steps."""
+        accumulation, block = self.gradient_accumulation_steps, self.steps_per_generation * self.num_iterations
+        period = math.lcm(block, accumulation)
+        stale = {s // accumulation for s in range(period) if s // accumulation > (s - s % block) // accumulation}
+        return len(stale), period // accumulation
+
+    @property
+    def off_policy(self):
+        # TRL's own test for computing old log-probs (trl-notes §3): otherwise log π_θ = log π_old and FIPO = DAPO
+        return self.gradient_accumulation_steps % (self.steps_per_generation * self.num_iterations) != 0
+
+
+def resolve_geometry(raw, num_processes, num_nodes=1):
+    """
+    Resolve the batch geometry of `raw` recipe fields for `num_processes` training processes (TRL 1.16 rules).
+
+    Args:
+        raw (`dict`): the recipe's geometry fields (see `GEOMETRY_FIELDS`), missing ones filled with FIPOConfig's
+            defaults; `steps_per_generation` and `generation_batch_size` may be `None`.
+        num_processes (`int`): training processes in total, over all nodes.
+        num_nodes (`int`): machines; `num_processes` must split evenly over them.
+
+    Raises:
+        CheckError: when TRL would refuse the configuration at this world size.
+    """
+    if num_processes < 1 or num_nodes < 1 or num_processes % num_nodes:
+        raise CheckError(f"--num-processes {num_processes} does not split evenly over --num-nodes {num_nodes}")
+    per_device, accumulation = raw["per_device_train_batch_size"], raw["gradient_accumulation_steps"]
+    steps, generation_batch = raw["steps_per_generation"], raw["generation_batch_size"]
+    num_generations, num_iterations = raw["num_generations"], raw["num_iterations"]
+    if min(per_device, accumulation, num_iterations) < 1:
+        raise CheckError("per_device_train_batch_size, gradient_accumulation_steps and num_iterations must be >= 1")
+    if num_generations < 2:
+        raise CheckError(f"num_generations={num_generations}: GRPO/FIPO needs at least 2 completions per prompt")
+    global_batch = per_device * num_processes
+    if steps is not None and generation_batch is not None:
+        raise CheckError("steps_per_generation and generation_batch_size are both set: TRL accepts only one of them")
+    if generation_batch is not None:
+        if generation_batch % global_batch:
+            raise CheckError(
+                f"generation_batch_size={generation_batch} is not divisible by per_device_train_batch_size × "
+                f"processes = {per_device} × {num_processes} = {global_batch}"
+            )
+        steps = generation_batch // global_batch
+    elif steps is None:
+        steps = 8 * accumulation  # FIPOConfig's default: the official 8 optimizer steps per generation batch
+    geometry = Geometry(num_processes, num_nodes, per_device, accumulation, steps, num_generations, num_iterations)
+    if geometry.completions_per_generation % num_generations:
+        raise CheckError(
+            f"a generation batch of {geometry.completions_per_generation} completions ({per_device} per device × "
+            f"{num_processes} processes × {steps} steps_per_generation) is not divisible by num_generations="
+            f"{num_generations}: TRL needs whole prompt groups"
+        )
+    return geometry
+
+
+def parameter_count(config):
+    """
+    Parameters of a Qwen2/Llama-style decoder from its `config.json` mapping, or `None` if a shape is missing.
+
+    Counts embeddings, attention (with Qwen2's q/k/v biases), the gated MLP, the norms and an untied LM head.
+    """
+    try:
+        hidden, inter = config["hidden_size"], config["intermediate_size"]
+        layers, heads, vocab = config["num_hidden_layers"], config["num_attention_heads"], config["vocab_size"]
+    except KeyError:
+        return None
+    kv_heads = config.get("num_key_value_heads") or heads
+    head_dim = config.get("head_dim") or hidden // heads
+    qkv_bias = config.get("attention_bias", config.get("model_type") == "qwen2")
+    q, kv = heads * head_dim, kv_heads * head_dim
+    attention = hidden * (q + 2 * kv) + q * hidden + (q + 2 * kv if qkv_bias else 0)
+    per_layer = attention + 3 * hidden * inter + 2 * hidden
+    head = 0 if config.get("tie_word_embeddings", False) else vocab * hidden
+    return vocab * hidden + layers * per_layer + hidden + head
+
+
+def model_shape(name_or_path):
+    """`(config, source)`: a local `config.json`, else the Qwen2.5 table by name, else `(None, "unknown")`."""
+    config_file = Path(name_or_path or "") / "config.json"
+    if config_file.is_file():
+        return json.loads(config_file.read_text()), str(config_file)
+    match = _QWEN25_NAME.search(name_or_path or "")
+    if match and match.group(1).lower() in QWEN25_SHAPES:
+        hidden, inter, layers, heads, kv_heads, vocab, tied = QWEN25_SHAPES[match.group(1).lower()]
+        shape = {
+            "hidden_size": hidden,
+            "intermediate_size": inter,
+            "num_hidden_layers": layers,
+            "num_attention_heads": heads,
+            "num_key_value_heads": kv_heads,
+            "vocab_size": vocab,
+            "tie_word_embeddings": tied,
+            "model_type": "qwen2",
+        }
+        return shape, f"Qwen2.5-{match.group(1).upper()} table"
+    return None, "unknown"
+
+
+@dataclass
+class Sharding:
+    """How the training state is split, from an accelerate config file."""
+
+    label: str
+    zero_stage: int  # 0 = replicated (single GPU, DDP); FSDP full-shard counts as 3
+    offload_optimizer: bool = False
+    offload_params: bool = False
+    num_processes: int | None = None
+    num_machines: int | None = None
+
+
+def read_accelerate_config(path):
+    """The [`Sharding`] of an accelerate config (YAML), following its `deepspeed_config_file` if it has one."""
+    config = yaml.safe_load(Path(path).read_text()) or {}
+    kind = str(config.get("distributed_type", "NO"))
+    counts = {"num_processes": config.get("num_processes"), "num_machines": config.get("num_machines")}
+    if kind == "DEEPSPEED":
+        ds = config.get("deepspeed_config", {})
+        if "deepspeed_config_file" in ds:
+            zero = json.loads(Path(ds["deepspeed_config_file"]).read_text()).get("zero_optimization", {})
+            stage = int(zero.get("stage", 0))
+            optimizer = zero.get("offload_optimizer", {}).get("device", "none")
+            params = zero.get("offload_param", {}).get("device", "none")
+        else:
+            stage = int(ds.get("zero_stage", 0))
+            optimizer, params = ds.get("offload_optimizer_device", "none"), ds.get("offload_param_device", "none")
+        offload = (optimizer not in ("none", None), params not in ("none", None))
+        suffix = " + CPU offload" if any(offload) else ""
+        return Sharding(f"DeepSpeed ZeRO-{stage}{suffix}", stage, *offload, **counts)
+    if kind == "FSDP":
+        fsdp = config.get("fsdp_config", {})
+        offload = bool(fsdp.get("fsdp_offload_params", False))
+        label = f"FSDP{fsdp.get('fsdp_version', 1)} full shard" + (" + CPU offload" if offload else "")
+        return Sharding(label, 3, offload, offload, **counts)
+    label = "DDP (replicated)" if kind == "MULTI_GPU" else "single process"
+    return Sharding(label, 0, **counts)
+
+
+def memory_per_gpu(num_params, sharding, world):
+    """Bytes per GPU for weights, gradients and AdamW states (ZeRO paper accounting, 16 bytes/param in total)."""
+    shard = {
+        0: (1, 1, 1),  # replicated: DDP keeps fp32 weights + grads + moments, the same 16 bytes
+        1: (1, 1, world),
+        2: (1, world, world),
+        3: (world, world, world),
+    }[min(sharding.zero_stage, 3)]
+    weights = 0 if sharding.offload_params else WEIGHT_BYTES * num_params / shard[0]
+    grads = GRAD_BYTES * num_params / shard[1]
+    optimizer = 0 if sharding.offload_optimizer else OPTIM_BYTES * num_params / shard[2]
+    return weights + grads + optimizer
+
+
+def cli_overrides(extra_args):
+    """`--field value` pairs given after the recipe, as `fipo-trl train` takes them, typed as YAML would type them."""
+    if len(extra_args) % 2 or any(not flag.startswith("--") for flag in extra_args[::2]):
+        raise CheckError(f"field overrides must be --field value pairs, got: {' '.join(extra_args)}")
+    return {flag[2:]: yaml.safe_load(value) for flag, value in zip(extra_args[::2], extra_args[1::2], strict=True)}
+
+
+def raw_geometry(recipe, defaults):
+    """The geometry fields as written in the recipe, FIPOConfig's defaults for the missing ones."""
+    raw = {}
+    for name in GEOMETRY_FIELDS:
+        value = recipe.get(name, defaults[name])
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+            raise CheckError(f"{name}={value!r} must be an integer")
+        raw[name] = value
+    return raw
+
+
+def parse_typed(recipe_path, raw, extra_args):
+    """
+    Parse the recipe with `fipo-trl train`'s own parser, so unknown fields and bad values fail as they would there.
+
+    The geometry fields are replaced by values valid at world size 1 (they were checked for N processes already)
+    and `use_cpu` is set, because TrainingArguments refuses bf16 on a machine without a GPU.
+    """
+    from .train import RecipeError, parse_recipe
+
+    group = raw["num_generations"]
+    neutral = ["--per_device_train_batch_size", str(group), "--per_device_eval_batch_size", str(group)]
+    neutral += ["--gradient_accumulation_steps", "1", "--use_cpu", "true"]
+    if raw["generation_batch_size"] is None:
+        neutral += ["--steps_per_generation", "2"]
+    else:
+        neutral += ["--generation_batch_size", str(2 * group)]
+    try:
+        # FIPOConfig warns about on-policy geometry for world size 1; the N-process verdict comes from here instead
+        with warnings.catch_warnings(), redirect_stdout(io.StringIO()), redirect_stderr(io.StringIO()):
+            warnings.simplefilter("ignore")
+            return parse_recipe([recipe_path, *extra_args, *neutral])
+    except RecipeError as exc:
+        raise CheckError(str(exc)) from None
+
+
+def find_warnings(recipe, geometry, args, script_args):
+    """Known mistakes and deviations from the official run, one sentence each."""
+    found = []
+    for name in ("per_device_train_batch_size", "generation_batch_size"):
+        if recipe.get(name) in OFFICIAL_PROMPT_COUNTS:
+            found.append(
+                f"{name}={recipe[name]} looks like a count of prompts (official: 512 prompts per batch, mini-batches "
+                f"of 64); TRL counts completions, so this is {recipe[name] / geometry.num_generations:g} prompts "
+                f"× {geometry.num_generations}."
+            )
+    if not geometry.off_policy:
+        found.append(
+            "every optimizer step is on-policy: log π_θ = log π_old, all FIPO weights are 1 and FIPO is exactly DAPO. "
+            "Set steps_per_generation to a multiple of gradient_accumulation_steps (official: 8 ×)."
+        )
+    elif geometry.steps_per_generation % geometry.gradient_accumulation_steps:
+        found.append(
+            f"steps_per_generation={geometry.steps_per_generation} is not a multiple of gradient_accumulation_steps="
+            f"{geometry.gradient_accumulation_steps}: optimizer steps straddle two generation batches."
+        )
+    if geometry.num_iterations > 1:
+        found.append(
+            f"num_iterations={geometry.num_iterations} revisits the same completions (FIPO then also sees the effect "
+            "of training on that very completion); the official run uses num_iterations=1 and 8 disjoint "
+            "mini-batches: raise steps_per_generation instead."
+        )
+    if args.use_vllm and args.vllm_importance_sampling_correction:
+        found.append(
+            f"vllm_importance_sampling_correction=True multiplies the loss by a truncated vLLM/trainer IS ratio "
+            f"({args.vllm_importance_sampling_mode}); the official recipe has no such correction (set it false)."
+        )
+    if args.use_vllm and args.vllm_mode == "colocate" and geometry.num_processes % args.vllm_tensor_parallel_size:
+        raise CheckError(
+            f"vllm_tensor_parallel_size={args.vllm_tensor_parallel_size} does not divide the {geometry.num_processes} "
+            "processes (colocate mode shards vLLM over groups of training processes)"
+        )
+    if args.mask_truncated_completions:
+        found.append("mask_truncated_completions=True drops truncated completions; the official recipe keeps them.")
+    if args.beta != 0:
+        found.append(f"beta={args.beta} adds a KL term and a reference model; the official recipe has none.")
+    if args.warmup_steps and args.warmup_steps * geometry.steps_per_generation_batch == 80 and args.warmup_steps < 80:
+        found.append(
+            f"warmup_steps={args.warmup_steps} counts optimizer steps in TRL; the official 10 warm-up *training* "
+            "steps are 80 optimizer steps (warmup_steps: 80)."
+        )
+    if args.max_completion_length >= 8192 and not args.gradient_checkpointing:
+        found.append(f"gradient_checkpointing is off with {args.max_completion_length}-token completions.")
+    if script_args.max_prompt_length is None:
+        found.append("max_prompt_length is not set: prompts are never truncated (official: 2048, left-truncated).")
+    return found
+
+
+def describe(recipe_path, recipe, geometry, args, script_args, model_args, sharding, found):
+    """The report, as lines of text."""
+    max_prompt = script_args.max_prompt_length
+    tokens_per_sequence = args.max_completion_length + (max_prompt or 0)
+    prompt_note = "" if max_prompt else " + prompts (no max_prompt_length)"
+    lines = [f"fipo-trl check {recipe_path}", ""]
+    lines.append(
+        f"  {geometry.num_processes} training process(es) on {geometry.num_nodes} node(s) "
+        f"({geometry.num_processes // geometry.num_nodes} per node), {sharding.label}"
+    )
+    if args.use_vllm:
+        server = args.vllm_server_base_url or f"{args.vllm_server_host}:{args.vllm_server_port}"
+        if server.startswith("0.0.0.0"):
+            server = f"--vllm_server_host given at launch, port {args.vllm_server_port}"
+        where = (
+            f"server mode ({server}); its GPUs come on top of these processes"
+            if args.vllm_mode == "server"
+            else f"colocate mode, tensor parallel {args.vllm_tensor_parallel_size}, "
+            f"{args.vllm_gpu_memory_utilization:.0%} of each GPU reserved"
+        )
+        lines.append(f"  vLLM: {where}")
+    else:
+        lines.append("  generation: transformers generate() inside each training process (no vLLM)")
+    stale, total = geometry.off_policy_steps
+    verdict = f"active: {stale} of {total} steps off-policy" if stale else "identical to DAPO (all on-policy)"
+    micro_batch_tokens = tokens_per_sequence * geometry.per_device_train_batch_size
+    official_tokens = OFFICIAL["max_completion_length"] + OFFICIAL["max_prompt_length"]
+    table = [
+        ("", "this recipe", "official 32B (spec §3.1)"),
+        ("prompts per generation batch", geometry.prompts_per_generation, OFFICIAL["prompts_per_generation"]),
+        (
+            "completions per generation batch",
+            f"{geometry.completions_per_generation} (×{geometry.num_generations})",
+            f"{OFFICIAL['completions_per_generation']} (×{OFFICIAL['num_generations']})",
+        ),
+        ("completions per optimizer step", geometry.completions_per_step, OFFICIAL["completions_per_step"]),
+        ("optimizer steps per generation batch", f"{geometry.steps_per_generation_batch:g}", 8),
+        ("FIPO", verdict, "active: 7 of 8 steps off-policy"),
+        ("max tokens per sequence", f"{tokens_per_sequence}{prompt_note}", official_tokens),
+        ("max tokens per micro-batch (per GPU)", f"{micro_batch_tokens:,}", f"{official_tokens:,} / 8 (Ulysses SP)"),
+        (
+            "max tokens per optimizer step",
+            f"{tokens_per_sequence * geometry.completions_per_step:,}",
+            f"{official_tokens * OFFICIAL['completions_per_step']:,}",
+        ),
+    ]
+    lines.append("")
+    lines += [f"  {name:<38} {value!s:<34} {official}".rstrip() for name, value, official in table]
+
+    shape, source = model_shape(model_args.model_name_or_path)
+    num_params = parameter_count(shape) if shape else None
+    lines.append("")
+    if num_params is None:
+        lines.append(f"  model: {model_args.model_name_or_path} (parameter count unknown: no memory estimate)")
+    else:
+        state = memory_per_gpu(num_params, sharding, geometry.num_processes)
+        lines.append(f"  model: {model_args.model_name_or_path}, {num_params / 1e9:.2f}B parameters ({source})")
+        lines.append(
+            f"  weights + grads + AdamW per GPU: {state / GIB:.1f} GiB under {sharding.label} "
+            "(excludes activations, logits and the vLLM cache)"
+        )
+        if args.gradient_checkpointing:
+            # One saved hidden state per layer and token (bf16); the recomputed layer and the logits come on top
+            saved = shape["num_hidden_layers"] * shape["hidden_size"] * micro_batch_tokens * 2
+            lines.append(f"  checkpointed activations per GPU: {saved / GIB:.1f} GiB for one full micro-batch")
+        if args.beta != 0:
+            divisor = geometry.num_processes if sharding.zero_stage == 3 else 1
+            lines.append(f"  reference model per GPU: {WEIGHT_BYTES * num_params / divisor / GIB:.1f} GiB")
+        if sharding.offload_optimizer or sharding.offload_params:
+            cpu = (OPTIM_BYTES + (WEIGHT_BYTES if sharding.offload_params else 0)) * num_params / geometry.num_nodes
+            lines.append(f"  CPU RAM per node for offloaded states: {cpu / GIB:.0f} GiB")
+    lines.append("")
+    lines += [f"  warning: {text}" for text in found] or ["  no warnings"]
+    return lines
+
+
+def make_parser():
+    parser = argparse.ArgumentParser(
+        prog="fipo-trl check",
+        description="Print the batch geometry, FIPO on/off verdict, token and memory budget of a recipe at scale.",
+    )
+    parser.add_argument("recipe", help="recipe YAML, as given to `fipo-trl train`, then any --field value overrides")
+    parser.add_argument(
+        "--num-processes", type=int, help="training processes over all nodes (default: the accelerate config's, or 1)"
+    )
+    parser.add_argument("--num-nodes", type=int, help="machines (default: the accelerate config's, or 1)")
+    parser.add_argument(
+        "--accelerate-config", help="accelerate config YAML of the launch, for the ZeRO/FSDP stage and process counts"
+    )
+    return parser
+
+
+def main(argv=None):
+    """Entry point of `fipo-trl check`; returns the process exit code (2 for an impossible configuration)."""
+    options, extra_args = make_parser().parse_known_args(sys.argv[1:] if argv is None else argv)
+    try:
+        if not os.path.isfile(options.recipe):
+            raise CheckError(f"recipe file not found: {options.recipe}")
+        recipe = yaml.safe_load(Path(options.recipe).read_text())
+        if not isinstance(recipe, dict):
+            raise CheckError(f"{options.recipe} is not a YAML mapping of field: value")
+        sharding = Sharding("single process", 0)
+        if options.accelerate_config:
+            if not os.path.isfile(options.accelerate_config):
+                raise CheckError(f"accelerate config not found: {options.accelerate_config}")
+            sharding = read_accelerate_config(options.accelerate_config)
+        num_processes = options.num_processes or sharding.num_processes or 1
+        num_nodes = options.num_nodes or sharding.num_machines or 1
+
+        from .config import FIPOConfig
+
+        defaults = {
+            f.name: f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            for f in dataclasses.fields(FIPOConfig)
+            if f.name in GEOMETRY_FIELDS
+        }
+        raw = raw_geometry({**recipe, **cli_overrides(extra_args)}, defaults)
+        geometry = resolve_geometry(raw, num_processes, num_nodes)
+        script_args, args, model_args = parse_typed(options.recipe, raw, extra_args)
+        found = find_warnings(recipe, geometry, args, script_args)
+    except (CheckError, OSError, yaml.YAMLError) as exc:
+        print(f"fipo-trl check: error: {str(exc).splitlines()[0]}", file=sys.stderr)
+        return 2
+    print("\n".join(describe(options.recipe, recipe, geometry, args, script_args, model_args, sharding, found)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
