@@ -291,22 +291,21 @@ def _write_message(stream, obj) -> None:
     stream.flush()
 
 
-def _read_exact(stream, size: int) -> bytes | None:
+def _read_exact(stream, size: int) -> bytes:
     chunks = []
     while size:
         chunk = stream.read(size)
         if not chunk:
-            return None
+            raise EOFError("the other end of the pipe is gone")
         chunks.append(chunk)
         size -= len(chunk)
     return b"".join(chunks)
 
 
 def _read_message(stream):
-    """The next message on `stream`, or `None` at end of file (the other side is gone)."""
-    header = _read_exact(stream, 8)
-    payload = None if header is None else _read_exact(stream, struct.unpack("<Q", header)[0])
-    return None if payload is None else pickle.loads(payload)
+    """The next message on `stream`; `EOFError` when the other side is gone."""
+    (size,) = struct.unpack("<Q", _read_exact(stream, 8))
+    return pickle.loads(_read_exact(stream, size))
 
 
 def _worker_main(alarm_s: int) -> None:
@@ -345,7 +344,11 @@ def _worker_main(alarm_s: int) -> None:
         return float(verify(gold, answer, timeout_seconds=None))
 
     _write_message(output, _WORKER_READY)
-    while (task := _read_message(sys.stdin.buffer)) is not None:
+    while True:
+        try:
+            task = _read_message(sys.stdin.buffer)
+        except EOFError:  # the parent closed the pipe or exited
+            return
         signal.alarm(alarm_s)  # SIGALRM's default action ends the process even inside C code
         result = score(*task)
         signal.alarm(0)
@@ -424,14 +427,16 @@ class _MathVerifyPool:
                     raise RuntimeError(f"math-verify workers did not start in {_WORKER_START_TIMEOUT_S:.0f} s")
             readable, _, _ = select.select(waiting, [], [], max(wait_s, 0.0))
             for worker in readable:
-                message = _read_message(worker.process.stdout)
-                if message is None and not worker.ready:
-                    raise RuntimeError("a math-verify worker exited while starting; its error is on stderr above")
-                if message is None:  # died mid-task (killed by the OS, crashed): no verdict, like a timeout
-                    num_timeouts += 1
+                try:
+                    message = _read_message(worker.process.stdout)
+                except EOFError:
+                    if not worker.ready:
+                        raise RuntimeError("a math-verify worker exited while starting; see its stderr") from None
+                    num_timeouts += 1  # died mid-task (killed by the OS, crashed): no verdict, like a timeout
                     worker.task = None
                     self._replace(worker)
-                elif not worker.ready:
+                    continue
+                if not worker.ready:
                     worker.ready = True
                 else:
                     results[worker.task] = message
