@@ -111,15 +111,25 @@ def truncate_prompt(prompt: str | list[dict], tokenizer, max_prompt_length: int 
     Returns:
         `str` or `list[dict]`: the prompt, unchanged when it fits.
     """
-    if isinstance(prompt, str):
-        ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-        return prompt if len(ids) <= max_prompt_length else tokenizer.decode(ids[-max_prompt_length:])
-    rendered = tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
-    overflow = len(tokenizer(rendered, add_special_tokens=False)["input_ids"]) - max_prompt_length
-    if overflow <= 0:
+    cut = _num_tokens(prompt, tokenizer) - max_prompt_length
+    if cut <= 0:
         return prompt
-    ids = tokenizer(prompt[-1]["content"], add_special_tokens=False)["input_ids"]
-    return [*prompt[:-1], {**prompt[-1], "content": tokenizer.decode(ids[overflow:])}]
+    text = prompt if isinstance(prompt, str) else prompt[-1]["content"]
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    while True:
+        kept = tokenizer.decode(ids[cut:])
+        truncated = kept if isinstance(prompt, str) else [*prompt[:-1], {**prompt[-1], "content": kept}]
+        # re-tokenising a decoded cut can merge differently at its edge: cut one more token until it fits
+        if cut >= len(ids) or _num_tokens(truncated, tokenizer) <= max_prompt_length:
+            return truncated
+        cut += 1
+
+
+def _num_tokens(prompt: str | list[dict], tokenizer) -> int:
+    """Prompt length in tokens as TRL sees it: a chat prompt with its template and generation prompt."""
+    if not isinstance(prompt, str):
+        prompt = tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+    return len(tokenizer(prompt, add_special_tokens=False)["input_ids"])
 
 
 def truncate_prompts(dataset: Dataset, tokenizer, max_prompt_length: int = MAX_PROMPT_LENGTH) -> Dataset:
