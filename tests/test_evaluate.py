@@ -1,10 +1,28 @@
 """Tests for `fipo-trl eval`: exact Avg@k / Cons@k / Pass@k on hand-made samples, then the transformers backend."""
 
+import json
 import math
 
 import pytest
+import torch
+from datasets import Dataset
+from peft import LoraConfig, get_peft_model
+from transformers import AutoModelForCausalLM, Trainer, TrainingArguments
+from transformers.integrations.integration_utils import rewrite_logs
 
+from fipo_trl.data import apply_dapo_template
 from fipo_trl.eval_metrics import aggregate_metrics, length_metrics, majority_vote, pass_at_k, problem_metrics
+from fipo_trl.evaluate import (
+    MathEvalCallback,
+    generate_with_transformers,
+    load_eval_dataset,
+    load_model_and_tokenizer,
+    main,
+    resolve_model_path,
+    score_completions,
+    summarize,
+    tokenize_prompts,
+)
 
 
 # --- pure metrics (spec §3.5) ---------------------------------------------------------------------------------------
@@ -92,3 +110,223 @@ def test_length_metrics_quantiles_and_clipped_ratio():
             "completions/clipped_ratio": 0.2,
         }
     )
+
+
+# --- scoring: the training rewards decide what is correct ----------------------------------------------------------
+
+
+def completions_of(*texts):
+    return [{"completion": text, "num_tokens": 3, "truncated": False} for text in texts]
+
+
+def test_dapo_scoring_votes_on_normalised_answer_lines():
+    dataset = Dataset.from_dict(
+        {"prompt": [apply_dapo_template("6*7?"), apply_dapo_template("1+1?")], "solution": ["42", "2"]}
+    )
+    completions = [
+        completions_of("so\nAnswer: 42", "Answer: $42$", "Answer: 41", "no answer line"),
+        completions_of("Answer: 3", "Answer: 3", "Answer: 2", "Answer: 2"),
+    ]
+    first, second = score_completions(dataset, completions, "dapo")
+    assert [s["answer"] for s in first["samples"]] == ["42", "42", "41", "[INVALID]"]
+    assert [s["reward"] for s in first["samples"]] == [1.0, 1.0, -1.0, -1.0]
+    assert first["majority_answer"] == "42" and first["metrics"]["cons@4"] == 1.0 and first["metrics"]["avg@4"] == 0.5
+    # a 2-2 tie: the wrong "3" was sampled first and wins
+    assert second["majority_answer"] == "3" and second["metrics"]["cons@4"] == 0.0 and second["num_correct"] == 2
+    assert summarize([first, second])["pass@1"] == 0.5
+
+
+def test_boxed_scoring_uses_math_verify_equivalence():
+    dataset = Dataset.from_dict({"prompt": ["half?"], "solution": ["0.5"]})
+    texts = [r"it is \boxed{\frac{1}{2}}", r"\boxed{1/2}", r"\boxed{2}", r"so \boxed{ 2 }", "Answer: 0.5"]
+    (record,) = score_completions(dataset, [completions_of(*texts)], "boxed")
+    assert [s["correct"] for s in record["samples"]] == [True, True, False, False, False]
+    # answers are normalised before the vote: "2" and " 2 " are one answer, which outvotes the two correct forms
+    assert [s["answer"] for s in record["samples"]] == [r"\frac{1}{2}", "1/2", "2", "2", "[INVALID]"]
+    assert record["metrics"]["avg@5"] == 0.4 and record["metrics"]["cons@5"] == 0.0
+
+
+# --- generation (transformers backend, tiny offline model) ----------------------------------------------------------
+
+
+CHAT_PROMPTS = [[{"role": "user", "content": "1+1="}], [{"role": "user", "content": "2+3="}]]
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tiny_model_dir):
+    return load_model_and_tokenizer(tiny_model_dir)
+
+
+def test_generation_counts_tokens_flags_truncation_and_is_seeded(tiny_model):
+    model, tokenizer = tiny_model
+    prompt_ids = tokenize_prompts(CHAT_PROMPTS, tokenizer)
+    kwargs = {"k": 3, "temperature": 1.0, "top_p": 0.7, "max_tokens": 5, "batch_size": 4, "seed": 0}
+    completions = generate_with_transformers(model, tokenizer, prompt_ids, show_progress=False, **kwargs)
+    assert [len(samples) for samples in completions] == [3, 3]
+    for sample in (s for samples in completions for s in samples):
+        # without an EOS a completion runs to max_tokens and is flagged truncated
+        assert sample["num_tokens"] == 5 if sample["truncated"] else 1 <= sample["num_tokens"] <= 5
+    assert generate_with_transformers(model, tokenizer, prompt_ids, show_progress=False, **kwargs) == completions
+
+
+def test_generation_stops_at_eos_and_counts_it(tiny_model):
+    model, tokenizer = tiny_model
+    prompt_ids = tokenize_prompts(CHAT_PROMPTS[:1], tokenizer)
+    with torch.no_grad():
+        first = int(model(torch.tensor(prompt_ids)).logits[0, -1].argmax())
+    # make the most likely first token an EOS: with a tiny top_p every sample is that one token
+    original = model.generation_config.eos_token_id
+    model.generation_config.eos_token_id = [original, first]
+    try:
+        completions = generate_with_transformers(
+            model, tokenizer, prompt_ids, k=2, temperature=1.0, top_p=1e-6, max_tokens=5, batch_size=2, seed=0
+        )
+    finally:
+        model.generation_config.eos_token_id = original
+    expected = {"completion": tokenizer.decode([first], skip_special_tokens=True), "num_tokens": 1, "truncated": False}
+    assert completions == [[expected, expected]]
+
+
+def test_lora_checkpoint_loads_merged_and_generates(tiny_model_dir, tmp_path):
+    # a training output directory whose last checkpoint is a LoRA adapter (non-zero B) saved without a tokenizer
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    base_q_proj = base.model.layers[0].self_attn.q_proj.weight.detach().clone()
+    lora = LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    get_peft_model(base, lora).save_pretrained(tmp_path / "checkpoint-2")
+    (tmp_path / "checkpoint-1").mkdir()
+    model_path = resolve_model_path(str(tmp_path))
+    assert model_path == str(tmp_path / "checkpoint-2")
+    model, tokenizer = load_model_and_tokenizer(model_path)
+    # merged into a plain Qwen2: the adapter changed q_proj, and the tokenizer came from the base model
+    assert type(model).__name__ == "Qwen2ForCausalLM" and tokenizer.pad_token == "<|pad|>"
+    assert not torch.allclose(model.model.layers[0].self_attn.q_proj.weight, base_q_proj)
+    completions = generate_with_transformers(
+        model,
+        tokenizer,
+        tokenize_prompts(CHAT_PROMPTS, tokenizer),
+        k=2,
+        temperature=1.0,
+        top_p=0.7,
+        max_tokens=3,
+        batch_size=4,
+        seed=0,
+        show_progress=False,
+    )
+    assert [len(samples) for samples in completions] == [2, 2]
+
+
+# --- the CLI end to end ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def problem_file(tmp_path):
+    path = tmp_path / "problems.jsonl"
+    path.write_text("".join(json.dumps({"problem": p, "answer": a}) + "\n" for p, a in [("1+1?", 2), ("2+3?", 5)]))
+    return path
+
+
+def test_cli_writes_samples_summary_and_table(tiny_model_dir, problem_file, tmp_path, capsys):
+    args = ["--model_name_or_path", tiny_model_dir, "--dataset", str(problem_file), "--k", "3", "--max_tokens", "4"]
+    assert main([*args, "--batch_size", "4", "--output_dir", str(tmp_path / "out")]) == 0
+    records = [json.loads(line) for line in (tmp_path / "out" / "problems.jsonl").read_text().splitlines()]
+    summary = json.loads((tmp_path / "out" / "problems.summary.json").read_text())
+    assert [r["solution"] for r in records] == ["2", "5"] and all(len(r["samples"]) == 3 for r in records)
+    # the prompts are the DAPO template, as a chat message
+    assert records[0]["prompt"] == apply_dapo_template("1+1?")
+    assert summary["k"] == 3 and summary["top_p"] == 0.7 and summary["backend"] == "transformers"
+    # the summary is the metrics of the samples on file
+    assert summary["metrics"] == pytest.approx(summarize(records))
+    assert all(
+        s["num_tokens"] <= 4 and s["truncated"] == (s["num_tokens"] == 4) for r in records for s in r["samples"]
+    )
+    out = capsys.readouterr().out
+    assert "problems: 2 problems x 3 samples" in out and "avg@3" in out and "pass@2" in out and "cons@3" in out
+
+
+def test_boxed_format_asks_for_boxed_answers(problem_file):
+    dataset, name = load_eval_dataset(str(problem_file), "boxed")
+    assert name == "problems" and dataset["solution"] == ["2", "5"]
+    assert dataset[0]["prompt"] == [
+        {"role": "user", "content": "1+1?\n\nPlease reason step by step, and put your final answer within \\boxed{}."}
+    ]
+
+
+# --- during training -----------------------------------------------------------------------------------------------
+
+
+def test_callback_evaluates_every_n_steps_and_logs_through_the_trainer(tiny_model_dir, tmp_path):
+    model, tokenizer = load_model_and_tokenizer(tiny_model_dir)
+    train = Dataset.from_dict({"input_ids": [[5, 6, 7, 8]] * 4, "labels": [[5, 6, 7, 8]] * 4})
+    args = TrainingArguments(
+        output_dir=str(tmp_path), max_steps=3, per_device_train_batch_size=2, report_to=[], logging_steps=100
+    )
+    trainer = Trainer(model=model, args=args, train_dataset=train, processing_class=tokenizer)
+    problems = Dataset.from_dict(
+        {"prompt": [apply_dapo_template("1+1?"), apply_dapo_template("2+3?")], "solution": ["2", "5"]}
+    )
+    callback = MathEvalCallback(trainer, {"tiny": problems}, eval_steps=2, k=2, max_tokens=3, batch_size=4)
+    trainer.add_callback(callback)
+    trainer.train()
+    evals = [logs for logs in trainer.state.log_history if "eval_tiny/avg@2" in logs]
+    # step 2 only (3 is not a multiple of 2); every metric of the CLI summary is logged
+    assert [logs["step"] for logs in evals] == [2]
+    expected = {"avg@2", "cons@2", "pass@1", "pass@2", "completions/mean_length", "completions/clipped_ratio"}
+    assert expected <= {key.removeprefix("eval_tiny/") for key in evals[0]}
+    # the integrations (wandb, tensorboard) rewrite the "eval_" prefix: eval/<dataset>/avg@k
+    assert "eval/tiny/avg@2" in rewrite_logs(evals[0])
+    assert evals[0]["eval_tiny/completions/max_length"] <= 3
+
+
+# --- the CLI: bad inputs give one line naming the problem -----------------------------------------------------------
+
+
+def one_line_error(capsys, argv):
+    capsys.readouterr()
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("fipo-trl eval: error: ")
+    return err
+
+
+@pytest.mark.parametrize(
+    ("extra_args", "message"),
+    [
+        (["--k", "0"], "k must be >= 1, got 0"),
+        (["--top_p", "0"], "top_p must be in (0, 1]"),
+        (["--answer_format", "latex"], "invalid choice: 'latex'"),
+    ],
+)
+def test_cli_rejects_bad_sampling_arguments(tiny_model_dir, capsys, extra_args, message):
+    assert message in one_line_error(capsys, ["--model_name_or_path", tiny_model_dir, *extra_args])
+
+
+def test_cli_rejects_a_missing_model_path(tmp_path, capsys):
+    from fipo_trl.cli import main as cli_main
+
+    assert cli_main(["eval", "--model_name_or_path", str(tmp_path / "nope")]) == 1
+    assert capsys.readouterr().err == f"fipo-trl eval: error: model path {str(tmp_path / 'nope')!r} does not exist\n"
+
+
+def test_cli_rejects_a_file_without_an_answer_column(tiny_model_dir, tmp_path, capsys):
+    path = tmp_path / "no_answer.jsonl"
+    path.write_text(json.dumps({"problem": "1+1?", "solution": "2"}) + "\n")
+    err = one_line_error(capsys, ["--model_name_or_path", tiny_model_dir, "--dataset", str(path)])
+    assert "no column 'answer'" in err
+
+
+@pytest.mark.parametrize("rows", [None, []])
+def test_cli_rejects_an_empty_dataset(tiny_model_dir, tmp_path, capsys, rows):
+    # an empty file, and a parquet file with the right columns and no rows
+    if rows is None:
+        path = tmp_path / "empty.jsonl"
+        path.write_text("")
+    else:
+        path = tmp_path / "empty.parquet"
+        Dataset.from_dict({"problem": [], "answer": []}).to_parquet(path)
+    err = one_line_error(capsys, ["--model_name_or_path", tiny_model_dir, "--dataset", str(path)])
+    assert "dataset 'empty' is empty" in err
+
+
+def test_cli_rejects_an_unknown_dataset_name(tiny_model_dir, capsys):
+    err = one_line_error(capsys, ["--model_name_or_path", tiny_model_dir, "--dataset", "aime2023"])
+    assert "unknown dataset 'aime2023'" in err
