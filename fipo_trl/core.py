@@ -4,6 +4,7 @@ Everything follows the official `compute_policy_loss_future_kl` (qwenpilot/FIPO 
 `docs/fipo-spec.md` §2; where the paper and the code differ, the code wins (§2.14).
 """
 
+import functools
 import math
 from typing import NamedTuple
 
@@ -13,16 +14,17 @@ import torch
 LOG_RATIO_CLAMP = 20.0  # spec §2.1: the official code clamps log π_θ − log π_old to ±20 (not in the paper)
 UNCLIPPED_WEIGHT_MAX = 10.0  # spec §2.4: with clip_range == 0 the official code still caps f at 10
 SAFETY_WEIGHT_RANGE = (0.8, 1.0)  # spec §2.5: unsafe tokens get f clamped to [0.8, 1.0]
-_BLOCK = 128  # tokens per block of the two-level scan; any size is exact, 128 keeps the block matmul cheap
+_BLOCK = 64  # tokens per block of the blocked scan: any size is exact; 64 balances matmul work and recursion depth
 
 
 def discounted_future_sum(x: torch.Tensor, gamma: float) -> torch.Tensor:
     r"""
     Discounted sum of the future along the last dimension: `F_t = Σ_{k≥t} γ^(k−t) x_k` (paper Eq. 6).
 
-    Two-level blocked scan, O(T) time and memory: the sum inside each block of 128 tokens is one small matmul with a
-    fixed (128, 128) decay matrix, and the carry between blocks is the same problem on the block starts with
-    discount `γ^128`, solved recursively. No `γ^(−t)` rescaling appears anywhere, so nothing overflows for any T.
+    Blocked scan, O(T) time and memory: the future sums at the block starts (every 64 tokens) obey the same
+    recurrence with discount `γ^64` and are solved first, recursively, on T/64 values; then one matmul of the blocks
+    with a fixed (65, 64) decay matrix gives every in-block sum plus the carry from the next block. No `γ^(−t)`
+    rescaling appears anywhere, so nothing overflows for any T.
 
     Args:
         x (`torch.Tensor` of shape `(..., T)`):
@@ -48,19 +50,29 @@ def _future_sum_2d(x: torch.Tensor, gamma: float) -> torch.Tensor:
     if length <= 1:
         return x.clone()
     block = min(_BLOCK, length)
-    n_blocks = -(-length // block)
-    padded = torch.nn.functional.pad(x, (0, n_blocks * block - length)).view(rows, n_blocks, block)
-    # decay[k, t] = γ^(k−t) for k ≥ t: one row-vector × matrix product gives every in-block future sum at once
-    steps = torch.arange(block, device=x.device, dtype=torch.float64)
-    distance = steps[:, None] - steps[None, :]
-    decay = torch.where(distance >= 0, gamma ** distance.clamp(min=0), 0.0).to(x.dtype)
-    local = padded @ decay  # (rows, n_blocks, block)
+    n_blocks, full = -(-length // block), length // block
+    decay, powers = _decay_matrices(gamma, block, x.dtype, x.device)
+    # one buffer holds each block's values plus, in a last column, the full future sum at the next block's start
+    buf = x.new_empty(rows, n_blocks, block + 1)
+    buf[:, :full, :block] = x[:, : full * block].view(rows, full, block)
+    if full < n_blocks:
+        buf[:, full].zero_()
+        buf[:, full, : length - full * block] = x[:, full * block :]
+    buf[:, -1, block] = 0
     if n_blocks > 1:
-        # F at the start of block j+1 carries into block j with weight γ^(block − t); solve the block starts first
-        starts = _future_sum_2d(local[:, :, 0], gamma**block)
-        carry_weight = (gamma ** (block - steps)).to(x.dtype)
-        local[:, :-1] += starts[:, 1:, None] * carry_weight
-    return local.view(rows, -1)[:, :length]
+        # the block starts obey the same recurrence with discount γ^block: solve it on T/block values first
+        buf[:, :-1, block] = _future_sum_2d(buf[:, 1:, :block] @ powers, gamma**block)
+    return (buf @ decay).view(rows, -1)[:, :length]
+
+
+@functools.lru_cache(maxsize=64)
+def _decay_matrices(gamma: float, block: int, dtype: torch.dtype, device: torch.device):
+    """(block+1, block) matrix: rows k < block hold γ^(k−t) for k ≥ t, the last row γ^(block−t); and γ^k."""
+    steps = torch.arange(block, dtype=torch.float64)
+    distance = steps[:, None] - steps[None, :]
+    decay = torch.where(distance >= 0, gamma ** distance.clamp(min=0), 0.0)
+    decay = torch.cat([decay, (gamma ** (block - steps))[None, :]])
+    return decay.to(dtype=dtype, device=device), (gamma**steps).to(dtype=dtype, device=device)
 
 
 def weight_bounds(clip_range: float, clip_high_only: bool) -> tuple[float | None, float]:
