@@ -18,6 +18,7 @@ What it does, in order:
 """
 
 import functools
+import importlib.util
 import json
 import sys
 from dataclasses import asdict, dataclass, field
@@ -285,6 +286,8 @@ def tokenize_prompts(prompts: list, tokenizer: PreTrainedTokenizerBase) -> list[
     """
     prompts = list(prompts)  # a datasets Column is not recognised as a batch of conversations
     if isinstance(prompts[0], list):
+        if tokenizer.chat_template is None:
+            raise EvalInputError("the prompts are chat messages but the tokenizer has no chat template")
         encoded = tokenizer.apply_chat_template(prompts, add_generation_prompt=True, tokenize=True, return_dict=True)
         return [list(ids) for ids in encoded["input_ids"]]
     return [list(ids) for ids in tokenizer(text=prompts)["input_ids"]]
@@ -426,9 +429,7 @@ def generate_with_vllm(
 
 def vllm_usable() -> bool:
     """vLLM is installed and there is a GPU for it."""
-    from trl.import_utils import is_vllm_available
-
-    return is_vllm_available() and torch.cuda.is_available()
+    return importlib.util.find_spec("vllm") is not None and torch.cuda.is_available()
 
 
 # --- scoring --------------------------------------------------------------------------------------------------------
@@ -515,21 +516,22 @@ def summarize(records: list[dict]) -> dict[str, float]:
 # --- outputs --------------------------------------------------------------------------------------------------------
 
 
-def format_table(summary: dict[str, float], title: str) -> str:
+def format_table(summary: dict[str, float], k: int, title: str) -> str:
     """
     The one-screen console table: accuracies in percent (Pass@k' at powers of two and at k), lengths in tokens.
 
     Args:
         summary (`dict[str, float]`):
             Output of [`summarize`].
+        k (`int`):
+            Samples per problem.
         title (`str`):
             First line of the table.
 
     Returns:
         `str`: the table, one metric per line.
     """
-    k = max(int(key.split("@")[1]) for key in summary if key.startswith("pass@"))
-    shown_k = sorted({j for j in (2**p for p in range(k.bit_length())) if j <= k} | {k})
+    shown_k = sorted({2**p for p in range(k.bit_length())} | {k})
     rows = [(f"avg@{k}", summary[f"avg@{k}"]), (f"cons@{k}", summary[f"cons@{k}"])]
     rows += [(f"pass@{j}", summary[f"pass@{j}"]) for j in shown_k]
     lines = [title, f"  {'metric':<28}{'value':>10}"]
@@ -594,7 +596,7 @@ def evaluate(args: EvalArguments) -> dict:
         f"{name}: {len(records)} problems x {args.k} samples | {model_path} | T={args.temperature} "
         f"top_p={args.top_p} max_tokens={args.max_tokens} | {args.answer_format} | {backend}"
     )
-    print(format_table(metrics, title))
+    print(format_table(metrics, args.k, title))
     print(f"  samples: {samples_path}\n  summary: {summary_path}")
     return summary
 
@@ -627,11 +629,12 @@ class MathEvalCallback(TrainerCallback):
     steps and logs `eval_<name>/avg@k`, `eval_<name>/cons@k`, `eval_<name>/pass@k'` and the length statistics
     through the trainer (wandb shows them as `eval/<name>/...`).
 
-    Every process generates for its share of the problems with the trainer's model (unwrapped as TRL's
-    GRPOTrainer unwraps it, so DeepSpeed ZeRO-3 weights are gathered), shares are padded to equal size so every
-    process makes the same number of `generate` calls (synced generation under ZeRO-3/FSDP cannot deadlock), and the
-    results are gathered on every process before logging. Generation uses transformers `generate`, not the trainer's
-    vLLM engine.
+    Every process generates for its share of the problems with the trainer's model, unwrapped as GRPOTrainer unwraps
+    it for transformers generation (ZeRO-3 weights gathered, FSDP1 root parameters summoned). Shares are padded to
+    equal size, so every process makes the same number of `generate` calls, as synced generation under ZeRO-3 or
+    FSDP requires; the per-problem results are then gathered on every process and all of them log the same numbers,
+    as the Trainer's own logging does. Generation uses transformers `generate`, not the trainer's vLLM engine, and
+    forks the torch RNG so that training randomness is unchanged.
 
     Usage:
     ```python
@@ -691,17 +694,22 @@ class MathEvalCallback(TrainerCallback):
     def evaluate_dataset(self, dataset: Dataset, args) -> dict[str, float]:
         """Generate on this process's share of `dataset`, gather every share, and return [`summarize`] of them all."""
         from accelerate.utils import gather_object
+        from trl.distributed import DistributedBackend
         from trl.models import unwrap_model_for_generation
 
         accelerator = self.trainer.accelerator
         tokenizer = self.trainer.processing_class
         with accelerator.split_between_processes(list(range(len(dataset))), apply_padding=True) as indices:
             shard = dataset.select(indices)
-            with unwrap_model_for_generation(
-                self.trainer.model_wrapped,
-                accelerator,
-                gradient_checkpointing_kwargs=args.gradient_checkpointing_kwargs,
-            ) as model:
+            # the same unwrapping as GRPOTrainer's transformers generation (ZeRO-3 gather, FSDP1 root params)
+            with (
+                unwrap_model_for_generation(
+                    self.trainer.model_wrapped,
+                    accelerator,
+                    gradient_checkpointing_kwargs=args.gradient_checkpointing_kwargs,
+                ) as model,
+                DistributedBackend(accelerator).summon_full_params(self.trainer.model_wrapped, recurse=False),
+            ):
                 was_training = model.training
                 model.eval()
                 completions = generate_with_transformers(

@@ -258,7 +258,12 @@ def test_callback_evaluates_every_n_steps_and_logs_through_the_trainer(tiny_mode
     model, tokenizer = load_model_and_tokenizer(tiny_model_dir)
     train = Dataset.from_dict({"input_ids": [[5, 6, 7, 8]] * 4, "labels": [[5, 6, 7, 8]] * 4})
     args = TrainingArguments(
-        output_dir=str(tmp_path), max_steps=3, per_device_train_batch_size=2, report_to=[], logging_steps=100
+        output_dir=str(tmp_path),
+        max_steps=3,
+        per_device_train_batch_size=2,
+        report_to=[],
+        logging_steps=100,
+        dataloader_pin_memory=False,
     )
     trainer = Trainer(model=model, args=args, train_dataset=train, processing_class=tokenizer)
     problems = Dataset.from_dict(
