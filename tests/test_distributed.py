@@ -1,0 +1,222 @@
+"""
+FIPOTrainer in 2 real processes on CPU: DDP over gloo (torchrun), DeepSpeed ZeRO-2 and ZeRO-3 (accelerate launch).
+
+Launch lines exercised here, on a machine without a GPU:
+
+    torchrun --nproc_per_node 2 --master_addr 127.0.0.1 --master_port PORT SCRIPT   # FIPOConfig(use_cpu=True)
+    DS_ACCELERATOR=cpu accelerate launch --config_file configs/accelerate/zero3.yaml --num_processes 2 \
+        --mixed_precision no SCRIPT   # after PartialState(backend="gloo"), see `worker`
+
+The test module is also the worker script: `python tests/test_distributed.py MODEL_DIR OUT_DIR MODE`.
+"""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+
+ROOT = Path(__file__).resolve().parents[1]
+MAX_STEPS = 3  # generation at steps 0 and 2; step 1 trains on data generated before step 0's update
+LAUNCH_TIMEOUT = 150  # seconds; a run takes ~20 s on 2 busy cores
+
+
+def reward_digits(completions, **kwargs):
+    """Deterministic and varied across a group, so that advantages are non-zero."""
+    return [float(sum(ch.isalnum() for ch in c) % 5) for c in completions]
+
+
+def worker(model_dir, out_dir, mode):
+    """One process of the run: train `MAX_STEPS` steps, record every FIPO metric with the tensors it came from."""
+    if mode == "deepspeed":
+        import deepspeed.ops
+
+        # Skip DeepSpeed's CPU shared-memory all-reduce, a C++ extension built on first use (60-90 s): gloo suffices
+        deepspeed.ops.__compatible_ops__ = {**deepspeed.ops.__compatible_ops__, "deepspeed_shm_comm": False}
+        from accelerate import PartialState
+
+        # Without a GPU, accelerate 1.15 picks no backend, lets DeepSpeed open the process group anyway and then
+        # reports 1 process; naming gloo keeps both views at the real world size (report: 2-process ZeRO on CPU)
+        PartialState(backend="gloo")
+
+    from datasets import Dataset
+
+    from fipo_trl import FIPOConfig, FIPOTrainer
+
+    class RecordingFIPOTrainer(FIPOTrainer):
+        records = []
+
+        def _log_fipo_metrics(self, w, advantages, mask):
+            super()._log_fipo_metrics(w, advantages, mask)
+            logged = {k: v[-1] for k, v in self._metrics["train"].items() if k.startswith("fipo/")}
+            tensors = {name: value.detach().cpu() for name, value in w._asdict().items()}
+            self.records.append({**tensors, "advantages": advantages.cpu(), "mask": mask.cpu(), "logged": logged})
+
+    config = FIPOConfig(
+        output_dir=out_dir,
+        per_device_train_batch_size=4,
+        num_generations=4,
+        gradient_accumulation_steps=1,
+        steps_per_generation=2,
+        max_completion_length=8,
+        max_steps=MAX_STEPS,
+        learning_rate=0.05,
+        logging_steps=1,
+        save_strategy="steps",
+        save_steps=MAX_STEPS,
+        report_to="none",
+        bf16=False,
+        gradient_checkpointing=False,
+        seed=0,
+        use_cpu=mode == "ddp",
+        accelerator_config={"use_configured_state": mode == "deepspeed"},
+    )
+    dataset = Dataset.from_dict({"prompt": [f"What is {i} + {i}?" for i in range(32)]})
+    trainer = RecordingFIPOTrainer(model_dir, reward_funcs=reward_digits, args=config, train_dataset=dataset)
+    trainer.train()
+
+    rank = trainer.accelerator.process_index
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    summary = {
+        "num_processes": trainer.accelerator.num_processes,
+        "distributed_type": str(trainer.accelerator.distributed_type),
+        "engine": type(trainer.model_wrapped).__name__,
+        "zero_stage": trainer.accelerator.state.deepspeed_plugin.zero_stage if trainer.is_deepspeed_enabled else 0,
+        "losses": [entry["loss"] for entry in trainer.state.log_history if "loss" in entry],
+        # ZeRO-3 keeps only this rank's shard in .data; the sum is compared across ranks only without ZeRO-3
+        "param_sum": float(sum(p.detach().double().sum() for p in model.parameters())),
+    }
+    torch.save({"records": trainer.records, "summary": summary}, Path(out_dir) / f"rank{rank}.pt")
+
+
+def free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def launch(command, out_dir):
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",  # two processes on two cores: no oversubscription
+        "CUDA_VISIBLE_DEVICES": "",
+        "DS_ACCELERATOR": "cpu",  # DeepSpeed's own device detection, which would otherwise fail without CUDA
+        "HF_HUB_OFFLINE": "1",
+        "WANDB_MODE": "disabled",
+        "TOKENIZERS_PARALLELISM": "false",
+        "PYTHONWARNINGS": "ignore",
+    }
+    result = subprocess.run(
+        command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=LAUNCH_TIMEOUT, check=False
+    )
+    assert result.returncode == 0, f"{' '.join(map(str, command))} failed:\n{result.stderr[-4000:]}"
+    return [torch.load(Path(out_dir) / f"rank{rank}.pt", weights_only=False) for rank in (0, 1)]
+
+
+def launch_torchrun(model_dir, out_dir):
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
+    command += ["--master_addr", "127.0.0.1", "--master_port", str(free_port())]
+    return launch([*command, __file__, model_dir, str(out_dir), "ddp"], out_dir)
+
+
+def launch_deepspeed(model_dir, out_dir, accelerate_config):
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", accelerate_config]
+    command += ["--num_processes", "2", "--mixed_precision", "no"]
+    command += ["--main_process_ip", "127.0.0.1", "--main_process_port", str(free_port())]
+    return launch([*command, __file__, model_dir, str(out_dir), "deepspeed"], out_dir)
+
+
+def pad_cat(tensors):
+    """Concatenate per-rank `(B, T_rank)` tensors along the batch, right-padding T with zeros (masked out)."""
+    width = max(t.size(-1) for t in tensors)
+    return torch.cat([torch.nn.functional.pad(t, (0, width - t.size(-1))) for t in tensors])
+
+
+@pytest.fixture(scope="module")
+def ddp_run(tiny_model_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("ddp")
+    return launch_torchrun(tiny_model_dir, out), out
+
+
+def test_ddp_both_ranks_train_in_sync(ddp_run):
+    ranks, _ = ddp_run
+    summaries = [r["summary"] for r in ranks]
+    assert [s["num_processes"] for s in summaries] == [2, 2]
+    assert summaries[0]["distributed_type"] == "DistributedType.MULTI_CPU"
+    # One loss-metric call per micro-step on each rank, and identical weights after DDP's all-reduced updates
+    assert [len(r["records"]) for r in ranks] == [MAX_STEPS, MAX_STEPS]
+    assert summaries[0]["param_sum"] == pytest.approx(summaries[1]["param_sum"], rel=1e-12)
+    assert len(summaries[0]["losses"]) == MAX_STEPS
+
+
+def test_ddp_fipo_metrics_equal_single_process_computation_on_both_ranks_data(ddp_run):
+    from fipo_trl.core import FIPOWeights, weight_bounds
+    from fipo_trl.diagnostics import fipo_diagnostics
+
+    ranks, _ = ddp_run
+    off_policy_seen = False
+    for step in range(MAX_STEPS):
+        records = [r["records"][step] for r in ranks]
+        assert records[0]["logged"] == records[1]["logged"]  # every rank logs the reduced value
+        merged = {name: pad_cat([r[name] for r in records]) for name in FIPOWeights._fields if name != "keep"}
+        w = FIPOWeights(**merged, keep=torch.cat([r["keep"] for r in records]))
+        advantages, mask = torch.cat([r["advantages"] for r in records]), pad_cat([r["mask"] for r in records])
+        # FIPOConfig defaults: ε_f 0.2, clip-high-only, c = 10
+        single = fipo_diagnostics(w, advantages, mask, weight_bounds=weight_bounds(0.2, True), dual_clip_ratio=10.0)
+        logged = records[0]["logged"]
+        for name, (total, count) in single.sums.items():
+            assert logged[f"fipo/{name}"] == pytest.approx((total / count).item(), rel=1e-5, abs=1e-7), name
+        for name, value in {**single.minima, **single.maxima}.items():
+            expected = value.item() if value.isfinite() else float("nan")
+            assert logged[f"fipo/{name}"] == pytest.approx(expected, rel=1e-6, nan_ok=True), name
+        if logged["fipo/abs_log_ratio_mean"] > 0:
+            off_policy_seen = True
+            # The two ranks saw different completions, so the reduction is not a copy of rank 0's local value
+            local = fipo_diagnostics(
+                FIPOWeights(**{name: records[0][name] for name in FIPOWeights._fields}),
+                records[0]["advantages"],
+                records[0]["mask"],
+                weight_bounds=weight_bounds(0.2, True),
+                dual_clip_ratio=10.0,
+            )
+            total, count = local.sums["abs_log_ratio_mean"]
+            assert logged["fipo/abs_log_ratio_mean"] != pytest.approx((total / count).item(), rel=1e-6)
+    assert off_policy_seen, "no off-policy micro-step: steps_per_generation=2 should make step 1 stale"
+
+
+def test_ddp_checkpoint_is_written_once(ddp_run):
+    _, out = ddp_run
+    checkpoints = sorted(p.name for p in out.glob("checkpoint-*"))
+    assert checkpoints == [f"checkpoint-{MAX_STEPS}"]
+    files = sorted(p.name for p in (out / f"checkpoint-{MAX_STEPS}").iterdir())
+    assert files.count("model.safetensors") == 1 and "trainer_state.json" in files
+    # Each rank saves only its RNG state; the weights and optimizer are written by the main process alone
+    assert [f for f in files if f.startswith("rng_state")] == ["rng_state_0.pth", "rng_state_1.pth"]
+    state = json.loads((out / f"checkpoint-{MAX_STEPS}" / "trainer_state.json").read_text())
+    assert state["global_step"] == MAX_STEPS
+
+
+@pytest.mark.parametrize("stage", [2, 3])
+def test_deepspeed_zero_two_processes_on_cpu_matches_ddp(stage, ddp_run, tiny_model_dir, tmp_path):
+    ranks = launch_deepspeed(tiny_model_dir, tmp_path, f"configs/accelerate/zero{stage}.yaml")
+    summaries = [r["summary"] for r in ranks]
+    for summary in summaries:
+        assert summary["num_processes"] == 2
+        assert (summary["engine"], summary["zero_stage"]) == ("DeepSpeedEngine", stage)
+    assert [len(r["records"]) for r in ranks] == [MAX_STEPS, MAX_STEPS]
+    # Same data, same seeds, same AdamW: ZeRO sharding must not change the losses of the DDP run
+    ddp_losses = ddp_run[0][0]["summary"]["losses"]
+    assert summaries[0]["losses"] == pytest.approx(ddp_losses, rel=1e-4, abs=1e-6)
+    checkpoint = tmp_path / f"checkpoint-{MAX_STEPS}"
+    assert (checkpoint / "model.safetensors").is_file()
+    shards = sorted(p.name for p in checkpoint.glob(f"global_step{MAX_STEPS}/*optim_states.pt"))
+    assert len(shards) == 2  # one optimizer shard per rank
+
+
+if __name__ == "__main__":
+    worker(*sys.argv[1:])
