@@ -11,8 +11,8 @@ What it does, in order:
 3. Answers are scored by the training rewards: `dapo_accuracy_reward` on the "Answer:" line, as the official
    validation does, or `math_verify_reward` on `\\boxed{}`.
 4. Metrics come from `fipo_trl.eval_metrics` (the tie rule of Cons@k is documented there). Per-problem results with
-   every sample go to `<output_dir>/<dataset>.jsonl`, the summary to `<output_dir>/<dataset>.summary.json`, and a
-   one-screen table to the console.
+   every sample go to `<output_dir>/<dataset>.samples.jsonl`, the summary to `<output_dir>/<dataset>.summary.json`,
+   and a one-screen table to the console.
 5. `MathEvalCallback` runs the same evaluation on the policy during training and logs `eval_<dataset>/avg@k` etc.
    through the trainer, so wandb shows `eval/<dataset>/avg@k` next to the official `val-core/.../mean@32`.
 """
@@ -84,7 +84,7 @@ class EvalArguments:
         dtype (`str`, *optional*, defaults to `"auto"`):
             Weight dtype: `"auto"` (the checkpoint's), `"bfloat16"`, `"float16"` or `"float32"`.
         output_dir (`str`, *optional*, defaults to `"eval_results"`):
-            Where `<dataset>.jsonl` and `<dataset>.summary.json` are written.
+            Where `<dataset>.samples.jsonl` and `<dataset>.summary.json` are written.
     """
 
     model_name_or_path: str = field(metadata={"help": "Model directory, Hub id, checkpoint or LoRA adapter dir."})
@@ -546,10 +546,10 @@ def format_table(summary: dict[str, float], k: int, title: str) -> str:
 
 
 def write_results(records: list[dict], summary: dict, output_dir: str, name: str) -> tuple[Path, Path]:
-    """Write `<name>.jsonl` (one problem per line, all samples included) and `<name>.summary.json`; return both."""
+    """Write `<name>.samples.jsonl` (one problem per line, with all its samples) and `<name>.summary.json`."""
     directory = Path(output_dir)
     directory.mkdir(parents=True, exist_ok=True)
-    samples_path, summary_path = directory / f"{name}.jsonl", directory / f"{name}.summary.json"
+    samples_path, summary_path = directory / f"{name}.samples.jsonl", directory / f"{name}.summary.json"
     with samples_path.open("w") as f:
         for record in records:
             f.write(json.dumps(record, ensure_ascii=False) + "\n")

@@ -228,7 +228,7 @@ def problem_file(tmp_path):
 def test_cli_writes_samples_summary_and_table(tiny_model_dir, problem_file, tmp_path, capsys):
     args = ["--model_name_or_path", tiny_model_dir, "--dataset", str(problem_file), "--k", "3", "--max_tokens", "4"]
     assert main([*args, "--batch_size", "4", "--output_dir", str(tmp_path / "out")]) == 0
-    records = [json.loads(line) for line in (tmp_path / "out" / "problems.jsonl").read_text().splitlines()]
+    records = [json.loads(line) for line in (tmp_path / "out" / "problems.samples.jsonl").read_text().splitlines()]
     summary = json.loads((tmp_path / "out" / "problems.summary.json").read_text())
     assert [r["solution"] for r in records] == ["2", "5"] and all(len(r["samples"]) == 3 for r in records)
     # the prompts are the DAPO template, as a chat message
