@@ -2,11 +2,15 @@
 
 import json
 import math
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 from datasets import Dataset
-from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM, Trainer, TrainingArguments
 from transformers.integrations.integration_utils import rewrite_logs
 
@@ -188,6 +192,8 @@ def test_generation_stops_at_eos_and_counts_it(tiny_model):
 
 
 def test_lora_checkpoint_loads_merged_and_generates(tiny_model_dir, tmp_path):
+    from peft import LoraConfig, get_peft_model  # imported here: the 2-process worker below does not need it
+
     # a training output directory whose last checkpoint is a LoRA adapter (non-zero B) saved without a tokenizer
     base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     base_q_proj = base.model.layers[0].self_attn.q_proj.weight.detach().clone()
@@ -335,3 +341,56 @@ def test_cli_rejects_an_empty_dataset(tiny_model_dir, tmp_path, capsys, rows):
 def test_cli_rejects_an_unknown_dataset_name(tiny_model_dir, capsys):
     err = one_line_error(capsys, ["--model_name_or_path", tiny_model_dir, "--dataset", "aime2023"])
     assert "unknown dataset 'aime2023'" in err
+
+
+# --- the callback in 2 processes (DDP over gloo): padded shares, no deadlock, the same logs on both ranks ------------
+
+
+def callback_worker(model_dir, out_dir):
+    """One process: 2 training steps with `MathEvalCallback` at step 2 on 3 problems (padded to 2 + 2)."""
+    import fipo_trl.evaluate
+
+    summarized = []
+    summarize_all = fipo_trl.evaluate.summarize
+    fipo_trl.evaluate.summarize = lambda records: summarized.append(len(records)) or summarize_all(records)
+    model, tokenizer = load_model_and_tokenizer(model_dir)
+    train = Dataset.from_dict({"input_ids": [[5, 6, 7, 8]] * 8, "labels": [[5, 6, 7, 8]] * 8})
+    args = TrainingArguments(
+        output_dir=out_dir,
+        max_steps=2,
+        per_device_train_batch_size=2,
+        report_to=[],
+        use_cpu=True,
+        logging_steps=100,
+        save_strategy="no",
+        dataloader_pin_memory=False,
+    )
+    trainer = Trainer(model=model, args=args, train_dataset=train, processing_class=tokenizer)
+    problems = Dataset.from_dict(
+        {"prompt": [apply_dapo_template(f"{i}+{i}?") for i in range(3)], "solution": ["0", "2", "4"]}
+    )
+    trainer.add_callback(MathEvalCallback(trainer, {"tiny": problems}, eval_steps=2, k=2, max_tokens=3, batch_size=2))
+    trainer.train()
+    evals = [logs for logs in trainer.state.log_history if "eval_tiny/avg@2" in logs]
+    result = {"num_processes": trainer.accelerator.num_processes, "summarized": summarized, "evals": evals}
+    (Path(out_dir) / f"rank{trainer.accelerator.process_index}.json").write_text(json.dumps(result))
+
+
+@pytest.mark.slow
+def test_callback_under_two_processes_gathers_every_problem_once(tiny_model_dir, tmp_path):
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1"]
+    command += ["--master_port", str(port), __file__, tiny_model_dir, str(tmp_path)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", "PYTHONWARNINGS": "ignore"}
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=150, check=False)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rank0, rank1 = (json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in (0, 1))
+    # 3 problems: one process generated a padded duplicate, dropped after the gather
+    assert rank0["num_processes"] == 2 and rank0["summarized"] == rank1["summarized"] == [3]
+    assert len(rank0["evals"]) == 1 and rank0["evals"] == rank1["evals"]
+
+
+if __name__ == "__main__":
+    callback_worker(sys.argv[1], sys.argv[2])
