@@ -372,11 +372,16 @@ def generate_with_transformers(
         torch.manual_seed(seed)
         for start in tqdm(range(0, len(requests), batch_size), desc="generate", disable=not show_progress):
             batch = requests[start : start + batch_size]
-            inputs = tokenizer.pad(
-                {"input_ids": [prompt_ids[i] for i, _ in batch]}, padding_side="left", return_tensors="pt"
-            ).to(model.device)
-            outputs = model.generate(**inputs, generation_config=generation_config)
-            generated = outputs[:, inputs["input_ids"].shape[1] :]
+            width = max(len(prompt_ids[i]) for i, _ in batch)
+            # left padding by hand: tokenizer.pad needs a pad token, which many base-model tokenizers lack
+            input_ids = [[pad_id] * (width - len(prompt_ids[i])) + prompt_ids[i] for i, _ in batch]
+            attention_mask = [[0] * (width - len(prompt_ids[i])) + [1] * len(prompt_ids[i]) for i, _ in batch]
+            outputs = model.generate(
+                input_ids=torch.tensor(input_ids, device=model.device),
+                attention_mask=torch.tensor(attention_mask, device=model.device),
+                generation_config=generation_config,
+            )
+            generated = outputs[:, width:]
             is_eos = torch.isin(generated, torch.tensor(eos_ids, device=generated.device))
             for (i, j), ids, eos in zip(batch, generated.tolist(), is_eos.tolist(), strict=True):
                 # everything after the first EOS is padding; no EOS means the completion hit max_tokens

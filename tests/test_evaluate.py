@@ -173,6 +173,17 @@ def test_generation_counts_tokens_flags_truncation_and_is_seeded(tiny_model):
     assert generate_with_transformers(model, tokenizer, prompt_ids, show_progress=False, **kwargs) == completions
 
 
+def test_left_padding_does_not_change_greedy_completions(tiny_model):
+    model, tokenizer = tiny_model
+    prompts = [[{"role": "user", "content": "1+1="}], [{"role": "user", "content": "What is 12 + 30? Let us add."}]]
+    prompt_ids = tokenize_prompts(prompts, tokenizer)
+    assert len(prompt_ids[0]) < len(prompt_ids[1])
+    # a tiny top_p is greedy: one prompt per batch and both prompts in one padded batch must agree
+    kwargs = {"k": 1, "temperature": 1.0, "top_p": 1e-6, "max_tokens": 6, "seed": 0, "show_progress": False}
+    alone = generate_with_transformers(model, tokenizer, prompt_ids, batch_size=1, **kwargs)
+    assert generate_with_transformers(model, tokenizer, prompt_ids, batch_size=2, **kwargs) == alone
+
+
 def test_generation_stops_at_eos_and_counts_it(tiny_model):
     model, tokenizer = tiny_model
     prompt_ids = tokenize_prompts(CHAT_PROMPTS[:1], tokenizer)
