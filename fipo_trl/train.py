@@ -42,7 +42,8 @@ class FIPOScriptArguments(ScriptArguments):
         reward_funcs (`list[str]`, *optional*, defaults to `["dapo_accuracy"]`):
             Reward functions, by name (`dapo_accuracy`, `math_verify`, `soft_overlong`) or dotted import path
             (`my_pkg.rewards.my_reward`). `soft_overlong` is TRL's DAPO overlong penalty with
-            `max_completion_len=max_completion_length` and `soft_punish_cache=overlong_buffer_length`.
+            `max_completion_len=max_completion_length` and `soft_punish_cache=overlong_buffer_length`. The first one
+            is the correctness reward: it is logged as `accuracy` (fraction > 0) and scores the held-out check.
         overlong_buffer_length (`int`, *optional*, defaults to `4096`):
             The buffer of the `soft_overlong` reward (official DAPO/FIPO: 4096 with 20480 completion tokens).
         max_prompt_length (`int` or `None`, *optional*, defaults to `None`):
@@ -221,16 +222,32 @@ def truncate_prompts(dataset, tokenizer, max_prompt_length):
     return dataset.map(truncate, desc="Truncating prompts")
 
 
+def with_accuracy_metric(reward_func):
+    """`reward_func`, also logging `accuracy` (the fraction of completions it scores above 0) through TRL."""
+
+    def accuracy_logged(completions, log_metric=None, **kwargs):
+        rewards = reward_func(completions, log_metric=log_metric, **kwargs)
+        scored = [reward for reward in rewards if reward is not None]
+        if log_metric is not None and scored:
+            log_metric("accuracy", sum(reward > 0 for reward in scored) / len(scored))
+        return rewards
+
+    accuracy_logged.__name__ = getattr(reward_func, "__name__", type(reward_func).__name__)  # TRL's metric name
+    return accuracy_logged
+
+
 def get_reward_funcs(script_args, training_args):
-    """Reward functions of the recipe, by name or dotted import path."""
+    """Reward functions of the recipe, by name or dotted import path; the first one also logs `accuracy`."""
     import importlib
+
+    from . import rewards
 
     funcs = []
     for name in script_args.reward_funcs:
-        if name in ("dapo_accuracy", "math_verify"):
-            from . import rewards
-
-            funcs.append(getattr(rewards, f"{name}_reward"))
+        if name == "dapo_accuracy":
+            funcs.append(rewards.dapo_accuracy_reward)
+        elif name == "math_verify":
+            funcs.append(rewards.get_math_verify_reward())
         elif name == "soft_overlong":
             from trl.rewards import get_soft_overlong_punishment
 
@@ -253,7 +270,7 @@ def get_reward_funcs(script_args, training_args):
             )
     if not funcs:
         raise RecipeError("reward_funcs is empty: name at least one reward function")
-    return funcs
+    return [with_accuracy_metric(funcs[0]), *funcs[1:]]
 
 
 def prepare(script_args, training_args, model_args):
@@ -270,12 +287,15 @@ def prepare(script_args, training_args, model_args):
         train = truncate_prompts(train, tokenizer, script_args.max_prompt_length)
     reward_funcs = get_reward_funcs(script_args, training_args)
 
-    if training_args.report_to and "wandb" in training_args.report_to:
+    if "wandb" in training_args.report_to:
         try:
             import wandb  # noqa: F401
         except ImportError:
             logger.warning("wandb is not installed: logging to the console only (pip install 'fipo-trl[wandb]').")
             training_args.report_to = [r for r in training_args.report_to if r != "wandb"]
+        else:
+            os.makedirs(training_args.output_dir, exist_ok=True)
+            os.environ.setdefault("WANDB_DIR", training_args.output_dir)  # the run's logs next to its checkpoints
 
     resume = training_args.resume_from_checkpoint
     if resume in ("last", "true", "True"):
@@ -435,7 +455,7 @@ def print_summary(trainer, before, after, minutes, heldout_size):
     if "wandb" in args.report_to:
         import wandb
 
-        run_dir = wandb.run.dir if wandb.run is not None else os.environ.get("WANDB_DIR", "./wandb")
+        run_dir = Path(wandb.run.dir).parent if wandb.run is not None else os.environ.get("WANDB_DIR", "./wandb")
         lines.append(f"wandb:             {run_dir}   (offline: `wandb sync` to upload)")
     lines.append("=" * 72)
     print("\n".join(lines))
