@@ -251,14 +251,16 @@ def load_model_and_tokenizer(model_path: str, dtype: str = "auto") -> tuple[PreT
             Weight dtype; `"auto"` keeps the checkpoint's.
 
     Returns:
-        `tuple[PreTrainedModel, PreTrainedTokenizerBase]`: the model in eval mode on the GPU if there is one, and its
-        tokenizer.
+        `tuple[PreTrainedModel, PreTrainedTokenizerBase]`: the model in eval mode, on the visible GPUs if there are
+        any, and its tokenizer.
     """
     adapter = read_adapter_config(model_path)
     base_path = model_path if adapter is None else adapter["base_model_name_or_path"]
     try:
         tokenizer = AutoTokenizer.from_pretrained(tokenizer_path(model_path))
-        model = AutoModelForCausalLM.from_pretrained(base_path, dtype=dtype)
+        # device_map="auto" spreads a model too large for one GPU over all visible GPUs
+        device_map = "auto" if torch.cuda.is_available() else None
+        model = AutoModelForCausalLM.from_pretrained(base_path, dtype=dtype, device_map=device_map)
     except OSError as error:
         raise EvalInputError(f"cannot load model {base_path!r}: {str(error).splitlines()[0]}") from error
     if adapter is not None:
@@ -266,7 +268,6 @@ def load_model_and_tokenizer(model_path: str, dtype: str = "auto") -> tuple[PreT
 
         # merged once up front: generation then runs at the speed of a plain model
         model = PeftModel.from_pretrained(model, model_path).merge_and_unload()
-    model.to("cuda" if torch.cuda.is_available() else "cpu")
     return model.eval(), tokenizer
 
 
@@ -412,7 +413,15 @@ def generate_with_vllm(
     # vLLM's default max_lora_rank is 16; a larger adapter rank must be declared
     lora_kwargs = {} if adapter is None else {"enable_lora": True, "max_lora_rank": max(16, adapter["r"])}
     base_path = model_path if adapter is None else adapter["base_model_name_or_path"]
-    llm = LLM(model=base_path, tokenizer=tokenizer_path(model_path), seed=seed, **lora_kwargs)
+    # tensor parallel over every visible GPU (a 32B model needs several); pick them with CUDA_VISIBLE_DEVICES
+    tensor_parallel_size = torch.cuda.device_count()
+    llm = LLM(
+        base_path,
+        tokenizer=tokenizer_path(model_path),
+        tensor_parallel_size=tensor_parallel_size,
+        seed=seed,
+        **lora_kwargs,
+    )
     # one seed per prompt: one seeded SamplingParams shared by all prompts would correlate them (vllm#50440)
     sampling_params = [
         SamplingParams(n=k, temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=seed + i * k)
