@@ -298,9 +298,19 @@ def parse_typed(recipe_path, raw, extra_args):
         raise CheckError(str(exc)) from None
 
 
-def find_warnings(recipe, geometry, args, script_args):
+def find_warnings(recipe, geometry, args, script_args, model_args, sharding):
     """Known mistakes and deviations from the official run, one sentence each."""
     found = []
+    shape, _ = model_shape(model_args.model_name_or_path)
+    checkpoint_dtype = (shape or {}).get("dtype") or (shape or {}).get("torch_dtype") or "bfloat16"
+    weight_dtype = checkpoint_dtype if model_args.dtype in ("auto", None) else model_args.dtype
+    if sharding.zero_stage == 0 and weight_dtype == "bfloat16" and args.learning_rate < 1e-4:
+        # DeepSpeed keeps fp32 master weights and FSDP upcasts them; a plain (DDP) run trains the bf16 tensors
+        found.append(
+            f"the weights stay bfloat16 under {sharding.label} (no fp32 master copy): AdamW updates at "
+            f"learning_rate={args.learning_rate:g} mostly round away. Pass --dtype float32 (bf16=True still "
+            "autocasts the compute) or use a DeepSpeed/FSDP config."
+        )
     for name in ("per_device_train_batch_size", "generation_batch_size"):
         if recipe.get(name) in OFFICIAL_PROMPT_COUNTS:
             found.append(
@@ -469,7 +479,7 @@ def main(argv=None):
         raw = raw_geometry({**recipe, **cli_overrides(extra_args)}, defaults)
         geometry = resolve_geometry(raw, num_processes, num_nodes)
         script_args, args, model_args = parse_typed(options.recipe, raw, extra_args)
-        found = find_warnings(recipe, geometry, args, script_args)
+        found = find_warnings(recipe, geometry, args, script_args, model_args, sharding)
     except (CheckError, OSError, yaml.YAMLError) as exc:
         print(f"fipo-trl check: error: {str(exc).splitlines()[0]}", file=sys.stderr)
         return 2

@@ -271,3 +271,14 @@ def test_cli_dispatches_check(capsys):
 
     assert cli_main(["check", "configs/recipes/fipo_qwen2.5_math_1.5b_1node.yaml", "--num-processes", "8"]) == 0
     assert "completions per optimizer step         128 " in capsys.readouterr().out
+
+
+def test_bf16_weights_without_master_copy_are_flagged_only_outside_deepspeed(capsys):
+    # lr 1e-6 on bf16 weights rounds away under DDP; DeepSpeed keeps fp32 master weights
+    recipe, config = "configs/recipes/fipo_qwen2.5_math_1.5b_1node.yaml", "configs/accelerate/"
+    code, out, _ = run_check(capsys, recipe, "--accelerate-config", config + "multi_gpu.yaml")
+    assert code == 0 and "warning: the weights stay bfloat16 under DDP (replicated)" in out
+    code, out, _ = run_check(capsys, recipe, "--accelerate-config", config + "multi_gpu.yaml", "--dtype", "float32")
+    assert code == 0 and "no warnings" in out
+    code, out, _ = run_check(capsys, recipe, "--accelerate-config", config + "zero2.yaml")
+    assert code == 0 and "no warnings" in out
