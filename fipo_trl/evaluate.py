@@ -1,6 +1,6 @@
 """`fipo-trl eval`: Avg@k, Cons@k and Pass@k of a model on a math dataset, measured the way the paper reports AIME.
 
-    fipo-trl eval --model_name_or_path Qwen/Qwen2.5-32B --dataset aime2024          # paper protocol (spec §3.5)
+    fipo-trl eval --model_name_or_path QwenPilot/FIPO_32B --dataset aime2024        # paper protocol (spec §3.5)
     fipo-trl eval --model_name_or_path outputs/checkpoint-500 --dataset problems.jsonl --k 4 --max_tokens 1024
 
 What it does, in order:
@@ -416,7 +416,7 @@ def generate_with_vllm(
     # tensor parallel over every visible GPU (a 32B model needs several); pick them with CUDA_VISIBLE_DEVICES
     tensor_parallel_size = torch.cuda.device_count()
     llm = LLM(
-        base_path,
+        model=base_path,
         tokenizer=tokenizer_path(model_path),
         tensor_parallel_size=tensor_parallel_size,
         seed=seed,
