@@ -4,6 +4,7 @@ import json
 
 import datasets
 import pandas as pd
+import pyarrow as pa
 import pytest
 from transformers import AutoTokenizer
 
@@ -237,3 +238,19 @@ def test_loader_truncates_when_given_a_tokenizer(dapo_parquet, tokenizer):
     for prompt in dataset["prompt"]:
         rendered = tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
         assert len(tokenizer(rendered, add_special_tokens=False)["input_ids"]) <= 40
+
+
+def test_dapo_math_reward_model_without_ground_truth(tmp_path):
+    # the ground truth must sit in reward_model.ground_truth
+    path = tmp_path / "nogt.parquet"
+    pd.DataFrame({"prompt": [[{"content": "x", "role": "user"}]], "reward_model": [{"answer": "1"}]}).to_parquet(path)
+    with pytest.raises(ValueError, match=r"nogt\.parquet.*'ground_truth'"):
+        load_dapo_math(str(path))
+
+
+def test_deduplication_across_arrow_chunks():
+    # the hub file arrives in many Arrow chunks (one sliced): duplicates in different chunks still collapse
+    table = pa.Table.from_pylist(verl_rows([("A?", "1"), ("B?", "2"), ("A?", "1"), ("C?", "3"), ("B?", "2")]))
+    chunked = pa.concat_tables([table.slice(0, 2), table.slice(2, 1), table.slice(3)])
+    dataset = data._from_verl_layout(datasets.Dataset(chunked), "chunks", conversational=False, deduplicate=True)
+    assert dataset["prompt"] == [apply_dapo_template(p, conversational=False) for p in ["A?", "B?", "C?"]]
