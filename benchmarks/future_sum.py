@@ -5,18 +5,15 @@
 (a) is the official formulation (spec §4.1, written here from its description): for every block of 128 columns, an
 (L, 128) decay matrix and a (B, 128) × (128, L) matmul, O(B·L²). (b) is a plain reverse `torch.cumsum` of the same
 tensor, the memory-bound yardstick (it computes a different, undiscounted sum). Peak memory is the growth of the
-process's peak RSS while one call runs, measured in a fresh subprocess per cell.
+process's peak resident memory during one call (`peak_memory.py`).
 """
 
 import argparse
-import json
-import resource
 import statistics
-import subprocess
-import sys
 import time
 
 import torch
+from peak_memory import ensure_exact_peaks, peak_growth
 
 from fipo_trl import discounted_future_sum
 
@@ -57,23 +54,10 @@ def make_input(batch, length):
     return torch.randn(batch, length, generator=torch.Generator().manual_seed(length))
 
 
-def worker(method, batch, length):
-    """Print the peak-RSS growth (MiB) of one call, in this fresh process."""
-    x = make_input(batch, length)
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    METHODS[method](x, GAMMA)
-    print(json.dumps({"peak_mib": (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024}))
-
-
-def peak_mib(method, batch, length):
-    # a fresh process per cell so that one method's peak does not hide another's
-    out = subprocess.run(
-        [sys.executable, __file__, "--worker", method, "--batch", str(batch), "--lengths", str(length)],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    return json.loads(out.stdout.strip().splitlines()[-1])["peak_mib"]
+def peak_mib(fn, x):
+    with peak_growth() as peak:
+        fn(x, GAMMA)
+    return peak["mib"]
 
 
 def timed(fn, x, repeats):
@@ -92,10 +76,8 @@ def main():
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--lengths", type=int, nargs="+", default=[1024, 4096, 16384, 32768])
     parser.add_argument("--repeats", type=int, default=20)
-    parser.add_argument("--worker", choices=list(METHODS))
     args = parser.parse_args()
-    if args.worker:
-        return worker(args.worker, args.batch, args.lengths[0])
+    ensure_exact_peaks()
 
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, B={args.batch}, fp32, γ=2^(-1/32)")
     header = (
@@ -112,7 +94,7 @@ def main():
         runs = {name: timed(fn, x, args.repeats if name != "official (a)" else 1) for name, fn in METHODS.items()}
         ms = {name: run[0] for name, run in runs.items()}
         err = {name: (runs[name][1].double() - ref).abs().max().item() / scale for name in list(METHODS)[:2]}
-        mem = {name: peak_mib(name, args.batch, length) for name in METHODS}
+        mem = {name: peak_mib(fn, x) for name, fn in METHODS.items()}
         print(
             f"{length:>6} | {ms['fipo_trl']:>11.2f} {ms['official (a)']:>9.1f} {ms['cumsum (b)']:>8.2f} | "
             f"{ms['official (a)'] / ms['fipo_trl']:>7.1f}x {ms['fipo_trl'] / ms['cumsum (b)']:>7.2f}x | "
