@@ -476,7 +476,8 @@ def main(argv=None):
             for f in dataclasses.fields(FIPOConfig)
             if f.name in GEOMETRY_FIELDS
         }
-        raw = raw_geometry({**recipe, **cli_overrides(extra_args)}, defaults)
+        recipe = {**recipe, **cli_overrides(extra_args)}  # CLI flags win over the YAML, as in `fipo-trl train`
+        raw = raw_geometry(recipe, defaults)
         geometry = resolve_geometry(raw, num_processes, num_nodes)
         script_args, args, model_args = parse_typed(options.recipe, raw, extra_args)
         found = find_warnings(recipe, geometry, args, script_args, model_args, sharding)

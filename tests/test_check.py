@@ -282,3 +282,12 @@ def test_bf16_weights_without_master_copy_are_flagged_only_outside_deepspeed(cap
     assert code == 0 and "no warnings" in out
     code, out, _ = run_check(capsys, recipe, "--accelerate-config", config + "zero2.yaml")
     assert code == 0 and "no warnings" in out
+
+
+def test_cli_override_is_judged_like_the_yaml(capsys):
+    # A prompt-count batch size given on the command line is flagged as it would be in the recipe
+    recipe = "configs/recipes/fipo_qwen2.5_math_1.5b_1node.yaml"
+    code, out, _ = run_check(capsys, recipe, "--num-processes", 8, "--generation_batch_size", 512)
+    assert code == 2  # the recipe already sets steps_per_generation: TRL refuses both
+    code, out, _ = run_check(capsys, recipe, "--per_device_train_batch_size", 64, "--steps_per_generation", 8)
+    assert code == 0 and "per_device_train_batch_size=64 looks like a count of prompts" in out

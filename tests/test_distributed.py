@@ -49,7 +49,9 @@ def worker(model_dir, out_dir, mode):
     from fipo_trl import FIPOConfig, FIPOTrainer
 
     class RecordingFIPOTrainer(FIPOTrainer):
-        records = []
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.records = []
 
         def _log_fipo_metrics(self, w, advantages, mask):
             super()._log_fipo_metrics(w, advantages, mask)
