@@ -340,3 +340,14 @@ def test_checkpoint_and_resume(tiny_model_dir, tmp_path):
     steps = [h["step"] for h in second.state.log_history if "fipo/weight_mean" in h]
     assert steps == [1, 2, 3, 4]
     assert (tmp_path / "checkpoint-4").is_dir()
+
+
+def test_fully_masked_micro_batch_is_finite(tiny_model_dir, tmp_path):
+    # every completion empty (e.g. all tool tokens): loss and gradients stay finite, metrics are NaN, not errors
+    trainer = make_trainer(tiny_model_dir, tmp_path)
+    inputs = make_inputs(trainer)
+    inputs["completion_mask"] = torch.zeros_like(inputs["completion_mask"])
+    inputs["num_items_in_batch"] = torch.tensor(0)
+    loss, grads = loss_and_grads(trainer, inputs)
+    assert loss.item() == 0.0 and all(torch.isfinite(g).all() for g in grads.values())
+    assert math.isnan(trainer._metrics["train"]["fipo/weight_mean"][-1])
