@@ -430,10 +430,12 @@ class _MathVerifyPool:
                 try:
                     message = _read_message(worker.process.stdout)
                 except EOFError:
-                    if not worker.ready:
-                        raise RuntimeError("a math-verify worker exited while starting; see its stderr") from None
-                    num_timeouts += 1  # died mid-task (killed by the OS, crashed): no verdict, like a timeout
-                    worker.task = None
+                    exit_code = worker.process.wait()
+                    if not worker.ready and exit_code > 0:  # an error, not a signal: a new process would fail too
+                        raise RuntimeError(f"a math-verify worker failed to start ({exit_code}); see stderr") from None
+                    if worker.task is not None:  # killed mid-task (by the OS, say): no verdict, like a timeout
+                        num_timeouts += 1
+                        worker.task = None
                     self._replace(worker)
                     continue
                 if not worker.ready:
@@ -486,15 +488,20 @@ class MathVerifyReward:
         self._lock = threading.Lock()
         self._pool = None
         atexit.register(self.close)
+        os.register_at_fork(after_in_child=self._after_fork)
+
+    def _after_fork(self) -> None:
+        # a forked child (a dataloader worker) must not wait on its parent's lock or talk to its parent's workers
+        self._lock = threading.Lock()
+        if self._pool is not None:
+            self._pool.close()  # in the child this only closes the child's copies of the pipes
+            self._pool = None
 
     def __call__(self, completions: list, solution: list, log_metric=None, **kwargs) -> list[float | None]:
         texts = [_completion_text(completion) for completion in completions]
         pairs = zip(solution, texts, strict=True)
         tasks = [(_solution_text(truth), text) for truth, text in pairs if truth is not None]
         with self._lock:  # one batch at a time per pool; other threads wait for their turn
-            if self._pool is not None and self._pool.pid != os.getpid():  # inherited through a fork
-                self._pool.close()
-                self._pool = None
             if self._pool is None:
                 self._pool = _MathVerifyPool(self.num_workers, self.timeout_s)
             scores, num_timeouts = self._pool.map(tasks)

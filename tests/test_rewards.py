@@ -388,11 +388,12 @@ def _score_in_daemon(reward, connection):
 
 
 def test_math_verify_in_a_forked_daemon_process(verifier):
-    # a dataloader-like daemon child that inherited the pool starts its own workers and is still bounded
+    # a dataloader-like daemon child that inherited the pool and its lock starts its own workers, still bounded
     verifier([r"\boxed{1}"], solution=["1"])
     receiver, sender = multiprocessing.Pipe(duplex=False)
     child = multiprocessing.get_context("fork").Process(target=_score_in_daemon, args=(verifier, sender), daemon=True)
-    child.start()
+    with verifier._lock:  # forked while another thread is mid-call: the child must not inherit the held lock
+        child.start()
     assert receiver.poll(60) and receiver.recv() == [0.0, 1.0]
     child.join(10)
     assert verifier([r"\boxed{2}"], solution=["2"]) == [1.0]  # the parent's own pool is untouched
@@ -405,8 +406,8 @@ def test_math_verify_odd_inputs_never_crash(verifier):
 
 
 def test_math_verify_replaces_a_dead_worker(verifier):
-    # a worker killed from outside while idle is replaced and the check retried
-    verifier([r"\boxed{1}"], solution=["1"])
+    # workers killed from outside, idle or still starting, are replaced and the checks retried
+    verifier([EXPLODING], solution=["1"])  # leaves one worker starting
     for worker in verifier._pool.workers:
         worker.process.kill()
         worker.process.wait()
@@ -422,3 +423,12 @@ def test_math_verify_reward_pickles(verifier):
         assert copy([r"\boxed{9}"], solution=["9"]) == [1.0]
     finally:
         copy.close()
+
+
+def test_math_verify_worker_that_cannot_start_raises(monkeypatch):
+    # a broken worker environment is an error, not an endless respawn
+    monkeypatch.setattr("fipo_trl.rewards._WORKER_BOOT", "raise SystemExit(3)")
+    reward = get_math_verify_reward(timeout_s=1.0, num_workers=1)
+    with pytest.raises(RuntimeError, match="failed to start"):
+        reward([r"\boxed{1}"], solution=["1"])
+    reward.close()
