@@ -432,3 +432,24 @@ def test_math_verify_worker_that_cannot_start_raises(monkeypatch):
     with pytest.raises(RuntimeError, match="failed to start"):
         reward([r"\boxed{1}"], solution=["1"])
     reward.close()
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")  # transformers' own gradient-checkpointing renames
+def test_rewards_plug_into_a_trl_trainer(tiny_model_dir, tmp_path, verifier):
+    # one GRPOTrainer step with the official reward list plus math-verify: readable names and the timeout metric
+    from datasets import Dataset
+    from trl import GRPOConfig, GRPOTrainer
+
+    prompts = [[{"role": "user", "content": "What is 1+1?"}], [{"role": "user", "content": "What is 2+2?"}]]
+    dataset = Dataset.from_dict({"prompt": prompts, "solution": ["2", "4"]})
+    args = GRPOConfig(
+        output_dir=str(tmp_path), use_cpu=True, bf16=False, report_to="none", save_strategy="no", max_steps=1,
+        per_device_train_batch_size=4, num_generations=4, max_completion_length=8, logging_steps=1,
+    )  # fmt: skip
+    reward_funcs = [*dapo_reward_funcs(max_completion_len=8, soft_punish_cache=4), verifier]
+    trainer = GRPOTrainer(model=tiny_model_dir, reward_funcs=reward_funcs, args=args, train_dataset=dataset)
+    trainer.train()
+    logs = trainer.state.log_history[0]
+    for name in ["dapo_accuracy_reward", "soft_overlong_punishment_reward", "math_verify_reward"]:
+        assert f"rewards/{name}/mean" in logs
+    assert logs["math_verify_reward/timeouts"] == 0.0
