@@ -24,6 +24,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 MAX_STEPS = 3  # generation at steps 0 and 2; step 1 trains on data generated before step 0's update
 LAUNCH_TIMEOUT = 150  # seconds; a run takes ~20 s on 2 busy cores
+LOGIT_SCALE, EOS_BIAS = 8.0, 2.0
 
 
 def reward_digits(completions, **kwargs):
@@ -45,6 +46,7 @@ def worker(model_dir, out_dir, mode):
         PartialState(backend="gloo")
 
     from datasets import Dataset
+    from transformers import AutoModelForCausalLM
 
     from fipo_trl import FIPOConfig, FIPOTrainer
 
@@ -59,6 +61,15 @@ def worker(model_dir, out_dir, mode):
             tensors = {name: value.detach().cpu() for name, value in w._asdict().items()}
             self.records.append({**tensors, "advantages": advantages.cpu(), "mask": mask.cpu(), "logged": logged})
 
+    # Built before FIPOConfig, which turns on ZeRO-3 sharded loading (the lm_head swap needs whole tensors)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    # Sharper, context-dependent logits plus an EOS bias end completions at lengths that differ between ranks (which
+    # share one sampling seed), so a token-weighted reduction differs from a mean of per-rank means
+    head = torch.nn.Linear(model.config.hidden_size, model.config.vocab_size, bias=True)
+    head.weight.data.copy_(model.lm_head.weight.data * LOGIT_SCALE)
+    head.bias.data.zero_()
+    head.bias.data[model.config.eos_token_id] = EOS_BIAS
+    model.lm_head = head
     config = FIPOConfig(
         output_dir=out_dir,
         per_device_train_batch_size=4,
@@ -79,7 +90,7 @@ def worker(model_dir, out_dir, mode):
         accelerator_config={"use_configured_state": mode == "deepspeed"},
     )
     dataset = Dataset.from_dict({"prompt": [f"What is {i} + {i}?" for i in range(32)]})
-    trainer = RecordingFIPOTrainer(model_dir, reward_funcs=reward_digits, args=config, train_dataset=dataset)
+    trainer = RecordingFIPOTrainer(model, reward_funcs=reward_digits, args=config, train_dataset=dataset)
     trainer.train()
 
     rank = trainer.accelerator.process_index
@@ -178,16 +189,21 @@ def test_ddp_fipo_metrics_equal_single_process_computation_on_both_ranks_data(dd
             assert logged[f"fipo/{name}"] == pytest.approx(expected, rel=1e-6, nan_ok=True), name
         if logged["fipo/abs_log_ratio_mean"] > 0:
             off_policy_seen = True
-            # The two ranks saw different completions, so the reduction is not a copy of rank 0's local value
-            local = fipo_diagnostics(
-                FIPOWeights(**{name: records[0][name] for name in FIPOWeights._fields}),
-                records[0]["advantages"],
-                records[0]["mask"],
-                weight_bounds=weight_bounds(0.2, True),
-                dual_clip_ratio=10.0,
-            )
-            total, count = local.sums["abs_log_ratio_mean"]
-            assert logged["fipo/abs_log_ratio_mean"] != pytest.approx((total / count).item(), rel=1e-6)
+            # Unequal token counts: the token-weighted mean is neither rank's value nor the mean of the two
+            local = [
+                fipo_diagnostics(
+                    FIPOWeights(**{name: r[name] for name in FIPOWeights._fields}),
+                    r["advantages"],
+                    r["mask"],
+                    weight_bounds=weight_bounds(0.2, True),
+                    dual_clip_ratio=10.0,
+                ).sums["abs_log_ratio_mean"]
+                for r in records
+            ]
+            assert local[0][1] != local[1][1], "equal token counts on both ranks: the check below cannot discriminate"
+            per_rank = [(total / count).item() for total, count in local]
+            for wrong in (*per_rank, sum(per_rank) / 2):
+                assert logged["fipo/abs_log_ratio_mean"] != pytest.approx(wrong, rel=1e-6)
     assert off_policy_seen, "no off-policy micro-step: steps_per_generation=2 should make step 1 stale"
 
 
