@@ -350,7 +350,10 @@ def _worker_main(alarm_s: int) -> None:
         except EOFError:  # the parent closed the pipe or exited
             return
         signal.alarm(alarm_s)  # SIGALRM's default action ends the process even inside C code
-        result = score(*task)
+        try:
+            result = score(*task)
+        except Exception:  # e.g. RecursionError deep in sympy: wrong, as math-verify scores its own errors
+            result = 0.0
         signal.alarm(0)
         _write_message(output, result)
 
@@ -359,13 +362,11 @@ class _Worker:
     """One math-verify process: `task` is the index it is working on, `deadline` when it will be killed."""
 
     def __init__(self, alarm_s: int):
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         self.process = subprocess.Popen(
             [sys.executable, "-c", _WORKER_BOOT, os.path.abspath(__file__), str(alarm_s)],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             bufsize=0,
-            env=env,
         )
         self.started = time.monotonic()
         self.ready = False
