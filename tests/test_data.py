@@ -227,9 +227,8 @@ def test_truncation_of_plain_text_and_short_prompts(tokenizer):
     text = apply_dapo_template("one two three " * 200, conversational=False)
     truncated = truncate_prompt(text, tokenizer, max_prompt_length=32)
     assert len(tokenizer(truncated, add_special_tokens=False)["input_ids"]) <= 32 and text.endswith(truncated)
-    assert truncate_prompt(apply_dapo_template("1+1?"), tokenizer, max_prompt_length=2048) == apply_dapo_template(
-        "1+1?"
-    )
+    short = apply_dapo_template("1+1?")
+    assert truncate_prompt(short, tokenizer, max_prompt_length=2048) == short
 
 
 def test_loader_truncates_when_given_a_tokenizer(dapo_parquet, tokenizer):
