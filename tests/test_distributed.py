@@ -7,7 +7,8 @@ Launch lines exercised here, on a machine without a GPU:
     DS_ACCELERATOR=cpu accelerate launch --config_file configs/accelerate/zero3.yaml --num_processes 2 \
         --mixed_precision no SCRIPT   # after PartialState(backend="gloo"), see `worker`
 
-The test module is also the worker script: `python tests/test_distributed.py MODEL_DIR OUT_DIR MODE`.
+The test module is also the worker script: `python tests/test_distributed.py MODEL_DIR OUT_DIR MODE`. The multi-node
+Slurm launcher is run with stub `srun`/`vllm`/`accelerate` commands that log the command lines it builds.
 """
 
 import json
@@ -234,6 +235,56 @@ def test_deepspeed_zero_two_processes_on_cpu_matches_ddp(stage, ddp_run, tiny_mo
     assert (checkpoint / "model.safetensors").is_file()
     shards = sorted(p.name for p in checkpoint.glob(f"global_step{MAX_STEPS}/*optim_states.pt"))
     assert len(shards) == 2  # one optimizer shard per rank
+
+
+SLURM_STUBS = {
+    "scontrol": 'printf "node%d\\n" $(seq 0 2)',  # a 3-node allocation
+    # Run the step's command once per task, with SLURM_PROCID and --export applied, after logging the step
+    "srun": """echo "srun $*" >> "$STUB_LOG"; ntasks=1
+while [[ $1 == --* ]]; do case $1 in --ntasks) ntasks=$2; shift 2;; --export) export "${2#ALL,}"; shift 2;;
+  --ntasks-per-node|--nodes|--nodelist) shift 2;; *) shift;; esac; done
+for ((i = 0; i < ntasks; i++)); do SLURM_PROCID=$i "$@"; done""",
+    "vllm": 'echo "vllm $* DEV_MODE=${VLLM_SERVER_DEV_MODE:-}" >> "$STUB_LOG"',
+    "accelerate": 'echo "accelerate $*" >> "$STUB_LOG"',
+    "curl": "exit 0",
+}
+
+
+def run_slurm_script(folder, *args):
+    """Run the sbatch script on a fake 3-node allocation; return the result and the logged command lines."""
+    for name, body in SLURM_STUBS.items():
+        (folder / name).write_text(f"#!/bin/bash\n{body}\n")
+        (folder / name).chmod(0o755)
+    log = folder / "calls.log"
+    env = {**os.environ, "PATH": f"{folder}:{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    env.update({"SLURM_JOB_NODELIST": "node[0-2]", "STUB_LOG": str(log)})
+    script = ["bash", "scripts/slurm/fipo_multinode.sbatch", "configs/recipes/fipo_qwen2.5_32b.yaml", *args]
+    result = subprocess.run(script, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120, check=False)
+    return result, log.read_text().splitlines() if log.exists() else []
+
+
+def test_slurm_script_puts_vllm_on_first_node_and_ranks_the_others(tmp_path):
+    # Slurm, vLLM and accelerate are stubs that log their command lines; fipo-trl check runs for real
+    overrides = ["--gradient_accumulation_steps", "64", "--steps_per_generation", "512"]  # 16 processes, 1024/step
+    result, calls = run_slurm_script(tmp_path, *overrides)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "completions per optimizer step         1024" in result.stdout  # the check ran on 16 processes
+    vllm = next(line for line in calls if line.startswith("vllm serve"))
+    assert "Qwen/Qwen2.5-32B" in vllm and "--max-model-len 22528" in vllm and "DEV_MODE=1" in vllm
+    assert "--weight-transfer-config" in vllm and "--logprobs-mode processed_logprobs" in vllm
+    launches = [line for line in calls if line.startswith("accelerate launch")]
+    assert len(launches) == 2
+    for rank, line in enumerate(launches):
+        assert f"--num_machines 2 --num_processes 16 --machine_rank {rank} --main_process_ip node1" in line
+        assert line.endswith(f"--vllm_server_host node0 --vllm_server_port 8000 {' '.join(overrides)}")
+
+
+def test_slurm_script_refuses_an_impossible_recipe_before_starting_anything(tmp_path):
+    # 1 per device × 16 processes × 64 steps = 1024 completions: not whole groups of 48
+    result, calls = run_slurm_script(tmp_path, "--num_generations", "48")
+    assert result.returncode == 2
+    assert "not divisible by num_generations=48" in result.stderr
+    assert calls == []  # no srun step, no server, no training launched
 
 
 if __name__ == "__main__":
