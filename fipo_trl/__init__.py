@@ -1,9 +1,36 @@
 """FIPO (Future-KL Influenced Policy Optimization) for Hugging Face TRL."""
 
-from .config import FIPOConfig
-from .core import FIPOWeights, discounted_future_sum, fipo_advantages, fipo_weights
-from .trainer import FIPOTrainer
+import importlib
+from typing import TYPE_CHECKING
 
 
 __version__ = "0.1.0"
-__all__ = ["FIPOConfig", "FIPOTrainer", "FIPOWeights", "discounted_future_sum", "fipo_advantages", "fipo_weights"]
+
+# Loaded on first use, so that `import fipo_trl.rewards` (e.g. in a reward worker process) does not import TRL
+_EXPORTS = {
+    "FIPOConfig": "config",
+    "FIPOTrainer": "trainer",
+    "FIPOWeights": "core",
+    "discounted_future_sum": "core",
+    "fipo_advantages": "core",
+    "fipo_weights": "core",
+}
+__all__ = [
+    "FIPOConfig",
+    "FIPOTrainer",
+    "FIPOWeights",
+    "discounted_future_sum",
+    "fipo_advantages",
+    "fipo_weights",
+]
+
+if TYPE_CHECKING:
+    from .config import FIPOConfig
+    from .core import FIPOWeights, discounted_future_sum, fipo_advantages, fipo_weights
+    from .trainer import FIPOTrainer
+
+
+def __getattr__(name):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'fipo_trl' has no attribute {name!r}")
+    return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
