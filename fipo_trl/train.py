@@ -385,48 +385,43 @@ def sampled_accuracy(
     model, tokenizer, dataset, reward_func, accelerator=None, max_new_tokens=64, temperature=1.0, seed=0, batch_size=64
 ):
     """
-    Fraction of `dataset` rows whose single sampled completion gets a positive reward (as in training: same
-    temperature, no top-p/top-k). Under several processes each scores a shard and the counts are summed.
+    Avg@1 on `dataset`: the fraction of rows whose one completion, sampled as in training (same temperature, no
+    top-p/top-k, prompts rendered as TRL renders them), gets a positive reward from `reward_func`. Generation is
+    [`fipo_trl.evaluate`]'s; under several processes each scores a shard and the counts are summed.
 
     Returns:
         `float`: accuracy in [0, 1].
     """
     import torch
 
+    from .evaluate import generate_with_transformers, tokenize_prompts
+
     rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator else (0, 1)
     rows = dataset.select(range(rank, len(dataset), world))
     model = accelerator.unwrap_model(model) if accelerator else model
-    was_training, side = model.training, tokenizer.padding_side
+    was_training = model.training
     model.eval()
-    tokenizer.padding_side = "left"  # decoder-only generation continues from the right edge
-    generator_state = torch.random.get_rng_state()
-    torch.manual_seed(seed + rank)
-    correct = 0
     try:
-        for start in range(0, len(rows), batch_size):
-            batch = rows[start : start + batch_size]
-            prompts = batch["prompt"]
-            if not isinstance(prompts[0], str):
-                prompts = tokenizer.apply_chat_template(prompts, tokenize=False, add_generation_prompt=True)
-            inputs = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
-            with torch.no_grad():
-                output = model.generate(
-                    **inputs,
-                    max_new_tokens=max_new_tokens,
-                    do_sample=temperature > 0,
-                    temperature=temperature if temperature > 0 else None,
-                    top_p=1.0,
-                    top_k=0,
-                    pad_token_id=tokenizer.pad_token_id,
-                )
-            completions = tokenizer.batch_decode(output[:, inputs["input_ids"].size(1) :], skip_special_tokens=True)
-            rewards = reward_func(completions=completions, solution=batch["solution"])
-            correct += sum(1 for reward in rewards if reward is not None and reward > 0)
+        samples = generate_with_transformers(
+            model,
+            tokenizer,
+            tokenize_prompts(rows["prompt"], tokenizer),
+            k=1,
+            temperature=temperature,
+            top_p=1.0,
+            max_tokens=max_new_tokens,
+            batch_size=batch_size,
+            seed=seed + rank,
+            show_progress=False,
+        )
     finally:
-        torch.random.set_rng_state(generator_state)
-        tokenizer.padding_side = side
         model.train(was_training)
-    if accelerator is not None and world > 1:
+    texts = [completions[0]["completion"] for completions in samples]
+    if not isinstance(rows["prompt"][0], str):  # chat prompts get chat completions, as in training
+        texts = [[{"role": "assistant", "content": text}] for text in texts]
+    rewards = reward_func(texts, solution=rows["solution"])
+    correct = sum(1 for reward in rewards if reward is not None and reward > 0)
+    if world > 1:
         counts = accelerator.reduce(torch.tensor([correct, len(rows)], device=accelerator.device), reduction="sum")
         correct, total = counts.tolist()
         return correct / total

@@ -2,15 +2,17 @@
 Build the quickstart's policy: a ~1M-parameter Qwen2 with a character tokenizer, pre-trained (supervised) on noisy
 two-digit additions so that it is right some of the time but far from always.
 
-    python scripts/build_tiny_model.py                      # writes fipo_trl/assets/tiny-qwen2-addition
-    python scripts/build_tiny_model.py --steps 200 --output_dir /tmp/tiny   # quicker, for experiments
+    python scripts/build_tiny_model.py                      # ~10 min; writes fipo_trl/assets/tiny-qwen2-addition
+    python scripts/build_tiny_model.py --output_dir /tmp/tiny --noisy_steps 600 --snapshot_every 50   # to explore
 
 What the model is and is not:
 1. A character-level Qwen2 (d=128, 4 layers) trained from scratch on `"37+48=?\\nAnswer: 85"`. No chat template.
-2. The SFT answers are deliberately wrong `--noise` of the time (a near miss of the true sum): with clean labels
-   the model jumps from ~10% to ~100% too fast to stop in between. Sampled at T=1 it is then right ~30% of the time,
-   while its most likely answer (greedy) is usually right: RL on this model mostly *sharpens* the distribution
-   towards an answer it already ranks first. It does not teach a new skill.
+2. Two phases. Phase 1 learns the skill on clean labels until greedy decoding is right `--skill_threshold` (90%) of
+   the time; stopping it earlier does not work, accuracy jumps from ~10% to ~100% too fast to stop in between.
+   Phase 2 continues for `--noisy_steps` on labels replaced by a random number `--noise` (65%) of the time, which
+   flattens the answer distribution: sampled at T=1 the model is then right only ~30% of the time, while its most
+   likely answer (greedy) is still usually right. RL on this model therefore mostly *sharpens* the distribution
+   towards an answer it already ranks first; it does not teach a new skill.
 3. Deterministic: one seed drives the data, the initialisation and the batch order; on one machine with the same
    torch version the output files are identical (one thread, fixed reduction order).
 """
@@ -21,23 +23,29 @@ import random
 from pathlib import Path
 
 import torch
-from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import GenerationConfig, PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
 
 from fipo_trl.synthetic import format_answer, generate_problems, train_and_heldout
 
 
 DEFAULT_OUTPUT = Path(__file__).resolve().parents[1] / "fipo_trl" / "assets" / "tiny-qwen2-addition"
+QUICKSTART_TRAIN_SIZE, QUICKSTART_HELDOUT_SIZE = 4096, 256  # configs/quickstart.yaml
 SPECIAL_TOKENS = ["<|endoftext|>", "<|pad|>", "<unk>"]
 CHARACTERS = list("0123456789+-*=x?, :\n") + sorted(set("Answer"))
 
 
 def build_tokenizer():
-    """A character tokenizer; `Fuse` decodes ids back to plain text (no spaces between characters)."""
-    vocab = {token: i for i, token in enumerate(SPECIAL_TOKENS + CHARACTERS)}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")  # one token per character
-    tok.decoder = decoders.Fuse()
+    """
+    A character tokenizer written as a byte-level BPE without merges: one token per character, decoded back to plain
+    text, and loaded unchanged by `AutoTokenizer` (which maps Qwen2 checkpoints to `Qwen2Tokenizer`, a byte-level BPE).
+    """
+    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    symbols = [byte_level.pre_tokenize_str(char)[0][0] for char in CHARACTERS]  # " " -> "Ġ", "\n" -> "Ċ"
+    vocab = {token: i for i, token in enumerate(SPECIAL_TOKENS + symbols)}
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
+    tok.pre_tokenizer = byte_level
+    tok.decoder = decoders.ByteLevel()
     # pad must differ from eos, or TRL's completion mask would cut every completion at its first pad/eos
     return PreTrainedTokenizerFast(
         tokenizer_object=tok,
@@ -73,11 +81,10 @@ def build_model(tokenizer, seed):
 
 
 def noisy_answer(rng, answer, noise):
-    """The true answer, or with probability `noise` a near miss (±1…±3 or ±10, as a slip in one digit)."""
+    """The true answer, or with probability `noise` a uniformly random sum of two two-digit numbers (20…198)."""
     if rng.random() >= noise:
         return answer
-    wrong = answer + rng.choice([-10, -3, -2, -1, 1, 2, 3, 10])
-    return wrong if wrong >= 0 else answer + 10
+    return rng.randint(20, 198)
 
 
 def encode_batch(tokenizer, rows, answers):
@@ -111,35 +118,45 @@ def accuracy(model, tokenizer, rows, do_sample, seed=0):
     return sum(right) / len(rows)
 
 
+def save(model, tokenizer, stats, output_dir):
+    output_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(output_dir)
+    tokenizer.save_pretrained(output_dir)
+    (output_dir / "build_stats.json").write_text(json.dumps(stats, indent=2) + "\n")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[1])
     parser.add_argument("--output_dir", type=Path, default=DEFAULT_OUTPUT)
-    parser.add_argument("--steps", type=int, default=800, help="optimizer steps of supervised pre-training")
+    parser.add_argument("--skill_threshold", type=float, default=0.9, help="greedy accuracy that ends phase 1")
+    parser.add_argument("--max_clean_steps", type=int, default=3000, help="cap on phase 1 (clean labels)")
+    parser.add_argument("--noisy_steps", type=int, default=300, help="phase 2: steps on noisy labels")
     parser.add_argument("--batch_size", type=int, default=64)
     parser.add_argument("--learning_rate", type=float, default=1e-3)
-    parser.add_argument("--noise", type=float, default=0.65, help="fraction of SFT answers replaced by near misses")
+    parser.add_argument("--noise", type=float, default=0.65, help="fraction of phase-2 answers replaced at random")
     parser.add_argument("--train_size", type=int, default=6000, help="distinct SFT problems (of 8100 possible)")
     parser.add_argument("--seed", type=int, default=1234)
-    parser.add_argument("--snapshot_every", type=int, default=0, help="also save step-N snapshots (to pick --steps)")
+    parser.add_argument("--snapshot_every", type=int, default=0, help="save phase-2 snapshots (to pick noisy_steps)")
     args = parser.parse_args()
 
+    settings = {k: v for k, v in vars(args).items() if k not in ("output_dir", "snapshot_every")}
     torch.set_num_threads(1)  # one thread: reproducible float reductions, and no OpenMP spin on a busy CPU
     tokenizer = build_tokenizer()
     model = build_model(tokenizer, args.seed)
     print(f"Qwen2 with {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, vocab {len(tokenizer)}")
 
-    # The SFT problems are a different seed than the RL quickstart's, and the check set is disjoint from them
-    train = generate_problems(args.train_size, seed=args.seed, task="addition", digits=2)
-    _, check = train_and_heldout(0, 256, seed=args.seed + 1)
+    # The quickstart's held-out problems (synthetic_seed 0) stay unseen here too, so its before/after check is fair
+    _, quickstart_heldout = train_and_heldout(QUICKSTART_TRAIN_SIZE, QUICKSTART_HELDOUT_SIZE, seed=0)
+    check = list(quickstart_heldout)
+    train = generate_problems(args.train_size, seed=args.seed, exclude=quickstart_heldout["prompt"])
     rng = random.Random(args.seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.learning_rate, weight_decay=0.01)
-    # A constant rate after a fixed warmup: the model after N steps is the same whatever --steps is
-    warmup = 50
+    warmup = 50  # then a constant rate: a phase-2 snapshot at step N equals a run with --noisy_steps N
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min((s + 1) / warmup, 1.0))
-    model.train()
-    for step in range(1, args.steps + 1):
+
+    def train_step(noise):
         rows = rng.sample(train, args.batch_size)
-        answers = [noisy_answer(rng, int(row["solution"]), args.noise) for row in rows]
+        answers = [noisy_answer(rng, int(row["solution"]), noise) for row in rows]
         input_ids, attention_mask, labels = encode_batch(tokenizer, rows, answers)
         loss = model(input_ids=input_ids, attention_mask=attention_mask, labels=labels).loss
         loss.backward()
@@ -147,29 +164,36 @@ def main():
         optimizer.step()
         schedule.step()
         optimizer.zero_grad(set_to_none=True)
-        if step % 100 == 0 or step == args.steps:
-            rows = list(check)[:128]
-            print(
-                f"step {step:4d}  loss {loss.item():.3f}  sampled acc {accuracy(model, tokenizer, rows, True):.1%}  "
-                f"greedy acc {accuracy(model, tokenizer, rows, False):.1%}",
-                flush=True,
-            )
-        if args.snapshot_every and step % args.snapshot_every == 0:
-            model.save_pretrained(args.output_dir / "snapshots" / f"step-{step}")
+        return loss.item()
 
-    rows = list(check)
-    stats = {
-        "sft_steps": args.steps,
-        "noise": args.noise,
-        "seed": args.seed,
-        "sampled_accuracy_T1": accuracy(model, tokenizer, rows, True),
-        "greedy_accuracy": accuracy(model, tokenizer, rows, False),
-    }
-    print(json.dumps(stats))
-    args.output_dir.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(args.output_dir)
-    tokenizer.save_pretrained(args.output_dir)
-    (args.output_dir / "build_stats.json").write_text(json.dumps(stats, indent=2) + "\n")
+    def report(phase, step, loss):
+        stats = {
+            "phase": phase,
+            "step": step,
+            "loss": round(loss, 4),
+            "sampled_accuracy_T1": accuracy(model, tokenizer, check, True),
+            "greedy_accuracy": accuracy(model, tokenizer, check, False),
+        }
+        print(json.dumps(stats), flush=True)
+        return stats
+
+    # Phase 1: clean labels until the greedy answer is usually right (the skill)
+    model.train()
+    clean_steps = 0
+    while clean_steps < args.max_clean_steps:
+        loss = train_step(noise=0.0)
+        clean_steps += 1
+        if clean_steps % 100 == 0 and report("clean", clean_steps, loss)["greedy_accuracy"] >= args.skill_threshold:
+            break
+    # Phase 2: noisy labels flatten the answer distribution, so sampling is right only some of the time
+    for step in range(1, args.noisy_steps + 1):
+        loss = train_step(noise=args.noise)
+        if args.snapshot_every and step % args.snapshot_every == 0:
+            stats = {**settings, "noisy_steps": step, "clean_steps": clean_steps, **report("noisy", step, loss)}
+            save(model, tokenizer, stats, args.output_dir / "snapshots" / f"noisy-{step}")
+
+    stats = {**settings, "clean_steps": clean_steps, **report("noisy", args.noisy_steps, loss)}
+    save(model, tokenizer, stats, args.output_dir)
     print(f"Saved to {args.output_dir}")
 
 

@@ -1,0 +1,119 @@
+"""`fipo-trl train`: a short CPU run from the shipped model, resuming it, and one-line errors for bad recipes."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from fipo_trl.cli import main as cli_main
+from fipo_trl.train import ASSETS_DIR, FIPOScriptArguments, make_parser
+
+
+RECIPE = Path(__file__).resolve().parents[1] / "configs" / "quickstart.yaml"
+SHIPPED_MODEL = ASSETS_DIR / "tiny-qwen2-addition"
+# 16 completions per step (4 prompts × G=4), 2 optimizer steps per generation batch: step 2 is off-policy
+FAST = [
+    "--per_device_train_batch_size", "16", "--num_generations", "4", "--steps_per_generation", "2",
+    "--max_completion_length", "12", "--synthetic_train_size", "64", "--heldout_size", "8",
+    "--logging_steps", "1", "--save_steps", "1",
+]  # fmt: skip
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    # the CPU is shared: OpenMP threads spinning against other processes make a step 10x slower
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def two_step_run(tmp_path_factory):
+    """Output folder of a 2-step quickstart run (wandb offline), shared by the tests that read it."""
+    torch.set_num_threads(1)
+    out = tmp_path_factory.mktemp("quickstart")
+    assert cli_main(["train", str(RECIPE), *FAST, "--max_steps", "2", "--output_dir", str(out)]) == 0
+    return out
+
+
+def test_quickstart_recipe_parses_into_the_three_dataclasses():
+    script_args, training_args, model_args = make_parser().parse_args_and_config(["--config", str(RECIPE)])
+    assert isinstance(script_args, FIPOScriptArguments) and script_args.dataset_name == "synthetic"
+    assert model_args.model_name_or_path == "fipo_trl/assets/tiny-qwen2-addition"
+    assert training_args.steps_per_generation == 8 * training_args.gradient_accumulation_steps
+    assert not training_args.bf16 and not training_args.gradient_checkpointing
+
+
+def test_short_run_writes_model_checkpoints_and_token_view(two_step_run):
+    assert (two_step_run / "model.safetensors").is_file() and (two_step_run / "tokenizer.json").is_file()
+    state = json.loads((two_step_run / "checkpoint-2" / "trainer_state.json").read_text())
+    assert state["global_step"] == 2
+    logged = {key for entry in state["log_history"] for key in entry}
+    assert {"reward", "accuracy", "completions/mean_length", "fipo/weight_mean"} <= logged
+    assert (two_step_run / "token_view" / "step_000002.html").is_file()
+    assert "FIPO token influence, step 2" in (two_step_run / "token_view" / "latest.html").read_text()
+    # wandb (offline) got the same page as an Html media file
+    assert list((two_step_run / "wandb").glob("offline-run-*/files/media/html/train/token_view_*.html"))
+
+
+def test_resume_continues_the_step_count(two_step_run):
+    argv = ["train", str(RECIPE), *FAST, "--max_steps", "3", "--output_dir", str(two_step_run)]
+    assert cli_main([*argv, "--resume_from_checkpoint", "last", "--report_to", "none"]) == 0
+    state = json.loads((two_step_run / "checkpoint-3" / "trainer_state.json").read_text())
+    assert state["global_step"] == 3
+    # the resumed run logged only step 3; steps 1-2 come from the checkpoint it started from
+    assert [entry["step"] for entry in state["log_history"] if "loss" in entry] == [1, 2, 3]
+
+
+def write_recipe(tmp_path, **changes):
+    recipe = yaml.safe_load(RECIPE.read_text())
+    recipe.update(changes)
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    return str(path)
+
+
+def one_line_error(capsys, argv):
+    assert cli_main(["train", *argv]) == 2
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("fipo-trl train: error: ")]
+    assert "Traceback" not in err and len(errors) == 1, err  # progress bars of `datasets` may precede it
+    return errors[0]
+
+
+def test_unknown_field_is_named(tmp_path, capsys):
+    assert "learning_rat" in one_line_error(capsys, [write_recipe(tmp_path, learning_rat=1e-5)])
+
+
+def test_unknown_cli_flag_is_named(capsys):
+    assert "--num_generation" in one_line_error(capsys, [str(RECIPE), "--num_generation", "4"])
+
+
+def test_missing_dataset_column_is_named(tmp_path, capsys):
+    data = tmp_path / "data.jsonl"
+    data.write_text('{"question": "1+1=?", "solution": "2"}\n')
+    err = one_line_error(capsys, [write_recipe(tmp_path, dataset_name=str(data))])
+    assert "'prompt'" in err and "question" in err
+
+
+def test_missing_model_path_is_named(tmp_path, capsys):
+    missing = str(tmp_path / "no-such-model")
+    assert missing in one_line_error(capsys, [write_recipe(tmp_path, model_name_or_path=missing)])
+
+
+def test_resume_without_checkpoint_is_an_error(tmp_path, capsys):
+    err = one_line_error(capsys, [str(RECIPE), "--output_dir", str(tmp_path), "--resume_from_checkpoint", "last"])
+    assert "no checkpoint" in err
+
+
+def test_console_script_exits_non_zero_without_traceback(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "fipo_trl", "train", str(tmp_path / "missing.yaml")], capture_output=True, text=True
+    )
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "fipo-trl train: error: recipe file not found" in result.stderr
