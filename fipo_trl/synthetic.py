@@ -2,8 +2,8 @@
 
 Used by the offline quickstart (`configs/quickstart.yaml`) and by `scripts/build_tiny_model.py`. Two tasks:
 
-1. `addition`: `"37+48="` → `"Answer: 85"` (two operands of `digits` digits each).
-2. `linear`: `"3x+5=26 x="` → `"Answer: 7"` (solve `a·x + b = c` for an integer x; a, x of one digit).
+1. `addition`: `"37+48=?\n"` → `"Answer: 85"` (two operands of `digits` digits each).
+2. `linear`: `"3x+5=26, x=?\n"` → `"Answer: 7"` (solve `a·x + b = c` for an integer x; a, x of one digit).
 
 The same `(task, seed, size)` always gives the same rows, and different seeds give disjoint-looking but possibly
 overlapping problems: pass `exclude` to keep a held-out set apart from a training set.
@@ -25,14 +25,14 @@ def format_answer(answer):
 def _addition(rng, digits):
     low, high = 10 ** (digits - 1), 10**digits - 1
     a, b = rng.randint(low, high), rng.randint(low, high)
-    return f"{a}+{b}=", a + b
+    return f"{a}+{b}=?\n", a + b
 
 
 def _linear(rng, digits):
     # x and a of one digit keep the problem small; b, c grow with `digits`
     a, x = rng.randint(2, 9), rng.randint(1, 9)
     b = rng.randint(0, 10**digits - 1)
-    return f"{a}x+{b}={a * x + b} x=", x
+    return f"{a}x+{b}={a * x + b}, x=?\n", x
 
 
 def generate_problems(size, seed=0, task="addition", digits=2, exclude=()):
