@@ -36,9 +36,10 @@ class FIPOScriptArguments(ScriptArguments):
 
     Parameters:
         dataset_name (`str`, *optional*, defaults to `"synthetic"`):
-            `"synthetic"` for the built-in generator ([`fipo_trl.synthetic`]), a loader of [`fipo_trl.data`] by name,
-            a local file (`.json`, `.jsonl`, `.parquet`, `.csv`) or folder, or a Hub dataset id. Rows need a `prompt`
-            (string or chat messages) and a `solution` (the reference answer) column.
+            `"synthetic"` for the built-in generator ([`fipo_trl.synthetic`]), DAPO-Math-17k (its Hub id or a local
+            copy whose name contains "dapo-math", read by [`fipo_trl.data.load_dapo_math`]), or any local file
+            (`.json`, `.jsonl`, `.parquet`), folder or Hub dataset whose rows have a `prompt` (string or chat
+            messages) and a `solution` (the reference answer) column.
         reward_funcs (`list[str]`, *optional*, defaults to `["dapo_accuracy"]`):
             Reward functions, by name (`dapo_accuracy`, `math_verify`, `soft_overlong`) or dotted import path
             (`my_pkg.rewards.my_reward`). `soft_overlong` is TRL's DAPO overlong penalty with
@@ -67,7 +68,7 @@ class FIPOScriptArguments(ScriptArguments):
 
     dataset_name: str = field(
         default="synthetic",
-        metadata={"help": "'synthetic', a fipo_trl.data loader name, a local file/folder or a Hub dataset id."},
+        metadata={"help": "'synthetic', DAPO-Math-17k (Hub id or copy) or a file/folder/Hub id with prompt+solution."},
     )
     reward_funcs: list[str] = field(
         default_factory=lambda: ["dapo_accuracy"],
@@ -157,8 +158,6 @@ def load_tokenizer(model_args):
 
 def load_datasets(script_args):
     """`(train, heldout)` datasets of the recipe; `heldout` is `None` when `heldout_size` is 0 or there is none."""
-    from datasets import load_dataset
-
     if script_args.dataset_name == "synthetic":
         from .synthetic import train_and_heldout
 
@@ -171,23 +170,20 @@ def load_datasets(script_args):
         )
         return train, heldout if script_args.heldout_size > 0 else None
 
+    from . import data
+
     name = script_args.dataset_name
-    suffix = Path(name).suffix.lstrip(".")
-    builders = {"json": "json", "jsonl": "json", "parquet": "parquet", "csv": "csv"}
     try:
-        if os.path.isfile(name) and suffix in builders:
-            dataset = load_dataset(builders[suffix], data_files=name)
-        else:
-            dataset = load_dataset(name, name=script_args.dataset_config)
-    except Exception as exc:  # datasets raises many types (FileNotFoundError, DatasetNotFoundError, ...)
+        # DAPO-Math-17k is stored in verl's layout (answer under reward_model): its loader makes prompt/solution
+        if name == data.DAPO_MATH_ID or "dapo-math" in Path(name).name.lower():
+            return data.load_dapo_math(name, split=script_args.dataset_train_split), None
+        train = data.read_dataset(name, split=script_args.dataset_train_split, name=script_args.dataset_config)
+        heldout = None
+        if script_args.heldout_size > 0 and not os.path.isfile(name):
+            heldout = data.read_dataset(name, split=script_args.dataset_test_split, name=script_args.dataset_config)
+            heldout = heldout.select(range(min(script_args.heldout_size, len(heldout))))
+    except Exception as exc:  # datasets raises many types (FileNotFoundError, DatasetNotFoundError, ValueError, ...)
         raise RecipeError(f"cannot load dataset_name={name!r}: {str(exc).splitlines()[0]}") from None
-    if script_args.dataset_train_split not in dataset:
-        raise RecipeError(f"dataset {name!r} has no split {script_args.dataset_train_split!r} ({list(dataset)})")
-    train = dataset[script_args.dataset_train_split]
-    heldout = None
-    if script_args.heldout_size > 0 and script_args.dataset_test_split in dataset:
-        heldout = dataset[script_args.dataset_test_split]
-        heldout = heldout.select(range(min(script_args.heldout_size, len(heldout))))
     return train, heldout
 
 
@@ -197,29 +193,6 @@ def check_columns(dataset, name):
         raise RecipeError(
             f"{name} dataset lacks column(s) {missing} (has {dataset.column_names}); rows need 'prompt' and 'solution'"
         )
-
-
-def truncate_prompts(dataset, tokenizer, max_prompt_length):
-    """Left-truncate every prompt to `max_prompt_length` tokens (for chat prompts: the last message's content)."""
-
-    def truncate_text(text, budget):
-        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-        return text if len(ids) <= budget else tokenizer.decode(ids[len(ids) - budget :])
-
-    def truncate(row):
-        prompt = row["prompt"]
-        if isinstance(prompt, str):
-            return {"prompt": truncate_text(prompt, max_prompt_length)}
-        templated = tokenizer.apply_chat_template(prompt, tokenize=True, add_generation_prompt=True)
-        overflow = len(templated["input_ids"] if isinstance(templated, dict) else templated) - max_prompt_length
-        if overflow <= 0:
-            return {"prompt": prompt}
-        content = prompt[-1]["content"]
-        content_len = len(tokenizer(content, add_special_tokens=False)["input_ids"])
-        last = {**prompt[-1], "content": truncate_text(content, max(content_len - overflow, 1))}
-        return {"prompt": [*prompt[:-1], last]}
-
-    return dataset.map(truncate, desc="Truncating prompts")
 
 
 def with_accuracy_metric(reward_func):
@@ -284,6 +257,8 @@ def prepare(script_args, training_args, model_args):
     if heldout is not None:
         check_columns(heldout, "held-out")
     if script_args.max_prompt_length is not None:
+        from .data import truncate_prompts
+
         train = truncate_prompts(train, tokenizer, script_args.max_prompt_length)
     reward_funcs = get_reward_funcs(script_args, training_args)
 

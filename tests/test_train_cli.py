@@ -10,7 +10,7 @@ import torch
 import yaml
 
 from fipo_trl.cli import main as cli_main
-from fipo_trl.train import ASSETS_DIR, FIPOScriptArguments, make_parser
+from fipo_trl.train import ASSETS_DIR, FIPOScriptArguments, load_datasets, make_parser
 
 
 RECIPE = Path(__file__).resolve().parents[1] / "configs" / "quickstart.yaml"
@@ -117,3 +117,19 @@ def test_console_script_exits_non_zero_without_traceback(tmp_path):
     )
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "fipo-trl train: error: recipe file not found" in result.stderr
+
+
+def test_dapo_math_copy_is_read_through_its_loader(tmp_path):
+    # a local copy in verl's layout (answer under reward_model) comes out as prompt/solution rows
+    row = {
+        "data_source": "math_dapo",
+        "prompt": [{"role": "user", "content": "Solve 1+1. Answer: $Answer"}],
+        "ability": "MATH",
+        "reward_model": {"ground_truth": "2", "style": "rule-lighteval/MATH_v2"},
+        "extra_info": {"index": "0"},
+    }
+    path = tmp_path / "dapo-math-17k.jsonl"
+    path.write_text(json.dumps(row) + "\n")
+    train, heldout = load_datasets(FIPOScriptArguments(dataset_name=str(path)))
+    assert train[0]["solution"] == "2" and train[0]["prompt"][0]["content"].startswith("Solve 1+1")
+    assert heldout is None
