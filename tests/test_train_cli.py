@@ -10,7 +10,7 @@ import torch
 import yaml
 
 from fipo_trl.cli import main as cli_main
-from fipo_trl.train import ASSETS_DIR, FIPOScriptArguments, load_datasets, make_parser
+from fipo_trl.train import ASSETS_DIR, FIPOScriptArguments, load_datasets, make_parser, resolve_model_path
 
 
 RECIPE = Path(__file__).resolve().parents[1] / "configs" / "quickstart.yaml"
@@ -133,3 +133,9 @@ def test_dapo_math_copy_is_read_through_its_loader(tmp_path):
     train, heldout = load_datasets(FIPOScriptArguments(dataset_name=str(path)))
     assert train[0]["solution"] == "2" and train[0]["prompt"][0]["content"].startswith("Solve 1+1")
     assert heldout is None
+
+
+def test_shipped_model_path_resolves_outside_the_repository(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # an installed package, run from anywhere
+    assert resolve_model_path("fipo_trl/assets/tiny-qwen2-addition") == str(SHIPPED_MODEL)
+    assert resolve_model_path("Qwen/Qwen2.5-7B") == "Qwen/Qwen2.5-7B"  # Hub ids pass through
