@@ -1,7 +1,7 @@
 """
 DAPO vs FIPO on the quickstart task, from the same shipped model, over several seeds.
 
-    python examples/compare_dapo_fipo.py                               # 3 seeds × 2 methods, ~20 min on 2 cores
+    python examples/compare_dapo_fipo.py                               # 3 seeds × 2 methods, ~7 min on 2 cores
     python examples/compare_dapo_fipo.py --seeds 0 --max_steps 100     # a quick look
     python examples/compare_dapo_fipo.py --learning_rate 1e-4          # other flags override the recipe
 

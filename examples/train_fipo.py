@@ -1,7 +1,7 @@
 """
 The quickstart by hand: FIPO on the shipped tiny Qwen2 and synthetic additions, without the recipe machinery.
 
-    python examples/train_fipo.py                                   # CPU, ~3-5 min
+    python examples/train_fipo.py                                   # CPU, ~2 min
     accelerate launch --num_processes 2 examples/train_fipo.py      # same script, data-parallel
 
 `fipo-trl train configs/quickstart.yaml` does the same from a YAML recipe; start from this file when you write

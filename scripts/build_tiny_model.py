@@ -2,7 +2,7 @@
 Build the quickstart's policy: a ~1M-parameter Qwen2 with a character tokenizer, pre-trained (supervised) on noisy
 two-digit additions so that it is right some of the time but far from always.
 
-    python scripts/build_tiny_model.py                      # ~10 min; writes fipo_trl/assets/tiny-qwen2-addition
+    python scripts/build_tiny_model.py                      # ~5-10 min; writes fipo_trl/assets/tiny-qwen2-addition
     python scripts/build_tiny_model.py --output_dir /tmp/tiny --noisy_steps 600 --snapshot_every 50   # to explore
 
 What the model is and is not:
