@@ -10,7 +10,15 @@ import torch
 import yaml
 
 from fipo_trl.cli import main as cli_main
-from fipo_trl.train import ASSETS_DIR, FIPOScriptArguments, load_datasets, make_parser, resolve_model_path
+from fipo_trl.train import (
+    ASSETS_DIR,
+    FIPOScriptArguments,
+    load_datasets,
+    make_parser,
+    parse_recipe,
+    prepare,
+    resolve_model_path,
+)
 
 
 RECIPE = Path(__file__).resolve().parents[1] / "configs" / "quickstart.yaml"
@@ -139,3 +147,11 @@ def test_shipped_model_path_resolves_outside_the_repository(tmp_path, monkeypatc
     monkeypatch.chdir(tmp_path)  # an installed package, run from anywhere
     assert resolve_model_path("fipo_trl/assets/tiny-qwen2-addition") == str(SHIPPED_MODEL)
     assert resolve_model_path("Qwen/Qwen2.5-7B") == "Qwen/Qwen2.5-7B"  # Hub ids pass through
+
+
+def test_without_wandb_the_recipe_falls_back_to_console_logging(monkeypatch):
+    monkeypatch.setitem(sys.modules, "wandb", None)  # `import wandb` now raises ImportError
+    script_args, training_args, model_args = parse_recipe([str(RECIPE)])
+    assert training_args.report_to == ["wandb"]
+    job = prepare(script_args, training_args, model_args)
+    assert job.training_args.report_to == []
