@@ -434,6 +434,9 @@ def print_summary(trainer, before, after, minutes, heldout_size):
 def main(argv=None):
     """Entry point of `fipo-trl train`; returns the process exit code."""
     argv = sys.argv[1:] if argv is None else argv
+    if not argv:
+        print("usage: fipo-trl train RECIPE.yaml [--field value ...]  (e.g. configs/quickstart.yaml)", file=sys.stderr)
+        return 2
     if any(arg in ("-h", "--help") for arg in argv):
         make_parser().print_help()
         return 0
