@@ -334,12 +334,12 @@ class TrainingJob:
             trainer.accelerator.print(f"Held-out accuracy before training: {before:.1%}")
         start = time.monotonic()
         trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
-        minutes = (time.monotonic() - start) / 60
+        seconds = time.monotonic() - start
         if self.heldout_dataset is not None:
             after = self.heldout_accuracy(trainer)
         trainer.save_model(args.output_dir)
         if trainer.accelerator.is_main_process:
-            print_summary(trainer, before, after, minutes, len(self.heldout_dataset or []))
+            print_summary(trainer, before, after, seconds, len(self.heldout_dataset or []))
         trainer.end()  # finish trackers (wandb) and the process group
 
     def heldout_accuracy(self, trainer):
@@ -403,13 +403,14 @@ def sampled_accuracy(
     return correct / max(len(rows), 1)
 
 
-def print_summary(trainer, before, after, minutes, heldout_size):
+def print_summary(trainer, before, after, seconds, heldout_size):
     """One screen at the end: accuracy before → after, where the model, checkpoints and logs are."""
     from transformers.trainer_utils import get_last_checkpoint
 
     args = trainer.args
     out = Path(args.output_dir)
-    lines = ["", "=" * 72, f"FIPO run finished: {trainer.state.global_step} optimizer steps in {minutes:.1f} min"]
+    took = f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
+    lines = ["", "=" * 72, f"FIPO run finished: {trainer.state.global_step} optimizer steps in {took}"]
     if after is not None:
         shown = f"{before:.1%} → {after:.1%}" if before is not None else f"{after:.1%} (resumed run)"
         lines.append(f"Held-out accuracy ({heldout_size} problems, sampled at T={args.temperature}): {shown}")
