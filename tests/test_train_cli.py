@@ -43,9 +43,13 @@ def one_thread():
 @pytest.fixture(scope="module")
 def two_step_run(tmp_path_factory):
     """Output folder of a 2-step quickstart run (wandb offline), shared by the tests that read it."""
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)
     out = tmp_path_factory.mktemp("quickstart")
-    assert cli_main(["train", str(RECIPE), *FAST, "--max_steps", "2", "--output_dir", str(out)]) == 0
+    try:
+        assert cli_main(["train", str(RECIPE), *FAST, "--max_steps", "2", "--output_dir", str(out)]) == 0
+    finally:
+        torch.set_num_threads(threads)
     return out
 
 
