@@ -220,7 +220,7 @@ def get_reward_funcs(script_args, training_args):
         if name == "dapo_accuracy":
             funcs.append(rewards.dapo_accuracy_reward)
         elif name == "math_verify":
-            funcs.append(rewards.get_math_verify_reward())
+            funcs.append(rewards.math_verify_reward)
         elif name == "soft_overlong":
             from trl.rewards import get_soft_overlong_punishment
 
