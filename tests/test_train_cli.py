@@ -4,6 +4,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -13,6 +14,8 @@ from fipo_trl.cli import main as cli_main
 from fipo_trl.train import (
     ASSETS_DIR,
     FIPOScriptArguments,
+    RecipeError,
+    get_reward_funcs,
     load_datasets,
     make_parser,
     parse_recipe,
@@ -159,3 +162,14 @@ def test_without_wandb_the_recipe_falls_back_to_console_logging(monkeypatch):
     assert training_args.report_to == ["wandb"]
     job = prepare(script_args, training_args, model_args)
     assert job.training_args.report_to == []
+
+
+def test_first_reward_also_logs_accuracy_and_unknown_names_are_errors():
+    args = FIPOScriptArguments(reward_funcs=["dapo_accuracy", "soft_overlong"])
+    accuracy, overlong = get_reward_funcs(args, SimpleNamespace(max_completion_length=16))
+    logged = {}
+    rewards = accuracy(["Answer: 2", "Answer: 3"], solution=["2", "2"], log_metric=logged.__setitem__)
+    assert rewards == [1.0, -1.0] and logged == {"accuracy": 0.5}
+    assert accuracy.__name__ == "dapo_accuracy_reward"  # TRL names the reward metrics after it
+    with pytest.raises(RecipeError, match="unknown reward function 'accuracy'"):
+        get_reward_funcs(FIPOScriptArguments(reward_funcs=["accuracy"]), SimpleNamespace(max_completion_length=16))
