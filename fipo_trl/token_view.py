@@ -26,7 +26,9 @@ def weight_colour(weight, lower, upper):
     return f"rgb({channel},{channel},255)"
 
 
-def render_token_view(tokens, weights, log_ratios, advantage, weight_range=(0.8, 1.2), title="FIPO token influence"):
+def render_token_view(
+    tokens, weights, log_ratios, advantage, weight_range=(0.8, 1.2), title="FIPO token influence", prompt=None
+):
     """
     Render one completion as a standalone HTML page.
 
@@ -43,6 +45,8 @@ def render_token_view(tokens, weights, log_ratios, advantage, weight_range=(0.8,
             Weights mapped to full blue and full red.
         title (`str`, *optional*):
             Heading of the page.
+        prompt (`str`, *optional*):
+            The prompt the completion answers, shown above it.
 
     Returns:
         `str`: the HTML document.
@@ -71,13 +75,15 @@ def render_token_view(tokens, weights, log_ratios, advantage, weight_range=(0.8,
         '<span class="t" style="background:#fff;border:1px solid #ccc">f=1</span> '
         f'<span class="t" style="background:{weight_colour(upper, lower, upper)}">f={upper:g}</span>'
     )
+    prompt_block = "" if prompt is None else f'<pre class="c">{html.escape(prompt)}</pre>'
     return (
         '<!DOCTYPE html>\n<html><head><meta charset="utf-8">'
         f"<title>{html.escape(title)}</title><style>"
         "body{font-family:sans-serif;margin:1.5em;max-width:60em}"
         ".t{font-family:monospace;font-size:1.05em;padding:1px 0;white-space:pre-wrap}"
         ".c{line-height:1.9;border:1px solid #ddd;padding:0.8em}</style></head><body>"
-        f"<h3>{html.escape(title)}</h3><p>{stats}</p><p>{legend} &mdash; hover a token for f<sub>t</sub> and "
+        f"<h3>{html.escape(title)}</h3>{prompt_block}<p>{stats}</p>"
+        f"<p>{legend} &mdash; hover a token for f<sub>t</sub> and "
         f'Δ<sub>t</sub></p><div class="c">{"".join(spans)}</div></body></html>\n'
     )
 
@@ -121,6 +127,7 @@ class TokenViewCallback(TrainerCallback):
             advantage if math.isfinite(advantage) else float("nan"),
             weight_range=self.weight_range,
             title=f"FIPO token influence, step {state.global_step}",
+            prompt=tokenizer.decode(view["prompt_ids"].cpu().tolist(), skip_special_tokens=False),
         )
         self.output_dir.mkdir(parents=True, exist_ok=True)
         (self.output_dir / f"step_{state.global_step:06d}.html").write_text(page, encoding="utf-8")

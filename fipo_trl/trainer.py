@@ -44,7 +44,7 @@ class FIPOTrainer(GRPOTrainer):
             raise TypeError(f"FIPOTrainer needs a FIPOConfig, got {type(args).__name__}: fipo_* fields live there.")
         super().__init__(model, reward_funcs, args=args, **kwargs)
         self._forward_cache = None
-        self.fipo_token_view = None  # latest off-policy completion: ids, weights, log-ratios (for the token view)
+        self.fipo_token_view = None  # latest off-policy completion: prompt and completion ids, weights, log-ratios
 
     def _get_per_token_logps_and_entropies(self, model, *args, **kwargs):
         # The parent loss asks for the forward that `_compute_loss` below has already made: hand it over once
@@ -120,9 +120,12 @@ class FIPOTrainer(GRPOTrainer):
 
         self._log_fipo_metrics(w, inputs["advantages"], mask)
         if self.model.training and w.log_ratio.abs().amax() > 0:
-            row = int(mask.sum(-1).argmax())
+            # the longest completion whose advantage is not zero: the weights of an A = 0 row change nothing
+            lengths = mask.sum(-1) * (advantages != 0).any(-1)
+            row = int(lengths.argmax()) if lengths.any() else int(mask.sum(-1).argmax())
             length = int(mask[row].sum())
             self.fipo_token_view = {
+                "prompt_ids": prompt_ids[row][prompt_mask[row].bool()].detach(),
                 "completion_ids": completion_ids[row, :length].detach(),
                 "weights": w.weights[row, :length],
                 "log_ratio": w.log_ratio[row, :length],

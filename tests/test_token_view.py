@@ -32,13 +32,14 @@ def test_mismatched_lengths_raise():
 
 
 class CharTokenizer:
-    def decode(self, ids):
+    def decode(self, ids, skip_special_tokens=False):
         return "".join(chr(ord("a") + i) for i in ids)
 
 
 def make_trainer(tmp_path, report_to="none"):
     args = FIPOConfig(output_dir=str(tmp_path), report_to=report_to, fipo_clip_high_only=False, bf16=False)
     view = {
+        "prompt_ids": torch.tensor([3, 4]),
         "completion_ids": torch.tensor([0, 1, 2]),
         "weights": torch.tensor([1.0, 1.15, 0.9]),
         "log_ratio": torch.tensor([0.0, 0.1, -0.2]),
@@ -56,6 +57,7 @@ def test_callback_writes_step_file_and_latest_once_per_view(tmp_path):
     step_file = tmp_path / "token_view" / "step_000007.html"
     assert step_file.read_text() == (tmp_path / "token_view" / "latest.html").read_text()
     assert ">a</span>" in step_file.read_text() and "A = -0.500" in step_file.read_text()
+    assert '<pre class="c">de</pre>' in step_file.read_text()  # the prompt, above the completion
     # the same view object at the next log is not rendered again
     state.global_step = 8
     callback.on_log(trainer.args, state, TrainerControl(), logs={})

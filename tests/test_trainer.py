@@ -298,6 +298,7 @@ def test_off_policy_training_updates_every_parameter(tiny_model_dir, tmp_path):
         assert stale["fipo/weight_min"] < 0.999 or stale["fipo/weight_max"] > 1.001
     view = trainer.fipo_token_view
     assert view["weights"].shape == view["completion_ids"].shape == view["log_ratio"].shape
+    assert view["advantage"] != 0 and view["prompt_ids"].numel() > 0
 
 
 def test_lora_training(tiny_model_dir, tmp_path):
