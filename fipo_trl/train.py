@@ -64,6 +64,14 @@ class FIPOScriptArguments(ScriptArguments):
         token_view (`bool`, *optional*, defaults to `True`):
             At each logging step, save one completion as HTML with every token coloured by its influence weight
             (under `output_dir/token_view/`, and to wandb when it is on).
+        math_eval_datasets (`list[str]`, *optional*, defaults to `[]`):
+            Benchmarks evaluated during training with `fipo-trl eval`'s protocol ([`MathEvalCallback`]):
+            `aime2024`, `aime2025`, `math500`, `gsm8k` or local problem/answer files. Logged as
+            `eval_<name>/avg@k`, `cons@k`, `pass@k`, like the official `val-core/<source>/acc/mean@32`.
+        math_eval_steps (`int`, *optional*, defaults to `5`):
+            Evaluate every this many optimizer steps (official 32B: `test_freq=5` training steps).
+        math_eval_k (`int`, *optional*, defaults to `32`):
+            Samples per problem (paper: 32, at temperature 1.0 and top-p 0.7; up to `max_completion_length` tokens).
     """
 
     dataset_name: str = field(
@@ -90,6 +98,12 @@ class FIPOScriptArguments(ScriptArguments):
     token_view: bool = field(
         default=True, metadata={"help": "Save a per-token influence-weight HTML view at each logging step."}
     )
+    math_eval_datasets: list[str] = field(
+        default_factory=list,
+        metadata={"help": "Benchmarks evaluated during training (aime2024, aime2025, math500, gsm8k or a file)."},
+    )
+    math_eval_steps: int = field(default=5, metadata={"help": "Evaluate every this many steps (official: 5)."})
+    math_eval_k: int = field(default=32, metadata={"help": "Samples per problem of the evaluation (paper: 32)."})
 
 
 def make_parser():
@@ -261,6 +275,7 @@ def prepare(script_args, training_args, model_args):
 
         train = truncate_prompts(train, tokenizer, script_args.max_prompt_length)
     reward_funcs = get_reward_funcs(script_args, training_args)
+    eval_datasets = load_eval_datasets(script_args)
 
     if "wandb" in training_args.report_to:
         try:
@@ -290,7 +305,21 @@ def prepare(script_args, training_args, model_args):
         "dtype": model_args.dtype,
     }
     training_args.model_init_kwargs = {**model_init_kwargs, **(training_args.model_init_kwargs or {})}
-    return TrainingJob(script_args, training_args, model_args, tokenizer, train, heldout, reward_funcs)
+    return TrainingJob(script_args, training_args, model_args, tokenizer, train, heldout, reward_funcs, eval_datasets)
+
+
+def load_eval_datasets(script_args):
+    """`{name: dataset}` of `math_eval_datasets`, loaded before training so that a bad name fails at once."""
+    from .evaluate import EvalInputError, load_eval_dataset
+
+    datasets = {}
+    for name_or_path in script_args.math_eval_datasets:
+        try:
+            dataset, name = load_eval_dataset(name_or_path)
+        except EvalInputError as exc:
+            raise RecipeError(f"math_eval_datasets: {exc}") from None
+        datasets[name] = dataset
+    return datasets
 
 
 @dataclass
@@ -304,6 +333,7 @@ class TrainingJob:
     train_dataset: object
     heldout_dataset: object
     reward_funcs: list
+    eval_datasets: dict
 
     def run(self):
         import time
@@ -326,6 +356,18 @@ class TrainingJob:
             from .token_view import TokenViewCallback
 
             trainer.add_callback(TokenViewCallback(trainer))
+        if self.eval_datasets:
+            from .evaluate import MathEvalCallback
+
+            trainer.add_callback(
+                MathEvalCallback(
+                    trainer,
+                    self.eval_datasets,
+                    eval_steps=self.script_args.math_eval_steps,
+                    k=self.script_args.math_eval_k,
+                    max_tokens=args.max_completion_length,
+                )
+            )
 
         before = after = None
         resumed = args.resume_from_checkpoint is not None

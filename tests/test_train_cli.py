@@ -173,3 +173,22 @@ def test_first_reward_also_logs_accuracy_and_unknown_names_are_errors():
     assert accuracy.__name__ == "dapo_accuracy_reward"  # TRL names the reward metrics after it
     with pytest.raises(RecipeError, match="unknown reward function 'accuracy'"):
         get_reward_funcs(FIPOScriptArguments(reward_funcs=["accuracy"]), SimpleNamespace(max_completion_length=16))
+
+
+def test_math_eval_datasets_are_evaluated_during_training(tmp_path, tiny_model_dir):
+    # the recipe's math_eval_* fields attach MathEvalCallback: eval_<name>/avg@k reaches the trainer's logs
+    problems = tmp_path / "sums.jsonl"
+    problems.write_text('{"problem": "12+30=?", "answer": "42"}\n{"problem": "5+6=?", "answer": "11"}\n')
+    out = tmp_path / "run"
+    argv = [str(RECIPE), *FAST, "--max_steps", "2", "--output_dir", str(out), "--report_to", "none"]
+    argv += ["--model_name_or_path", tiny_model_dir]  # benchmark prompts are chat messages: a chat template
+    job = prepare(*parse_recipe([*argv, "--math_eval_datasets", str(problems), "--math_eval_steps", "2"]))
+    job.script_args.token_view, job.heldout_dataset = False, None
+    job.script_args.math_eval_k = 2
+    job.run()
+    state = json.loads((out / "checkpoint-2" / "trainer_state.json").read_text())
+    assert any("eval_sums/avg@2" in entry and "eval_sums/pass@2" in entry for entry in state["log_history"])
+
+
+def test_unknown_math_eval_dataset_is_named(capsys):
+    assert "no-such-benchmark" in one_line_error(capsys, [str(RECIPE), "--math_eval_datasets", "no-such-benchmark"])
