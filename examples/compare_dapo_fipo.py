@@ -31,7 +31,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from trl import GRPOConfig, GRPOTrainer, ModelConfig, TrlParser  # noqa: E402
 
 from fipo_trl import FIPOTrainer  # noqa: E402
-from fipo_trl.train import FIPOScriptArguments, parse_recipe, prepare, sampled_accuracy  # noqa: E402
+from fipo_trl.train import FIPOScriptArguments, parse_recipe, prepare  # noqa: E402
 
 
 RECIPE = Path(__file__).resolve().parents[1] / "configs" / "quickstart.yaml"
@@ -76,22 +76,11 @@ def train_one(method, seed, argv):
         processing_class=job.tokenizer,
     )
 
-    def heldout():
-        return sampled_accuracy(
-            trainer.model,
-            job.tokenizer,
-            job.heldout_dataset,
-            job.reward_funcs[0],
-            max_new_tokens=training_args.max_completion_length,
-            temperature=training_args.temperature,
-            seed=seed,
-        )
-
-    before = heldout()
+    before = job.heldout_accuracy(trainer)  # seed = training_args.seed, the same for both methods
     start = time.monotonic()
     trainer.train()
     wall = time.monotonic() - start
-    after = heldout()
+    after = job.heldout_accuracy(trainer)
     rows = []
     for entry in trainer.state.log_history:
         if "loss" not in entry:
