@@ -9,13 +9,20 @@ of the same tensor, the memory-bound yardstick (it computes a different, undisco
 The methods are timed alternately in one loop: every repetition calls each of them once, in an order that rotates
 from one repetition to the next, so that a change of machine load or clock hits all of them alike. A ratio is the
 median of the per-repetition ratios, with the range of its middle half; times are medians with the same spread. The
-official form takes seconds per call at long T, so it joins only the first `--official-repeats` repetitions. Peak
-memory is the growth of the process's peak resident memory during one call (`peak_memory.py`), measured apart.
+official form takes seconds per call at long T, so it joins only the first `--official-repeats` repetitions, and
+its ratio is one of medians.
+
+Peak memory is the growth of the peak resident memory during one call (`peak_memory.py`), measured in a child
+process: exact peaks need glibc to map and unmap every allocation over 64 KiB, which makes each fresh tensor
+page-fault and would slow the memory-bound methods several-fold if the timings ran under it too.
 """
 
 import argparse
+import json
 import os
 import statistics
+import subprocess
+import sys
 import time
 
 import torch
@@ -91,6 +98,13 @@ def interleaved_times(x, repeats, official_repeats):
     return times
 
 
+def peak_memory_in_child(batch, lengths):
+    """{length: {method: MiB}} from a child process that runs with exact peaks (see the module docstring)."""
+    command = [sys.executable, __file__, "--batch", str(batch), "--lengths", *map(str, lengths), "--peak-memory-json"]
+    result = subprocess.run(command, check=True, capture_output=True, text=True)
+    return {int(length): mib for length, mib in json.loads(result.stdout).items()}
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=8)
@@ -98,10 +112,20 @@ def main():
     parser.add_argument("--repeats", type=int, default=30, help="repetitions of the interleaved loop per length")
     parser.add_argument("--official-repeats", type=int, default=3, help="repetitions that include the official form")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
+    parser.add_argument("--peak-memory-json", action="store_true", help=argparse.SUPPRESS)  # the child's mode
     args = parser.parse_args()
     if args.repeats < 1 or not 1 <= args.official_repeats <= args.repeats:
         parser.error("--repeats must be >= 1 and --official-repeats between 1 and --repeats")
-    ensure_exact_peaks()
+    if args.peak_memory_json:
+        ensure_exact_peaks()
+        for fn in METHODS.values():  # one-time allocations (decay matrices, thread pools) are not a call's peak
+            fn(make_input(args.batch, min(args.lengths)), GAMMA)
+        mem = {
+            length: {name: peak_mib(fn, make_input(args.batch, length)) for name, fn in METHODS.items()}
+            for length in args.lengths
+        }
+        print(json.dumps(mem))
+        return
     if args.threads is not None:
         torch.set_num_threads(args.threads)
 
@@ -117,18 +141,18 @@ def main():
     )
     print(header)
     print("-" * len(header))
+    peak_memory = peak_memory_in_child(args.batch, args.lengths)
     for length in args.lengths:
         x = make_input(args.batch, length)
         times = interleaved_times(x, args.repeats, args.official_repeats)
         # ratios of calls made in the same repetition, a few microseconds apart
         vs_cumsum = [ours / cumsum for ours, cumsum in zip(times["ours"], times["cumsum"], strict=True)]
-        vs_official = [official / ours for official, ours in zip(times["official"], times["ours"], strict=False)]
         ref = reference(x, GAMMA)
         scale = ref.abs().max().item()
         err = {
             name: (METHODS[name](x, GAMMA).double() - ref).abs().max().item() / scale for name in ("ours", "official")
         }
-        mem = {name: peak_mib(fn, x) for name, fn in METHODS.items()}
+        mem = peak_memory[length]
 
         def spread(values, digits):
             median, q1, q3 = quartiles(values)
@@ -137,7 +161,7 @@ def main():
         print(
             f"{length:>6} | {spread(times['ours'], 3):>20} {spread(times['cumsum'], 3):>20} "
             f"{quartiles(times['official'])[0]:>12.1f} | {spread(vs_cumsum, 2) + 'x':>19} "
-            f"{quartiles(vs_official)[0]:>12.0f}x | "
+            f"{quartiles(times['official'])[0] / quartiles(times['ours'])[0]:>12.0f}x | "
             f"{mem['ours']:>8.1f} {mem['official']:>8.1f} {mem['cumsum']:>8.1f} | "
             f"{err['ours']:>8.1e} {err['official']:>8.1e}"
         )
