@@ -30,7 +30,8 @@ class FIPOTrainer(GRPOTrainer):
         "citation": textwrap.dedent("""\
             @article{ma2026fipo,
                 title        = {{FIPO: Eliciting Deep Reasoning with Future-KL Influenced Policy Optimization}},
-                author       = {Ma and others},
+                author       = {Chiyu Ma and Shuo Yang and Kexin Huang and Jinda Lu and Haoming Meng and
+                                Shangshang Wang and Bolin Ding and Soroush Vosoughi and Guoyin Wang and Jingren Zhou},
                 year         = 2026,
                 eprint       = {arXiv:2603.19835},
             }"""),
