@@ -427,7 +427,7 @@ def test_math_verify_reward_pickles(verifier):
 
 def test_math_verify_worker_that_cannot_start_raises(monkeypatch):
     # a broken worker environment is an error, not an endless respawn
-    monkeypatch.setattr("fipo_trl.rewards._WORKER_BOOT", "raise SystemExit(3)")
+    monkeypatch.setattr("fipo_trl.math_verify_pool._WORKER_BOOT", "raise SystemExit(3)")
     reward = get_math_verify_reward(timeout_s=1.0, num_workers=1)
     with pytest.raises(RuntimeError, match="failed to start"):
         reward([r"\boxed{1}"], solution=["1"])

@@ -11,17 +11,12 @@ import torch
 import yaml
 
 from fipo_trl.cli import main as cli_main
-from fipo_trl.train import (
-    ASSETS_DIR,
-    FIPOScriptArguments,
-    RecipeError,
-    get_reward_funcs,
-    load_datasets,
-    make_parser,
-    parse_recipe,
-    prepare,
-    resolve_model_path,
-)
+from fipo_trl.data import get_dataset
+from fipo_trl.errors import UsageError
+from fipo_trl.models import ASSETS_DIR, resolve_model_path
+from fipo_trl.recipe import FIPOScriptArguments, make_parser, parse_recipe
+from fipo_trl.rewards import get_reward_funcs
+from fipo_trl.train import main as train_main
 
 
 RECIPE = Path(__file__).resolve().parents[1] / "configs" / "quickstart.yaml"
@@ -145,7 +140,7 @@ def test_dapo_math_copy_is_read_through_its_loader(tmp_path):
     }
     path = tmp_path / "dapo-math-17k.jsonl"
     path.write_text(json.dumps(row) + "\n")
-    train, heldout = load_datasets(FIPOScriptArguments(dataset_name=str(path)))
+    train, heldout = get_dataset(FIPOScriptArguments(dataset_name=str(path)))
     assert train[0]["solution"] == "2" and train[0]["prompt"][0]["content"].startswith("Solve 1+1")
     assert heldout is None
 
@@ -157,11 +152,13 @@ def test_shipped_model_path_resolves_outside_the_repository(tmp_path, monkeypatc
 
 
 def test_without_wandb_the_recipe_falls_back_to_console_logging(monkeypatch):
+    from fipo_trl.train import set_up_wandb
+
     monkeypatch.setitem(sys.modules, "wandb", None)  # `import wandb` now raises ImportError
-    script_args, training_args, model_args = parse_recipe([str(RECIPE)])
+    _, training_args, _ = parse_recipe([str(RECIPE)])
     assert training_args.report_to == ["wandb"]
-    job = prepare(script_args, training_args, model_args)
-    assert job.training_args.report_to == []
+    set_up_wandb(training_args)
+    assert training_args.report_to == []
 
 
 def test_first_reward_also_logs_accuracy_and_unknown_names_are_errors():
@@ -171,7 +168,7 @@ def test_first_reward_also_logs_accuracy_and_unknown_names_are_errors():
     rewards = accuracy(["Answer: 2", "Answer: 3"], solution=["2", "2"], log_metric=logged.__setitem__)
     assert rewards == [1.0, -1.0] and logged == {"accuracy": 0.5}
     assert accuracy.__name__ == "dapo_accuracy_reward"  # TRL names the reward metrics after it
-    with pytest.raises(RecipeError, match="unknown reward function 'accuracy'"):
+    with pytest.raises(UsageError, match="unknown reward function 'accuracy'"):
         get_reward_funcs(FIPOScriptArguments(reward_funcs=["accuracy"]), SimpleNamespace(max_completion_length=16))
 
 
@@ -182,10 +179,8 @@ def test_math_eval_datasets_are_evaluated_during_training(tmp_path, tiny_model_d
     out = tmp_path / "run"
     argv = [str(RECIPE), *FAST, "--max_steps", "2", "--output_dir", str(out), "--report_to", "none"]
     argv += ["--model_name_or_path", tiny_model_dir]  # benchmark prompts are chat messages: a chat template
-    job = prepare(*parse_recipe([*argv, "--math_eval_datasets", str(problems), "--math_eval_steps", "2"]))
-    job.script_args.token_view, job.heldout_dataset = False, None
-    job.script_args.math_eval_k = 2
-    job.run()
+    argv += ["--math_eval_datasets", str(problems), "--math_eval_steps", "2", "--math_eval_k", "2"]
+    train_main(*parse_recipe([*argv, "--token_view", "false", "--heldout_size", "0"]))
     state = json.loads((out / "checkpoint-2" / "trainer_state.json").read_text())
     assert any("eval_sums/avg@2" in entry and "eval_sums/pass@2" in entry for entry in state["log_history"])
 
