@@ -305,13 +305,12 @@ def evaluate(args) -> dict:
     if backend == "vllm" and not vllm_usable():
         raise UsageError("--backend vllm needs vLLM installed and a GPU")
     sampling = {"k": args.k, "temperature": args.temperature, "top_p": args.top_p, "max_tokens": args.max_tokens}
+    tokenizer = load_tokenizer(model_path)
+    prompt_ids = tokenize_prompts(dataset["prompt"], tokenizer)  # before the model loads: a bad prompt fails fast
     if backend == "vllm":
-        tokenizer = load_tokenizer(model_path)
-        prompt_ids = tokenize_prompts(dataset["prompt"], tokenizer)
         completions = generate_with_vllm(model_path, tokenizer, prompt_ids, **sampling, seed=args.seed)
     else:
-        model, tokenizer = load_model_and_tokenizer(model_path, args.dtype)
-        prompt_ids = tokenize_prompts(dataset["prompt"], tokenizer)
+        model, _ = load_model_and_tokenizer(model_path, args.dtype)
         completions = generate_with_transformers(
             model, tokenizer, prompt_ids, **sampling, batch_size=args.batch_size, seed=args.seed
         )

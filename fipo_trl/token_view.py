@@ -4,6 +4,8 @@ Token influence view: one training completion as HTML, every token coloured by i
 Red tokens had their advantage amplified (f_t > 1: the policy has since moved on the tokens after them), blue ones
 damped (f_t < 1), white ones left alone (f_t = 1, e.g. on the first, on-policy optimizer step of a generation batch).
 Hovering a token shows f_t and its log-ratio Δ_t = log π_θ − log π_old.
+
+This module renders the page; `fipo_trl.callbacks.TokenViewCallback` writes one at each logging step of a run.
 """
 
 import html
