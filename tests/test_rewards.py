@@ -2,6 +2,8 @@ r"""Rewards: every rule of docs/dapo-scorer.md, the math-verify pool's time boun
 
 import multiprocessing
 import pickle
+import subprocess
+import sys
 import threading
 
 import pytest
@@ -453,3 +455,14 @@ def test_rewards_plug_into_a_trl_trainer(tiny_model_dir, tmp_path, verifier):
     for name in ["dapo_accuracy_reward", "soft_overlong_punishment_reward", "math_verify_reward"]:
         assert f"rewards/{name}/mean" in logs
     assert logs["math_verify_reward/timeouts"] == 0.0
+
+
+def test_importing_the_rewards_starts_no_pool_and_imports_no_trl():
+    # the math-verify pool (module, processes, exit and fork hooks) comes with the first math_verify_reward call
+    code = (
+        "import sys, fipo_trl.rewards as r; "
+        "print(r.math_verify_reward._pool, r.math_verify_reward._hooks_registered, "
+        "'fipo_trl.math_verify_pool' in sys.modules, 'trl' in sys.modules)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.split() == ["None", "False", "False", "False"]

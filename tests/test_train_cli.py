@@ -71,6 +71,12 @@ def test_short_run_writes_model_checkpoints_and_token_view(two_step_run):
     assert list((two_step_run / "wandb").glob("offline-run-*/files/media/html/train/token_view_*.html"))
 
 
+def test_model_card_names_the_model_trained_from(two_step_run):
+    card = (two_step_run / "README.md").read_text()
+    assert "[None]" not in card and "huggingface.co/None" not in card
+    assert "fine-tuned version of `fipo_trl/assets/tiny-qwen2-addition` (a local model)" in card
+
+
 def test_resume_continues_the_step_count(two_step_run):
     argv = ["train", str(RECIPE), *FAST, "--max_steps", "3", "--output_dir", str(two_step_run)]
     assert cli_main([*argv, "--resume_from_checkpoint", "last", "--report_to", "none"]) == 0
@@ -187,3 +193,43 @@ def test_math_eval_datasets_are_evaluated_during_training(tmp_path, tiny_model_d
 
 def test_unknown_math_eval_dataset_is_named(capsys):
     assert "no-such-benchmark" in one_line_error(capsys, [str(RECIPE), "--math_eval_datasets", "no-such-benchmark"])
+
+
+def test_help_shows_the_call_and_the_recipe_fields_without_importing_torch():
+    # a fresh interpreter: `--help` must not pay for torch/GRPOConfig (seconds) to print one screen
+    code = (
+        "import sys; from fipo_trl.cli import main; main(['train', '--help']); "
+        "print('IMPORTED', 'torch' in sys.modules, 'trl.trainer.grpo_config' in sys.modules)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    out = result.stdout
+    assert out.startswith("usage: fipo-trl train RECIPE.yaml [--field value ...]")
+    assert "IMPORTED False False" in out
+    for name in ("--dataset_name", "--reward_funcs", "--heldout_size", "--fipo_decay_rate", "--fipo_clip_range"):
+        assert name in out
+    assert "--help-all" in out and len(out.splitlines()) < 60
+
+
+def test_help_all_lists_every_grpo_field(capsys):
+    assert cli_main(["train", "--help-all"]) == 0
+    out = capsys.readouterr().out
+    assert "--num_generations" in out and "--fipo_safety_threshold" in out and "--learning_rate" in out
+
+
+def test_unknown_command_and_no_recipe_exit_2(capsys):
+    assert cli_main(["trian", "configs/quickstart.yaml"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("fipo-trl: unknown command 'trian'\nusage: fipo-trl {train,check,eval}")
+    assert "no recipe" in one_line_error(capsys, [])
+
+
+def test_rewards_by_dotted_path_and_registry_names():
+    from fipo_trl.rewards import REWARD_FUNCS_REGISTRY
+
+    assert set(REWARD_FUNCS_REGISTRY) == {"dapo_accuracy", "math_verify", "soft_overlong"}
+    (accuracy,) = get_reward_funcs(
+        FIPOScriptArguments(reward_funcs=["fipo_trl.rewards.dapo_accuracy_reward"]), SimpleNamespace()
+    )
+    assert accuracy.__name__ == "dapo_accuracy_reward" and accuracy(["Answer: 2"], solution=["2"]) == [1.0]
+    with pytest.raises(UsageError, match="cannot import reward function 'fipo_trl.rewards.nope'"):
+        get_reward_funcs(FIPOScriptArguments(reward_funcs=["fipo_trl.rewards.nope"]), SimpleNamespace())
