@@ -39,7 +39,7 @@ OFFICIAL = {
     "prompts_per_generation": 512,
     "completions_per_generation": 8192,
     "completions_per_step": 1024,
-    "steps_per_generation": 8,
+    "steps_per_generation": OFFICIAL_STEPS_PER_ROLLOUT,
     "num_generations": 16,
     "max_completion_length": 20480,
     "max_prompt_length": 2048,
@@ -399,6 +399,7 @@ def describe(recipe_path, recipe, geometry, args, script_args, model_args, shard
     verdict = f"active: {stale} of {total} steps off-policy" if stale else "identical to DAPO (all on-policy)"
     micro_batch_tokens = tokens_per_sequence * geometry.per_device_train_batch_size
     official_tokens = OFFICIAL["max_completion_length"] + OFFICIAL["max_prompt_length"]
+    official_steps = OFFICIAL["steps_per_generation"]  # the first step of each batch is on-policy
     table = [
         ("", "this recipe", "official 32B (spec §3.1)"),
         ("prompts per generation batch", geometry.prompts_per_generation, OFFICIAL["prompts_per_generation"]),
@@ -408,8 +409,8 @@ def describe(recipe_path, recipe, geometry, args, script_args, model_args, shard
             f"{OFFICIAL['completions_per_generation']} (×{OFFICIAL['num_generations']})",
         ),
         ("completions per optimizer step", geometry.completions_per_step, OFFICIAL["completions_per_step"]),
-        ("optimizer steps per generation batch", f"{geometry.steps_per_generation_batch:g}", 8),
-        ("FIPO", verdict, "active: 7 of 8 steps off-policy"),
+        ("optimizer steps per generation batch", f"{geometry.steps_per_generation_batch:g}", official_steps),
+        ("FIPO", verdict, f"active: {official_steps - 1} of {official_steps} steps off-policy"),
         ("max tokens per sequence", f"{tokens_per_sequence}{prompt_note}", official_tokens),
         ("max tokens per micro-batch (per GPU)", f"{micro_batch_tokens:,}", f"{official_tokens:,} / 8 (Ulysses SP)"),
         (

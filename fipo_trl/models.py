@@ -20,7 +20,7 @@ def resolve_model_path(model_name_or_path: str) -> str:
     Args:
         model_name_or_path (`str`):
             `fipo_trl/assets/<model>` (the shipped models, also outside the repository, from the installed package),
-            a local model or adapter folder, a training output folder, or a Hub id (`owner/name`).
+            a local model or adapter folder, a training output folder, or a Hub id.
 
     Returns:
         `str`: a local folder, the last `checkpoint-N` of a training output, or the Hub id unchanged.
@@ -36,8 +36,8 @@ def resolve_model_path(model_name_or_path: str) -> str:
     if not path.exists() and path.parts[:2] == ("fipo_trl", "assets"):
         path = ASSETS_DIR.joinpath(*path.parts[2:])
     if not path.exists():
-        # not local: a Hub id is the only other thing it can be
-        if model_name_or_path.startswith((".", "/", "~")) or model_name_or_path.count("/") != 1:
+        # not local: a Hub id (`owner/name`, or a legacy `name` such as gpt2) is the only other thing it can be
+        if model_name_or_path.startswith((".", "/", "~")) or model_name_or_path.count("/") > 1:
             raise UsageError(f"model path {model_name_or_path!r} does not exist")
         return model_name_or_path
     if not path.is_dir():

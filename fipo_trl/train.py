@@ -134,9 +134,12 @@ def resolve_resume(training_args):
 def write_model_card(trainer, model_name, dataset_name):
     """
     `output_dir/README.md` by TRL, naming the model trained from: TRL links a Hub id and writes "None" for a local
-    folder, so a local base model is named by its path as the recipe gives it.
+    folder, so a local base model is named by its path as the recipe gives it. Only a Hub dataset gets a link.
     """
-    trainer.create_model_card(model_name=Path(trainer.args.output_dir).name, dataset_name=dataset_name)
+    hub_dataset = dataset_name != "synthetic" and not os.path.exists(dataset_name)
+    trainer.create_model_card(
+        model_name=Path(trainer.args.output_dir).name, dataset_name=dataset_name if hub_dataset else None
+    )
     card = Path(trainer.args.output_dir) / "README.md"
     if card.is_file():
         text = card.read_text().replace("[None](https://huggingface.co/None)", f"`{model_name}` (a local model)")

@@ -74,7 +74,8 @@ def test_short_run_writes_model_checkpoints_and_token_view(two_step_run):
 def test_model_card_names_the_model_trained_from(two_step_run):
     card = (two_step_run / "README.md").read_text()
     assert "[None]" not in card and "huggingface.co/None" not in card
-    assert "fine-tuned version of `fipo_trl/assets/tiny-qwen2-addition` (a local model)" in card
+    assert "fine-tuned version of `fipo_trl/assets/tiny-qwen2-addition` (a local model)." in card
+    assert "huggingface.co/datasets/synthetic" not in card  # the generator is no Hub dataset
 
 
 def test_resume_continues_the_step_count(two_step_run):
