@@ -17,10 +17,11 @@ os.environ.setdefault("WANDB_MODE", "offline")
 from transformers import AutoTokenizer  # noqa: E402
 
 from fipo_trl import FIPOConfig, FIPOTrainer  # noqa: E402
+from fipo_trl.callbacks import TokenViewCallback  # noqa: E402
+from fipo_trl.evaluation import heldout_check  # noqa: E402
+from fipo_trl.models import ASSETS_DIR  # noqa: E402
 from fipo_trl.rewards import dapo_accuracy_reward  # noqa: E402
 from fipo_trl.synthetic import train_and_heldout  # noqa: E402
-from fipo_trl.token_view import TokenViewCallback  # noqa: E402
-from fipo_trl.train import ASSETS_DIR, sampled_accuracy  # noqa: E402
 
 
 def main():
@@ -55,14 +56,17 @@ def main():
     )
     trainer.add_callback(TokenViewCallback(trainer))  # HTML under outputs/train_fipo_example/token_view/
 
-    def accuracy():  # one sampled completion per held-out problem, at the training temperature
-        return sampled_accuracy(trainer.model, tokenizer, heldout, dapo_accuracy_reward, trainer.accelerator, 16)
+    def check():  # one sampled completion per held-out problem, at the training temperature
+        return heldout_check(trainer.model, tokenizer, heldout, dapo_accuracy_reward, trainer.accelerator, 16)
 
-    before = accuracy()
+    before = check()
     trainer.train()
-    after = accuracy()
+    after = check()
     trainer.save_model()
-    trainer.accelerator.print(f"held-out accuracy (T=1.0): {before:.1%} -> {after:.1%}; model in {args.output_dir}")
+    trainer.accelerator.print(
+        f"held-out accuracy (T=1.0): {before['accuracy']:.1%} -> {after['accuracy']:.1%}, mean completion length "
+        f"{before['mean_length']:.1f} -> {after['mean_length']:.1f} tokens; model in {args.output_dir}"
+    )
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 """
-`fipo-trl check RECIPE [--num-processes N] [--num-nodes M] [--accelerate-config FILE]`: what a recipe really does.
+`fipo-trl check RECIPE [--num_processes N] [--num_machines M] [--config_file FILE] [--field value ...]`: what a recipe
+really does, with accelerate's flag names (`--config_file` is the accelerate config of the launch).
 
 Reads the recipe the way `fipo-trl train` does, loads no model and prints:
 
@@ -29,13 +30,16 @@ from pathlib import Path
 
 import yaml
 
+from .config import OFFICIAL_STEPS_PER_ROLLOUT, is_on_policy
+from .errors import UsageError
+
 
 # Official 32B run (spec §3.1): 512 prompts × 16 per training step, 8 mini-batches of 64 prompts, 20480 + 2048 tokens
 OFFICIAL = {
     "prompts_per_generation": 512,
     "completions_per_generation": 8192,
     "completions_per_step": 1024,
-    "steps_per_generation": 8,
+    "steps_per_generation": OFFICIAL_STEPS_PER_ROLLOUT,
     "num_generations": 16,
     "max_completion_length": 20480,
     "max_prompt_length": 2048,
@@ -65,10 +69,6 @@ _QWEN25_NAME = re.compile(r"qwen2\.5-(?:math-|coder-)?(\d+(?:\.\d+)?b)", re.IGNO
 # Bytes per parameter with bf16 mixed precision and AdamW: bf16 weights 2, bf16 grads 2, fp32 master + m + v 12
 WEIGHT_BYTES, GRAD_BYTES, OPTIM_BYTES = 2, 2, 12
 GIB = 1024**3
-
-
-class CheckError(Exception):
-    """An impossible configuration, reported as one line."""
 
 
 @dataclass
@@ -112,7 +112,7 @@ class Geometry:
     @property
     def off_policy(self):
         # TRL's own test for computing old log-probs (trl-notes §3): otherwise log π_θ = log π_old and FIPO = DAPO
-        return self.gradient_accumulation_steps % (self.steps_per_generation * self.num_iterations) != 0
+        return not is_on_policy(self.gradient_accumulation_steps, self.steps_per_generation, self.num_iterations)
 
 
 def resolve_geometry(raw, num_processes, num_nodes=1):
@@ -126,32 +126,32 @@ def resolve_geometry(raw, num_processes, num_nodes=1):
         num_nodes (`int`): machines; `num_processes` must split evenly over them.
 
     Raises:
-        CheckError: when TRL would refuse the configuration at this world size.
+        UsageError: when TRL would refuse the configuration at this world size.
     """
     if num_processes < 1 or num_nodes < 1 or num_processes % num_nodes:
-        raise CheckError(f"--num-processes {num_processes} does not split evenly over --num-nodes {num_nodes}")
+        raise UsageError(f"--num_processes {num_processes} does not split evenly over --num_machines {num_nodes}")
     per_device, accumulation = raw["per_device_train_batch_size"], raw["gradient_accumulation_steps"]
     steps, generation_batch = raw["steps_per_generation"], raw["generation_batch_size"]
     num_generations, num_iterations = raw["num_generations"], raw["num_iterations"]
     if min(per_device, accumulation, num_iterations) < 1:
-        raise CheckError("per_device_train_batch_size, gradient_accumulation_steps and num_iterations must be >= 1")
+        raise UsageError("per_device_train_batch_size, gradient_accumulation_steps and num_iterations must be >= 1")
     if num_generations < 2:
-        raise CheckError(f"num_generations={num_generations}: GRPO/FIPO needs at least 2 completions per prompt")
+        raise UsageError(f"num_generations={num_generations}: GRPO/FIPO needs at least 2 completions per prompt")
     global_batch = per_device * num_processes
     if steps is not None and generation_batch is not None:
-        raise CheckError("steps_per_generation and generation_batch_size are both set: TRL accepts only one of them")
+        raise UsageError("steps_per_generation and generation_batch_size are both set: TRL accepts only one of them")
     if generation_batch is not None:
         if generation_batch % global_batch:
-            raise CheckError(
+            raise UsageError(
                 f"generation_batch_size={generation_batch} is not divisible by per_device_train_batch_size × "
                 f"processes = {per_device} × {num_processes} = {global_batch}"
             )
         steps = generation_batch // global_batch
     elif steps is None:
-        steps = 8 * accumulation  # FIPOConfig's default: the official 8 optimizer steps per generation batch
+        steps = OFFICIAL_STEPS_PER_ROLLOUT * accumulation  # FIPOConfig's default: the official 8 steps per batch
     geometry = Geometry(num_processes, num_nodes, per_device, accumulation, steps, num_generations, num_iterations)
     if geometry.completions_per_generation % num_generations:
-        raise CheckError(
+        raise UsageError(
             f"a generation batch of {geometry.completions_per_generation} completions ({per_device} per device × "
             f"{num_processes} processes × {steps} steps_per_generation) is not divisible by num_generations="
             f"{num_generations}: TRL needs whole prompt groups"
@@ -258,7 +258,7 @@ def memory_per_gpu(num_params, sharding, world):
 def cli_overrides(extra_args):
     """`--field value` pairs given after the recipe, as `fipo-trl train` takes them, typed as YAML would type them."""
     if len(extra_args) % 2 or any(not flag.startswith("--") for flag in extra_args[::2]):
-        raise CheckError(f"field overrides must be --field value pairs, got: {' '.join(extra_args)}")
+        raise UsageError(f"field overrides must be --field value pairs, got: {' '.join(extra_args)}")
     return {flag[2:]: yaml.safe_load(value) for flag, value in zip(extra_args[::2], extra_args[1::2], strict=True)}
 
 
@@ -268,7 +268,7 @@ def raw_geometry(recipe, defaults):
     for name in GEOMETRY_FIELDS:
         value = recipe.get(name, defaults[name])
         if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
-            raise CheckError(f"{name}={value!r} must be an integer")
+            raise UsageError(f"{name}={value!r} must be an integer")
         raw[name] = value
     return raw
 
@@ -280,7 +280,7 @@ def parse_typed(recipe_path, raw, extra_args):
     The geometry fields are replaced by values valid at world size 1 (they were checked for N processes already)
     and `use_cpu` is set, because TrainingArguments refuses bf16 on a machine without a GPU.
     """
-    from .train import RecipeError, parse_recipe
+    from .recipe import parse_recipe
 
     group = raw["num_generations"]
     neutral = ["--per_device_train_batch_size", str(group), "--per_device_eval_batch_size", str(group)]
@@ -289,13 +289,10 @@ def parse_typed(recipe_path, raw, extra_args):
         neutral += ["--steps_per_generation", "2"]
     else:
         neutral += ["--generation_batch_size", str(2 * group)]
-    try:
-        # FIPOConfig warns about on-policy geometry for world size 1; the N-process verdict comes from here instead
-        with warnings.catch_warnings(), redirect_stdout(io.StringIO()), redirect_stderr(io.StringIO()):
-            warnings.simplefilter("ignore")
-            return parse_recipe([recipe_path, *extra_args, *neutral])
-    except RecipeError as exc:
-        raise CheckError(str(exc)) from None
+    # FIPOConfig warns about on-policy geometry for world size 1; the N-process verdict comes from here instead
+    with warnings.catch_warnings(), redirect_stdout(io.StringIO()), redirect_stderr(io.StringIO()):
+        warnings.simplefilter("ignore")
+        return parse_recipe([recipe_path, *extra_args, *neutral])
 
 
 def find_warnings(recipe, geometry, args, script_args, model_args, sharding):
@@ -340,7 +337,7 @@ def find_warnings(recipe, geometry, args, script_args, model_args, sharding):
             f"({args.vllm_importance_sampling_mode}); the official recipe has no such correction (set it false)."
         )
     if args.use_vllm and args.vllm_mode == "colocate" and geometry.num_processes % args.vllm_tensor_parallel_size:
-        raise CheckError(
+        raise UsageError(
             f"vllm_tensor_parallel_size={args.vllm_tensor_parallel_size} does not divide the {geometry.num_processes} "
             "processes (colocate mode shards vLLM over groups of training processes)"
         )
@@ -358,6 +355,21 @@ def find_warnings(recipe, geometry, args, script_args, model_args, sharding):
     if script_args.max_prompt_length is None:
         found.append("max_prompt_length is not set: prompts are never truncated (official: 2048, left-truncated).")
     return found
+
+
+def format_count(count):
+    """A parameter count in billions, or in millions below 0.1B (`32.76B`, `494.03M`, `0.79M`), never `0.00B`."""
+    if count >= 1e8:
+        return f"{count / 1e9:.2f}B"
+    return f"{count / 1e6:.2f}M"
+
+
+def format_bytes(size):
+    """A memory size in GiB, or MiB / KiB below one GiB (a tiny model's states are not "0.0 GiB")."""
+    for unit, scale in (("GiB", GIB), ("MiB", 1024**2), ("KiB", 1024)):
+        if size >= scale:
+            return f"{size / scale:.1f} {unit}"
+    return f"{size:.0f} B"
 
 
 def describe(recipe_path, recipe, geometry, args, script_args, model_args, sharding, found):
@@ -387,6 +399,7 @@ def describe(recipe_path, recipe, geometry, args, script_args, model_args, shard
     verdict = f"active: {stale} of {total} steps off-policy" if stale else "identical to DAPO (all on-policy)"
     micro_batch_tokens = tokens_per_sequence * geometry.per_device_train_batch_size
     official_tokens = OFFICIAL["max_completion_length"] + OFFICIAL["max_prompt_length"]
+    official_steps = OFFICIAL["steps_per_generation"]  # the first step of each batch is on-policy
     table = [
         ("", "this recipe", "official 32B (spec §3.1)"),
         ("prompts per generation batch", geometry.prompts_per_generation, OFFICIAL["prompts_per_generation"]),
@@ -396,8 +409,8 @@ def describe(recipe_path, recipe, geometry, args, script_args, model_args, shard
             f"{OFFICIAL['completions_per_generation']} (×{OFFICIAL['num_generations']})",
         ),
         ("completions per optimizer step", geometry.completions_per_step, OFFICIAL["completions_per_step"]),
-        ("optimizer steps per generation batch", f"{geometry.steps_per_generation_batch:g}", 8),
-        ("FIPO", verdict, "active: 7 of 8 steps off-policy"),
+        ("optimizer steps per generation batch", f"{geometry.steps_per_generation_batch:g}", official_steps),
+        ("FIPO", verdict, f"active: {official_steps - 1} of {official_steps} steps off-policy"),
         ("max tokens per sequence", f"{tokens_per_sequence}{prompt_note}", official_tokens),
         ("max tokens per micro-batch (per GPU)", f"{micro_batch_tokens:,}", f"{official_tokens:,} / 8 (Ulysses SP)"),
         (
@@ -407,7 +420,8 @@ def describe(recipe_path, recipe, geometry, args, script_args, model_args, shard
         ),
     ]
     lines.append("")
-    lines += [f"  {name:<38} {value!s:<34} {official}".rstrip() for name, value, official in table]
+    width = max(32, *(len(str(value)) for _, value, _ in table))  # the widest value sets the column
+    lines += [f"  {name:<38} {value!s:<{width}}   {official}".rstrip() for name, value, official in table]
 
     shape, source = model_shape(model_args.model_name_or_path)
     num_params = parameter_count(shape) if shape else None
@@ -416,77 +430,88 @@ def describe(recipe_path, recipe, geometry, args, script_args, model_args, shard
         lines.append(f"  model: {model_args.model_name_or_path} (parameter count unknown: no memory estimate)")
     else:
         state = memory_per_gpu(num_params, sharding, geometry.num_processes)
-        lines.append(f"  model: {model_args.model_name_or_path}, {num_params / 1e9:.2f}B parameters ({source})")
+        lines.append(f"  model: {model_args.model_name_or_path}, {format_count(num_params)} parameters ({source})")
         lines.append(
-            f"  weights + grads + AdamW per GPU: {state / GIB:.1f} GiB under {sharding.label} "
+            f"  weights + grads + AdamW per GPU: {format_bytes(state)} under {sharding.label} "
             "(excludes activations, logits and the vLLM cache)"
         )
         if args.gradient_checkpointing:
             # One saved hidden state per layer and token (bf16); the recomputed layer and the logits come on top
             saved = shape["num_hidden_layers"] * shape["hidden_size"] * micro_batch_tokens * 2
-            lines.append(f"  checkpointed activations per GPU: {saved / GIB:.1f} GiB for one full micro-batch")
+            lines.append(f"  checkpointed activations per GPU: {format_bytes(saved)} for one full micro-batch")
         if args.beta != 0:
             divisor = geometry.num_processes if sharding.zero_stage == 3 else 1
-            lines.append(f"  reference model per GPU: {WEIGHT_BYTES * num_params / divisor / GIB:.1f} GiB")
+            lines.append(f"  reference model per GPU: {format_bytes(WEIGHT_BYTES * num_params / divisor)}")
         if sharding.offload_optimizer or sharding.offload_params:
             cpu = (OPTIM_BYTES + (WEIGHT_BYTES if sharding.offload_params else 0)) * num_params / geometry.num_nodes
-            lines.append(f"  CPU RAM per node for offloaded states: {cpu / GIB:.0f} GiB")
+            lines.append(f"  CPU RAM per node for offloaded states: {format_bytes(cpu)}")
     lines.append("")
     lines += [f"  warning: {text}" for text in found] or ["  no warnings"]
     return lines
 
 
+class _ArgumentParser(argparse.ArgumentParser):
+    # argparse prints usage and exits on a bad flag; raising keeps the command's error to one line
+    def error(self, message):
+        raise UsageError(message)
+
+
 def make_parser():
-    parser = argparse.ArgumentParser(
+    parser = _ArgumentParser(
         prog="fipo-trl check",
         description="Print the batch geometry, FIPO on/off verdict, token and memory budget of a recipe at scale.",
     )
     parser.add_argument("recipe", help="recipe YAML, as given to `fipo-trl train`, then any --field value overrides")
+    # accelerate launch's names; the dashed spellings of earlier versions still work, unlisted
     parser.add_argument(
-        "--num-processes", type=int, help="training processes over all nodes (default: the accelerate config's, or 1)"
+        "--num_processes", type=int, help="training processes over all nodes (default: the accelerate config's, or 1)"
     )
-    parser.add_argument("--num-nodes", type=int, help="machines (default: the accelerate config's, or 1)")
+    parser.add_argument("--num_machines", type=int, help="machines (default: the accelerate config's, or 1)")
     parser.add_argument(
-        "--accelerate-config", help="accelerate config YAML of the launch, for the ZeRO/FSDP stage and process counts"
+        "--config_file", help="accelerate config YAML of the launch, for the ZeRO/FSDP stage and process counts"
     )
+    parser.add_argument("--num-processes", dest="num_processes", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--num-nodes", dest="num_machines", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--accelerate-config", dest="config_file", help=argparse.SUPPRESS)
     return parser
 
 
-def main(argv=None):
-    """Entry point of `fipo-trl check`; returns the process exit code (2 for an impossible configuration)."""
+def cli(argv=None):
+    """`fipo-trl check RECIPE [flags] [--field value ...]`; an impossible configuration raises [`UsageError`]."""
     options, extra_args = make_parser().parse_known_args(sys.argv[1:] if argv is None else argv)
+    if not os.path.isfile(options.recipe):
+        raise UsageError(f"recipe file not found: {options.recipe}")
     try:
-        if not os.path.isfile(options.recipe):
-            raise CheckError(f"recipe file not found: {options.recipe}")
         recipe = yaml.safe_load(Path(options.recipe).read_text())
-        if not isinstance(recipe, dict):
-            raise CheckError(f"{options.recipe} is not a YAML mapping of field: value")
         sharding = Sharding("single process", 0)
-        if options.accelerate_config:
-            if not os.path.isfile(options.accelerate_config):
-                raise CheckError(f"accelerate config not found: {options.accelerate_config}")
-            sharding = read_accelerate_config(options.accelerate_config)
-        num_processes = options.num_processes or sharding.num_processes or 1
-        num_nodes = options.num_nodes or sharding.num_machines or 1
+        if options.config_file:
+            if not os.path.isfile(options.config_file):
+                raise UsageError(f"accelerate config not found: {options.config_file}")
+            sharding = read_accelerate_config(options.config_file)
+    except (OSError, yaml.YAMLError) as exc:
+        raise UsageError(str(exc).splitlines()[0]) from None
+    if not isinstance(recipe, dict):
+        raise UsageError(f"{options.recipe} is not a YAML mapping of field: value")
+    num_processes = options.num_processes or sharding.num_processes or 1
+    num_nodes = options.num_machines or sharding.num_machines or 1
 
-        from .config import FIPOConfig
+    from .config import FIPOConfig
 
-        defaults = {
-            f.name: f.default if f.default is not dataclasses.MISSING else f.default_factory()
-            for f in dataclasses.fields(FIPOConfig)
-            if f.name in GEOMETRY_FIELDS
-        }
-        recipe = {**recipe, **cli_overrides(extra_args)}  # CLI flags win over the YAML, as in `fipo-trl train`
-        raw = raw_geometry(recipe, defaults)
-        geometry = resolve_geometry(raw, num_processes, num_nodes)
-        script_args, args, model_args = parse_typed(options.recipe, raw, extra_args)
-        found = find_warnings(recipe, geometry, args, script_args, model_args, sharding)
-    except (CheckError, OSError, yaml.YAMLError) as exc:
-        print(f"fipo-trl check: error: {str(exc).splitlines()[0]}", file=sys.stderr)
-        return 2
+    defaults = {
+        f.name: f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        for f in dataclasses.fields(FIPOConfig)
+        if f.name in GEOMETRY_FIELDS
+    }
+    recipe = {**recipe, **cli_overrides(extra_args)}  # CLI flags win over the YAML, as in `fipo-trl train`
+    raw = raw_geometry(recipe, defaults)
+    geometry = resolve_geometry(raw, num_processes, num_nodes)
+    script_args, args, model_args = parse_typed(options.recipe, raw, extra_args)
+    found = find_warnings(recipe, geometry, args, script_args, model_args, sharding)
     print("\n".join(describe(options.recipe, recipe, geometry, args, script_args, model_args, sharding, found)))
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from .cli import main
+
+    sys.exit(main(["check", *sys.argv[1:]]))

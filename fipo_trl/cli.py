@@ -1,24 +1,45 @@
-"""The `fipo-trl` command: `train`, `check` and `eval`, each a thin dispatcher to the module that owns it."""
+"""The `fipo-trl` command: `train`, `check` and `eval`, each a thin dispatcher to the module that owns it.
+
+Every subcommand reports a user mistake ([`~fipo_trl.errors.UsageError`]) here, the same way: one line
+`fipo-trl <command>: error: <message>` on stderr and exit status 2.
+"""
 
 import importlib
 import sys
 
+from .errors import UsageError
 
-COMMANDS = {
-    "train": ("fipo_trl.train", "train FIPO from a YAML recipe (TrlParser: script args, FIPOConfig, ModelConfig)"),
-    "check": ("fipo_trl.check", "print the batch geometry a recipe implies, without loading a model"),
-    "eval": ("fipo_trl.evaluate", "Avg@k / Cons@k / Pass@k of a model on a math dataset"),
+
+COMMANDS = {  # name: (module, entry function, help)
+    "train": ("fipo_trl.train", "cli", "train FIPO: fipo-trl train RECIPE.yaml [--field value ...]"),
+    "check": ("fipo_trl.check", "cli", "print the batch geometry a recipe implies, without loading a model"),
+    "eval": ("fipo_trl.evaluate", "cli", "Avg@k / Cons@k / Pass@k of a model on a math dataset"),
 }
+USAGE_ERROR_STATUS = 2  # argparse's status for a bad command line
 
 
-def main(argv=None):
+def usage() -> str:
+    lines = [f"  {name:<6} {help_text}" for name, (_, _, help_text) in COMMANDS.items()]
+    return "usage: fipo-trl {" + ",".join(COMMANDS) + "} ...\n\ncommands:\n" + "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    """Entry point of the `fipo-trl` console script; returns the exit status."""
     argv = sys.argv[1:] if argv is None else list(argv)
-    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
-        lines = [f"  {name:<6} {help_text}" for name, (_, help_text) in COMMANDS.items()]
-        print("usage: fipo-trl {" + ",".join(COMMANDS) + "} ...\n\ncommands:\n" + "\n".join(lines))
-        return 0 if argv and argv[0] in ("-h", "--help") else 2
-    module = importlib.import_module(COMMANDS[argv[0]][0])
-    return module.main(argv[1:])
+    if not argv or argv[0] in ("-h", "--help"):
+        print(usage(), file=sys.stdout if argv else sys.stderr)
+        return 0 if argv else USAGE_ERROR_STATUS
+    command, *args = argv
+    if command not in COMMANDS:
+        print(f"fipo-trl: unknown command {command!r}\n{usage()}", file=sys.stderr)
+        return USAGE_ERROR_STATUS
+    module_name, function_name, _ = COMMANDS[command]
+    entry = getattr(importlib.import_module(module_name), function_name)
+    try:
+        return entry(args)
+    except UsageError as error:
+        print(f"fipo-trl {command}: error: {error}", file=sys.stderr)
+        return USAGE_ERROR_STATUS
 
 
 if __name__ == "__main__":

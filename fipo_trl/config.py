@@ -9,6 +9,14 @@ OFFICIAL_STEPS_PER_ROLLOUT = 8
 FIPO_LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo")
 
 
+def is_on_policy(gradient_accumulation_steps: int, steps_per_generation: int, num_iterations: int) -> bool:
+    """
+    Whether every optimizer step is on-policy, so that log π_θ = log π_old, all FIPO weights are 1 and FIPO is
+    exactly DAPO. It is TRL's own test (`GRPOTrainer` computes old log-probs only when it fails).
+    """
+    return gradient_accumulation_steps % (steps_per_generation * num_iterations) == 0
+
+
 @dataclass
 class FIPOConfig(GRPOConfig):
     r"""
@@ -116,7 +124,7 @@ class FIPOConfig(GRPOConfig):
         if self.fipo_safety_threshold <= 0:
             raise ValueError(f"fipo_safety_threshold must be > 0, got {self.fipo_safety_threshold}; official: 10.0.")
 
-        if self.gradient_accumulation_steps % (self.steps_per_generation * self.num_iterations) == 0:
+        if is_on_policy(self.gradient_accumulation_steps, self.steps_per_generation, self.num_iterations):
             warnings.warn(
                 f"Every update is on-policy (gradient_accumulation_steps={self.gradient_accumulation_steps}, "
                 f"steps_per_generation={self.steps_per_generation}, num_iterations={self.num_iterations}): log π_θ = "

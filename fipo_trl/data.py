@@ -9,13 +9,18 @@
 Every loader takes a hub id or a local path (parquet, jsonl, json, or a folder of them) and, when given a tokenizer,
 left-truncates prompts to 2048 tokens like the official run. Problems from problem/answer columns get the DAPO
 template, whose "Answer:" line is what [`~fipo_trl.rewards.dapo_accuracy_reward`] reads.
+
+[`get_dataset`] picks the loader for a `fipo-trl train` recipe's `dataset_name` and checks the columns.
 """
 
 import os
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
 from datasets import Dataset, load_dataset
+
+from .errors import UsageError
 
 
 DAPO_MATH_ID = "BytedTsinghua-SIA/DAPO-Math-17k"
@@ -32,6 +37,7 @@ DAPO_PROMPT_TEMPLATE = (
 )
 MAX_PROMPT_LENGTH = 2048  # official run: max prompt length, truncation "left"
 
+REQUIRED_COLUMNS = ("prompt", "solution")  # what FIPOTrainer and the rewards read
 _FILE_BUILDERS = {".parquet": "parquet", ".jsonl": "json", ".json": "json"}
 
 
@@ -394,3 +400,64 @@ def load_gsm8k(
         dataset, "question", "answer", conversational, DAPO_PROMPT_TEMPLATE, answer_fn=gsm8k_final_answer
     )
     return _finish(dataset, tokenizer, max_prompt_length)
+
+
+# --- the datasets of a `fipo-trl train` recipe -----------------------------------------------------------------------
+
+
+def get_dataset(script_args, tokenizer=None) -> tuple[Dataset, Dataset | None]:
+    """
+    The `(train, heldout)` datasets of a recipe's [`~fipo_trl.recipe.FIPOScriptArguments`].
+
+    `dataset_name` selects the source: `"synthetic"` (the generator of [`fipo_trl.synthetic`], with a disjoint
+    held-out set), DAPO-Math-17k (its Hub id, or a local copy whose name contains "dapo-math", read by
+    [`load_dapo_math`]), or any local file, folder or Hub dataset with `prompt` and `solution` columns (held-out rows
+    from `dataset_test_split`). Both datasets are checked for those columns; with a `tokenizer` and
+    `max_prompt_length` set, training prompts are left-truncated.
+
+    Returns:
+        `tuple[Dataset, Dataset | None]`: `heldout` is `None` when `heldout_size` is 0 or the source has none.
+
+    Raises:
+        UsageError: when the dataset cannot be loaded or lacks a column.
+    """
+    if script_args.dataset_name == "synthetic":
+        from .synthetic import train_and_heldout
+
+        train, heldout = train_and_heldout(
+            script_args.synthetic_train_size,
+            max(script_args.heldout_size, 1),
+            seed=script_args.synthetic_seed,
+            task=script_args.synthetic_task,
+            digits=script_args.synthetic_digits,
+        )
+        heldout = heldout if script_args.heldout_size > 0 else None
+    else:
+        name = script_args.dataset_name
+        heldout = None
+        try:
+            # DAPO-Math-17k is stored in verl's layout (answer under reward_model): its loader makes prompt/solution
+            if name == DAPO_MATH_ID or "dapo-math" in Path(name).name.lower():
+                train = load_dapo_math(name, split=script_args.dataset_train_split)
+            else:
+                train = read_dataset(name, split=script_args.dataset_train_split, name=script_args.dataset_config)
+                if script_args.heldout_size > 0 and not os.path.isfile(name):
+                    heldout = read_dataset(name, split=script_args.dataset_test_split, name=script_args.dataset_config)
+                    heldout = heldout.select(range(min(script_args.heldout_size, len(heldout))))
+        except Exception as exc:  # datasets raises many types (FileNotFoundError, DatasetNotFoundError, ...)
+            raise UsageError(f"cannot load dataset_name={name!r}: {str(exc).splitlines()[0]}") from None
+    check_columns(train, "training")
+    if heldout is not None:
+        check_columns(heldout, "held-out")
+    if tokenizer is not None and script_args.max_prompt_length is not None:
+        train = truncate_prompts(train, tokenizer, script_args.max_prompt_length)
+    return train, heldout
+
+
+def check_columns(dataset: Dataset, role: str) -> None:
+    """Raise [`UsageError`] unless `dataset` (the `role` dataset of a recipe) has `prompt` and `solution` columns."""
+    missing = [column for column in REQUIRED_COLUMNS if column not in dataset.column_names]
+    if missing:
+        raise UsageError(
+            f"{role} dataset lacks column(s) {missing} (has {dataset.column_names}); rows need 'prompt' and 'solution'"
+        )

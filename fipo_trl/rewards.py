@@ -5,8 +5,10 @@ r"""Verifiable math rewards with TRL's reward signature `(completions, **dataset
    `solution`: +1.0, else -1.0. Quirks included; there is no numeric or symbolic equivalence.
 2. [`math_verify_reward`]: open-r1/TRL's `\boxed{}` convention checked by `math_verify` (1.0 / 0.0, `None` when the
    gold answer cannot be parsed). Every check runs in a small pool of worker processes that are killed at the
-   timeout, because math-verify's own signal-based timeouts do nothing off the main thread.
+   timeout, because math-verify's own signal-based timeouts do nothing off the main thread (the pool is
+   [`fipo_trl.math_verify_pool`]; it starts on the first call).
 3. [`dapo_reward_funcs`]: the official reward list, accuracy plus TRL's soft overlong punishment.
+4. [`REWARD_FUNCS_REGISTRY`] and [`get_reward_funcs`]: the reward functions of a `fipo-trl train` recipe, by name.
 
 Completions may be plain strings or chat messages (the last assistant message is scored). Ground truth comes from
 the `solution` column that the loaders of [`fipo_trl.data`] produce.
@@ -14,16 +16,13 @@ the `solution` column that the loaders of [`fipo_trl.data`] produce.
 
 import atexit
 import functools
+import importlib
 import os
-import pickle
 import re
-import select
-import struct
-import subprocess
 import sys
 import threading
-import time
-from collections import deque
+
+from .errors import UsageError
 
 
 INVALID_ANSWER = "[INVALID]"
@@ -265,197 +264,10 @@ def dapo_reward_funcs(max_completion_len: int = 20480, soft_punish_cache: int = 
     Returns:
         `list`: reward functions for `FIPOTrainer(reward_funcs=...)` or any TRL trainer.
     """
-    # imported here so that math-verify worker processes, which run this file, never import TRL
+    # imported here so that importing the rewards (e.g. in a reward worker process) does not import TRL
     from trl.rewards import get_soft_overlong_punishment
 
     return [dapo_accuracy_reward, get_soft_overlong_punishment(max_completion_len, soft_punish_cache)]
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# math-verify in killable worker processes
-# ----------------------------------------------------------------------------------------------------------------
-
-_WORKER_READY = "ready"
-_WORKER_START_TIMEOUT_S = 120.0  # a cold import of sympy + math-verify on a loaded node
-_WORKER_ADDRESS_SPACE = 4 << 30  # a runaway big-integer power must hit MemoryError, not the node's OOM killer
-_WORKER_ALARM_GRACE_S = 5  # the worker kills itself this long after a task's timeout, should its parent be gone
-# runs this very file (not the fipo_trl package, whose __init__ imports torch) as the worker's main program
-_WORKER_BOOT = "import runpy, sys; runpy.run_path(sys.argv[1], run_name='__math_verify_worker__')"
-
-
-def _write_message(stream, obj) -> None:
-    payload = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
-    view = memoryview(struct.pack("<Q", len(payload)) + payload)
-    while view:
-        view = view[stream.write(view) :]
-    stream.flush()
-
-
-def _read_exact(stream, size: int) -> bytes:
-    chunks = []
-    while size:
-        chunk = stream.read(size)
-        if not chunk:
-            raise EOFError("the other end of the pipe is gone")
-        chunks.append(chunk)
-        size -= len(chunk)
-    return b"".join(chunks)
-
-
-def _read_message(stream):
-    """The next message on `stream`; `EOFError` when the other side is gone."""
-    (size,) = struct.unpack("<Q", _read_exact(stream, 8))
-    return pickle.loads(_read_exact(stream, size))
-
-
-def _worker_main(alarm_s: int) -> None:
-    """Serve `(solution, text)` checks from stdin until it closes; answer each with 1.0, 0.0 or `None`."""
-    import logging
-    import resource
-    import signal
-
-    output = os.fdopen(os.dup(1), "wb")
-    os.dup2(2, 1)  # library prints go to stderr, never into the message stream
-    if sys.platform == "linux":
-        resource.setrlimit(resource.RLIMIT_AS, (_WORKER_ADDRESS_SPACE, _WORKER_ADDRESS_SPACE))
-    from latex2sympy2_extended import NormalizationConfig
-    from math_verify import LatexExtractionConfig, parse, verify
-
-    logging.getLogger("math_verify").setLevel(logging.CRITICAL)  # "timeout disabled": the parent enforces it
-    # TRL's accuracy_reward extraction: \boxed{} first, only anchored LaTeX, units normalised
-    prediction_config = [
-        LatexExtractionConfig(
-            normalization_config=NormalizationConfig(units=True),
-            boxed_match_priority=0,
-            try_extract_without_anchor=False,
-        )
-    ]
-
-    @functools.lru_cache(maxsize=1024)
-    def parse_solution(solution):
-        # a bare ground truth such as \frac{\sqrt{3}}{2} only parses inside math delimiters
-        return parse(solution if "$" in solution or "\\boxed" in solution else f"${solution}$", parsing_timeout=None)
-
-    def score(solution, text):
-        gold = parse_solution(solution)
-        if not gold:
-            return None
-        answer = parse(text, prediction_config, extraction_mode="first_match", parsing_timeout=None)
-        return float(verify(gold, answer, timeout_seconds=None))
-
-    _write_message(output, _WORKER_READY)
-    while True:
-        try:
-            task = _read_message(sys.stdin.buffer)
-        except EOFError:  # the parent closed the pipe or exited
-            return
-        signal.alarm(alarm_s)  # SIGALRM's default action ends the process even inside C code
-        try:
-            result = score(*task)
-        except Exception:  # e.g. RecursionError deep in sympy: wrong, as math-verify scores its own errors
-            result = 0.0
-        signal.alarm(0)
-        _write_message(output, result)
-
-
-class _Worker:
-    """One math-verify process: `task` is the index it is working on, `deadline` when it will be killed."""
-
-    def __init__(self, alarm_s: int):
-        self.process = subprocess.Popen(
-            [sys.executable, "-c", _WORKER_BOOT, os.path.abspath(__file__), str(alarm_s)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            bufsize=0,
-        )
-        self.started = time.monotonic()
-        self.ready = False
-        self.task = None
-        self.deadline = None
-
-    def fileno(self) -> int:
-        return self.process.stdout.fileno()
-
-    def kill(self) -> None:
-        self.process.kill()
-        self.process.wait()
-        self.process.stdin.close()
-        self.process.stdout.close()
-
-    def forget(self) -> None:
-        """Close this process's copies of the pipes of a worker that belongs to the parent of a fork."""
-        self.process.stdin.close()
-        self.process.stdout.close()
-
-
-class _MathVerifyPool:
-    """A fixed number of math-verify processes; a check that outlives `timeout_s` gets its process killed."""
-
-    def __init__(self, num_workers: int, timeout_s: float):
-        self.timeout_s = timeout_s
-        self.alarm_s = int(timeout_s) + 1 + _WORKER_ALARM_GRACE_S
-        self.pid = os.getpid()
-        self.workers = [_Worker(self.alarm_s) for _ in range(num_workers)]
-
-    def _replace(self, worker: _Worker) -> None:
-        worker.kill()
-        self.workers[self.workers.index(worker)] = _Worker(self.alarm_s)
-
-    def map(self, tasks: list[tuple[str, str]]) -> tuple[list[float | None], int]:
-        """Score `(solution, text)` pairs; return the scores (0.0 for a timeout) and the number of timeouts."""
-        results = [0.0] * len(tasks)
-        pending = deque(range(len(tasks)))
-        num_timeouts = 0
-        while pending or any(w.task is not None for w in self.workers):
-            now = time.monotonic()
-            for worker in self.workers:
-                if worker.ready and worker.task is None and pending:
-                    index = pending.popleft()
-                    try:
-                        _write_message(worker.process.stdin, tasks[index])
-                    except OSError:  # the process died while idle: retry the task on a fresh one
-                        pending.appendleft(index)
-                        self._replace(worker)
-                        continue
-                    worker.task, worker.deadline = index, time.monotonic() + self.timeout_s
-            busy = [w for w in self.workers if w.task is not None]
-            waiting = [w for w in self.workers if w.task is not None or not w.ready]
-            if busy:
-                wait_s = min(w.deadline for w in busy) - now
-            else:
-                wait_s = min(w.started for w in waiting) + _WORKER_START_TIMEOUT_S - now
-                if wait_s <= 0:
-                    raise RuntimeError(f"math-verify workers did not start in {_WORKER_START_TIMEOUT_S:.0f} s")
-            readable, _, _ = select.select(waiting, [], [], max(wait_s, 0.0))
-            for worker in readable:
-                try:
-                    message = _read_message(worker.process.stdout)
-                except EOFError:
-                    exit_code = worker.process.wait()
-                    if not worker.ready and exit_code > 0:  # an error, not a signal: a new process would fail too
-                        raise RuntimeError(f"a math-verify worker failed to start ({exit_code}); see stderr") from None
-                    if worker.task is not None:  # killed mid-task (by the OS, say): no verdict, like a timeout
-                        num_timeouts += 1
-                        worker.task = None
-                    self._replace(worker)
-                    continue
-                if not worker.ready:
-                    worker.ready = True
-                else:
-                    results[worker.task] = message
-                    worker.task = None
-            now = time.monotonic()
-            for worker in self.workers:
-                if worker.task is not None and now >= worker.deadline:
-                    num_timeouts += 1
-                    worker.task = None
-                    self._replace(worker)
-        return results, num_timeouts
-
-    def close(self) -> None:
-        for worker in self.workers:
-            worker.kill() if os.getpid() == self.pid else worker.forget()
-        self.workers = []
 
 
 class MathVerifyReward:
@@ -488,8 +300,7 @@ class MathVerifyReward:
         self.num_timeouts = 0  # since creation, for use outside TRL
         self._lock = threading.Lock()
         self._pool = None
-        atexit.register(self.close)
-        os.register_at_fork(after_in_child=self._after_fork)
+        self._hooks_registered = False
 
     def _after_fork(self) -> None:
         # a forked child (a dataloader worker) must not wait on its parent's lock or talk to its parent's workers
@@ -504,7 +315,13 @@ class MathVerifyReward:
         tasks = [(_solution_text(truth), text) for truth, text in pairs if truth is not None]
         with self._lock:  # one batch at a time per pool; other threads wait for their turn
             if self._pool is None:
-                self._pool = _MathVerifyPool(self.num_workers, self.timeout_s)
+                from .math_verify_pool import MathVerifyPool
+
+                if not self._hooks_registered:  # on first use, not at import: the module-level instance is free
+                    atexit.register(self.close)
+                    os.register_at_fork(after_in_child=self._after_fork)
+                    self._hooks_registered = True
+                self._pool = MathVerifyPool(self.num_workers, self.timeout_s)
             scores, num_timeouts = self._pool.map(tasks)
         self.num_timeouts += num_timeouts
         if log_metric is not None:
@@ -535,5 +352,66 @@ def get_math_verify_reward(timeout_s: float = 5.0, num_workers: int | None = Non
 math_verify_reward = MathVerifyReward()
 
 
-if __name__ == "__math_verify_worker__":
-    _worker_main(int(sys.argv[2]))
+# --- the rewards of a `fipo-trl train` recipe, by name ---------------------------------------------------------------
+
+
+def _soft_overlong(script_args, training_args):
+    from trl.rewards import get_soft_overlong_punishment
+
+    return get_soft_overlong_punishment(
+        max_completion_len=training_args.max_completion_length,
+        soft_punish_cache=script_args.overlong_buffer_length,
+    )
+
+
+# name → builder `(script_args, training_args) -> reward function`; a recipe names its rewards with these keys
+REWARD_FUNCS_REGISTRY = {
+    "dapo_accuracy": lambda script_args, training_args: dapo_accuracy_reward,
+    "math_verify": lambda script_args, training_args: math_verify_reward,
+    "soft_overlong": _soft_overlong,
+}
+
+
+def with_accuracy_metric(reward_func):
+    """`reward_func`, also logging `accuracy` (the fraction of completions it scores above 0) through TRL."""
+
+    def accuracy_logged(completions, log_metric=None, **kwargs):
+        rewards = reward_func(completions, log_metric=log_metric, **kwargs)
+        scored = [reward for reward in rewards if reward is not None]
+        if log_metric is not None and scored:
+            log_metric("accuracy", sum(reward > 0 for reward in scored) / len(scored))
+        return rewards
+
+    accuracy_logged.__name__ = getattr(reward_func, "__name__", type(reward_func).__name__)  # TRL's metric name
+    return accuracy_logged
+
+
+def get_reward_funcs(script_args, training_args) -> list:
+    """
+    The reward functions of a recipe's `reward_funcs`: names of [`REWARD_FUNCS_REGISTRY`] or dotted import paths.
+
+    `soft_overlong` is TRL's DAPO overlong penalty with `max_completion_len=training_args.max_completion_length` and
+    `soft_punish_cache=script_args.overlong_buffer_length`. The first function is the correctness reward: it also
+    logs `accuracy` ([`with_accuracy_metric`]) and scores the held-out check.
+
+    Raises:
+        UsageError: for an unknown name, a dotted path that does not import, or an empty list.
+    """
+    funcs = []
+    for name in script_args.reward_funcs:
+        if name in REWARD_FUNCS_REGISTRY:
+            funcs.append(REWARD_FUNCS_REGISTRY[name](script_args, training_args))
+        elif "." in name:
+            module_name, attr = name.rsplit(".", 1)
+            sys.path.insert(0, os.getcwd())  # a recipe may name a module next to it, as TRL's grpo script allows
+            try:
+                funcs.append(getattr(importlib.import_module(module_name), attr))
+            except (ImportError, AttributeError) as exc:
+                raise UsageError(f"cannot import reward function {name!r}: {exc}") from None
+        else:
+            raise UsageError(
+                f"unknown reward function {name!r}: use {', '.join(REWARD_FUNCS_REGISTRY)} or a dotted import path"
+            )
+    if not funcs:
+        raise UsageError("reward_funcs is empty: name at least one reward function")
+    return [with_accuracy_metric(funcs[0]), *funcs[1:]]

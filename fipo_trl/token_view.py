@@ -4,15 +4,11 @@ Token influence view: one training completion as HTML, every token coloured by i
 Red tokens had their advantage amplified (f_t > 1: the policy has since moved on the tokens after them), blue ones
 damped (f_t < 1), white ones left alone (f_t = 1, e.g. on the first, on-policy optimizer step of a generation batch).
 Hovering a token shows f_t and its log-ratio Δ_t = log π_θ − log π_old.
+
+This module renders the page; `fipo_trl.callbacks.TokenViewCallback` writes one at each logging step of a run.
 """
 
 import html
-import math
-from pathlib import Path
-
-from transformers import TrainerCallback
-
-from .core import UNCLIPPED_WEIGHT_MAX, weight_bounds
 
 
 def weight_colour(weight, lower, upper):
@@ -86,54 +82,3 @@ def render_token_view(
         f"<p>{legend} &mdash; hover a token for f<sub>t</sub> and "
         f'Δ<sub>t</sub></p><div class="c">{"".join(spans)}</div></body></html>\n'
     )
-
-
-class TokenViewCallback(TrainerCallback):
-    """
-    At each logging step, render the trainer's latest `fipo_token_view` (one off-policy completion) to
-    `<output_dir>/token_view/step_XXXXXX.html` and `latest.html`, and log it to wandb as `train/token_view`.
-
-    Args:
-        trainer ([`FIPOTrainer`]):
-            The trainer whose `fipo_token_view` is read; its `processing_class` turns ids into text.
-        output_dir (`str`, *optional*):
-            Where to write; defaults to `trainer.args.output_dir`.
-    """
-
-    def __init__(self, trainer, output_dir=None):
-        self.trainer = trainer
-        self.output_dir = Path(output_dir or trainer.args.output_dir) / "token_view"
-        self._last_rendered = None
-        lower, upper = weight_bounds(trainer.args.fipo_clip_range, trainer.args.fipo_clip_high_only)
-        # High-only mode has no lower bound below 1; the unclipped mode caps at 10: show a symmetric scale
-        upper = min(upper, UNCLIPPED_WEIGHT_MAX)
-        self.weight_range = (lower if lower is not None and lower < 1 else max(2 - upper, 0.0), upper)
-
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        view = self.trainer.fipo_token_view
-        if not state.is_world_process_zero or view is None or view is self._last_rendered:
-            return
-        self._last_rendered = view
-        tokenizer = kwargs.get("processing_class") or self.trainer.processing_class
-        ids = view["completion_ids"].cpu().tolist()
-        tokens = [tokenizer.decode([token_id]) for token_id in ids]
-        weights = view["weights"].float().cpu().tolist()
-        log_ratios = view["log_ratio"].float().cpu().tolist()
-        advantage = float(view["advantage"].float().cpu())
-        page = render_token_view(
-            tokens,
-            weights,
-            log_ratios,
-            advantage if math.isfinite(advantage) else float("nan"),
-            weight_range=self.weight_range,
-            title=f"FIPO token influence, step {state.global_step}",
-            prompt=tokenizer.decode(view["prompt_ids"].cpu().tolist(), skip_special_tokens=False),
-        )
-        self.output_dir.mkdir(parents=True, exist_ok=True)
-        (self.output_dir / f"step_{state.global_step:06d}.html").write_text(page, encoding="utf-8")
-        (self.output_dir / "latest.html").write_text(page, encoding="utf-8")
-        if "wandb" in args.report_to:
-            import wandb
-
-            if wandb.run is not None:
-                wandb.log({"train/token_view": wandb.Html(page), "train/global_step": state.global_step})

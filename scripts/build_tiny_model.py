@@ -1,5 +1,5 @@
 """
-Build the quickstart's policy: a ~1M-parameter Qwen2 with a character tokenizer, pre-trained (supervised) on noisy
+Build the quickstart's policy: a 0.79M-parameter Qwen2 with a character tokenizer, pre-trained (supervised) on noisy
 two-digit additions so that it is right some of the time but far from always.
 
     python scripts/build_tiny_model.py                      # ~5-10 min; writes fipo_trl/assets/tiny-qwen2-addition

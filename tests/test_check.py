@@ -11,15 +11,16 @@ from accelerate.utils import DeepSpeedPlugin
 from transformers import AutoModelForCausalLM
 
 from fipo_trl.check import (
-    CheckError,
     Sharding,
-    main,
+    make_parser,
     memory_per_gpu,
     model_shape,
     parameter_count,
     read_accelerate_config,
     resolve_geometry,
 )
+from fipo_trl.cli import main as cli_main
+from fipo_trl.errors import UsageError
 
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -41,7 +42,7 @@ BASE = {
 
 
 def run_check(capsys, *argv):
-    code = main([str(arg) for arg in argv])
+    code = cli_main(["check", *(str(arg) for arg in argv)])
     out, err = capsys.readouterr()
     return code, out, err
 
@@ -69,11 +70,11 @@ def test_shipped_recipe_reproduces_official_off_policy_structure(recipe, capsys)
     code, out, err = run_check(
         capsys,
         f"configs/recipes/{recipe}",
-        "--accelerate-config",
+        "--config_file",
         f"configs/accelerate/{config}",
-        "--num-processes",
+        "--num_processes",
         processes,
-        "--num-nodes",
+        "--num_machines",
         nodes,
     )
     assert code == 0, err
@@ -86,7 +87,7 @@ def test_shipped_recipe_reproduces_official_off_policy_structure(recipe, capsys)
 
 def test_32b_recipe_matches_official_batch_in_completions(capsys):
     # 512 prompts × 16 = 8192 completions per generation batch, 1024 (64 prompts) per optimizer step (spec §3.1)
-    code, out, _ = run_check(capsys, "configs/recipes/fipo_qwen2.5_32b.yaml", "--num-processes", 128)
+    code, out, _ = run_check(capsys, "configs/recipes/fipo_qwen2.5_32b.yaml", "--num_processes", 128)
     assert code == 0
     assert "prompts per generation batch           512 " in out
     assert "completions per generation batch       8192 (×16) " in out
@@ -98,7 +99,7 @@ def test_32b_recipe_on_64_processes_with_cli_overrides_keeps_geometry(capsys):
     code, out, _ = run_check(
         capsys,
         "configs/recipes/fipo_qwen2.5_32b.yaml",
-        "--num-processes",
+        "--num_processes",
         64,
         "--gradient_accumulation_steps",
         16,
@@ -112,14 +113,14 @@ def test_32b_recipe_on_64_processes_with_cli_overrides_keeps_geometry(capsys):
 
 def test_same_recipe_on_wrong_process_count_changes_geometry(capsys):
     # The recipe assumes 128 processes: on 8 the batch shrinks 16× while the FIPO structure stays
-    code, out, _ = run_check(capsys, "configs/recipes/fipo_qwen2.5_32b.yaml", "--num-processes", 8)
+    code, out, _ = run_check(capsys, "configs/recipes/fipo_qwen2.5_32b.yaml", "--num_processes", 8)
     assert code == 0
     assert "prompts per generation batch           32 " in out
 
 
 def test_on_policy_recipe_is_reported_identical_to_dapo(tmp_path, capsys):
     recipe = write_recipe(tmp_path, gradient_accumulation_steps=4, steps_per_generation=4, num_generations=8)
-    code, out, _ = run_check(capsys, recipe, "--num-processes", 2)
+    code, out, _ = run_check(capsys, recipe, "--num_processes", 2)
     assert code == 0
     assert "identical to DAPO (all on-policy)" in out
     assert "warning: every optimizer step is on-policy" in out
@@ -162,12 +163,12 @@ def test_warmup_in_training_steps_is_flagged(tmp_path, capsys):
     [
         ({"per_device_train_batch_size": 3, "steps_per_generation": 1}, [], "not divisible by num_generations=8"),
         ({"steps_per_generation": 8, "generation_batch_size": 64}, [], "both set"),
-        ({"generation_batch_size": 100}, ["--num-processes", "2"], "generation_batch_size=100 is not divisible"),
-        ({}, ["--num-processes", "12", "--num-nodes", "5"], "does not split evenly"),
+        ({"generation_batch_size": 100}, ["--num_processes", "2"], "generation_batch_size=100 is not divisible"),
+        ({}, ["--num_processes", "12", "--num_machines", "5"], "does not split evenly"),
         ({"num_generations": 1}, [], "at least 2 completions"),
         ({"delta": 1.1}, [], "delta=1.1 must be a number greater than 1 + epsilon_high"),
         ({"not_a_field": 1}, [], "unknown recipe field(s): not_a_field"),
-        ({"use_vllm": True, "vllm_tensor_parallel_size": 3}, ["--num-processes", "8"], "does not divide the 8"),
+        ({"use_vllm": True, "vllm_tensor_parallel_size": 3}, ["--num_processes", "8"], "does not divide the 8"),
     ],
 )
 def test_impossible_configuration_exits_2_with_one_line(tmp_path, capsys, fields, argv, message):
@@ -189,7 +190,7 @@ def test_geometry_follows_trl_rules_for_n_processes():
     default = resolve_geometry({**BASE, "gradient_accumulation_steps": 2}, num_processes=4)
     assert default.steps_per_generation == 16 and default.completions_per_generation == 512
     assert default.prompts_per_generation == 64 and default.steps_per_generation_batch == 8
-    with pytest.raises(CheckError):
+    with pytest.raises(UsageError):
         resolve_geometry({**BASE, "per_device_train_batch_size": 0}, num_processes=1)
 
 
@@ -267,27 +268,60 @@ def test_deepspeed_json_is_accepted_by_accelerate():
 
 
 def test_cli_dispatches_check(capsys):
-    from fipo_trl.cli import main as cli_main
-
-    assert cli_main(["check", "configs/recipes/fipo_qwen2.5_math_1.5b_1node.yaml", "--num-processes", "8"]) == 0
+    assert cli_main(["check", "configs/recipes/fipo_qwen2.5_math_1.5b_1node.yaml", "--num_processes", "8"]) == 0
     assert "completions per optimizer step         128 " in capsys.readouterr().out
 
 
 def test_bf16_weights_without_master_copy_are_flagged_only_outside_deepspeed(capsys):
     # lr 1e-6 on bf16 weights rounds away under DDP; DeepSpeed keeps fp32 master weights
     recipe, config = "configs/recipes/fipo_qwen2.5_math_1.5b_1node.yaml", "configs/accelerate/"
-    code, out, _ = run_check(capsys, recipe, "--accelerate-config", config + "multi_gpu.yaml")
+    code, out, _ = run_check(capsys, recipe, "--config_file", config + "multi_gpu.yaml")
     assert code == 0 and "warning: the weights stay bfloat16 under DDP (replicated)" in out
-    code, out, _ = run_check(capsys, recipe, "--accelerate-config", config + "multi_gpu.yaml", "--dtype", "float32")
+    code, out, _ = run_check(capsys, recipe, "--config_file", config + "multi_gpu.yaml", "--dtype", "float32")
     assert code == 0 and "no warnings" in out
-    code, out, _ = run_check(capsys, recipe, "--accelerate-config", config + "zero2.yaml")
+    code, out, _ = run_check(capsys, recipe, "--config_file", config + "zero2.yaml")
     assert code == 0 and "no warnings" in out
 
 
 def test_cli_override_is_judged_like_the_yaml(capsys):
     # A prompt-count batch size given on the command line is flagged as it would be in the recipe
     recipe = "configs/recipes/fipo_qwen2.5_math_1.5b_1node.yaml"
-    code, out, _ = run_check(capsys, recipe, "--num-processes", 8, "--generation_batch_size", 512)
+    code, out, _ = run_check(capsys, recipe, "--num_processes", 8, "--generation_batch_size", 512)
     assert code == 2  # the recipe already sets steps_per_generation: TRL refuses both
     code, out, _ = run_check(capsys, recipe, "--per_device_train_batch_size", 64, "--steps_per_generation", 8)
     assert code == 0 and "per_device_train_batch_size=64 looks like a count of prompts" in out
+
+
+def test_accelerate_flag_names_and_the_old_dashed_ones_hidden(capsys):
+    # accelerate launch's --num_processes / --num_machines / --config_file; the dashed spellings still work, unlisted
+    recipe = "configs/recipes/fipo_qwen2.5_32b.yaml"
+    new = run_check(
+        capsys, recipe, "--num_processes", 128, "--num_machines", 16, "--config_file", "configs/accelerate/zero3.yaml"
+    )
+    old = run_check(
+        capsys,
+        recipe,
+        "--num-processes",
+        128,
+        "--num-nodes",
+        16,
+        "--accelerate-config",
+        "configs/accelerate/zero3.yaml",
+    )
+    assert new[0] == old[0] == 0 and new[1] == old[1]
+    assert "128 training process(es) on 16 node(s) (8 per node), DeepSpeed ZeRO-3" in new[1]
+    usage = make_parser().format_help()
+    assert "--num_processes" in usage and "--config_file" in usage
+    assert "--num-processes" not in usage and "--accelerate-config" not in usage and "--num-nodes" not in usage
+
+
+def test_tiny_model_size_and_wide_rows_line_up(capsys):
+    # the quickstart's 792,320-parameter model is not "0.00B", and a value wider than the column keeps rows aligned
+    code, out, _ = run_check(capsys, "configs/quickstart.yaml")
+    assert code == 0 and "0.79M parameters" in out and "12.1 MiB under single process" in out
+    lines = out.splitlines()
+    header = next(i for i, line in enumerate(lines) if "this recipe" in line)
+    column = lines[header].index("official 32B")
+    for row in lines[header + 1 : header + 9]:  # every official value starts in the header's column
+        assert row[column - 1] == " " and row[column] != " ", out
+    assert "16 + prompts (no max_prompt_length) 22528" not in out  # the row that used to run into its neighbour

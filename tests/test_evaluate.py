@@ -14,19 +14,19 @@ from datasets import Dataset
 from transformers import AutoModelForCausalLM, Trainer, TrainingArguments
 from transformers.integrations.integration_utils import rewrite_logs
 
+from fipo_trl.callbacks import MathEvalCallback
+from fipo_trl.cli import main as cli_main
 from fipo_trl.data import apply_dapo_template
 from fipo_trl.eval_metrics import aggregate_metrics, length_metrics, majority_vote, pass_at_k, problem_metrics
-from fipo_trl.evaluate import (
-    MathEvalCallback,
-    generate_with_transformers,
-    load_eval_dataset,
-    load_model_and_tokenizer,
-    main,
-    resolve_model_path,
-    score_completions,
-    summarize,
-    tokenize_prompts,
-)
+from fipo_trl.evaluation import heldout_check, load_eval_dataset, score_completions, summarize
+from fipo_trl.generation import generate_with_transformers, tokenize_prompts
+from fipo_trl.models import load_model_and_tokenizer, resolve_model_path
+from fipo_trl.rewards import dapo_accuracy_reward
+
+
+def main(argv):
+    """`fipo-trl eval ARGV` as the console script runs it (errors reported by `fipo_trl.cli`)."""
+    return cli_main(["eval", *argv])
 
 
 # --- pure metrics (spec §3.5) ---------------------------------------------------------------------------------------
@@ -260,6 +260,46 @@ def test_cli_writes_samples_summary_and_table(tiny_model_dir, problem_file, tmp_
     assert "problems: 2 problems x 3 samples" in out and "avg@3" in out and "pass@2" in out and "cons@3" in out
 
 
+SHIPPED_MODEL = "fipo_trl/assets/tiny-qwen2-addition"  # no chat template: it was trained on plain-text prompts
+
+
+def test_plain_text_prompts_are_used_as_written(tiny_model_dir, tmp_path):
+    # a file with prompt/solution columns keeps its plain-text prompts (no template, no chat message)
+    path = tmp_path / "sums.jsonl"
+    path.write_text("".join(json.dumps({"prompt": p, "solution": a}) + "\n" for p, a in [("1+1=?\n", "2")] * 2))
+    out = tmp_path / "out"
+    args = ["--model_name_or_path", tiny_model_dir, "--dataset", str(path), "--k", "2", "--max_tokens", "3"]
+    assert main([*args, "--output_dir", str(out)]) == 0
+    records = [json.loads(line) for line in (out / "sums.samples.jsonl").read_text().splitlines()]
+    assert [r["prompt"] for r in records] == ["1+1=?\n", "1+1=?\n"]
+
+
+def test_synthetic_is_the_quickstart_heldout_set_in_plain_text():
+    dataset, name = load_eval_dataset("synthetic")
+    assert name == "synthetic" and len(dataset) == 256
+    assert isinstance(dataset[0]["prompt"], str) and dataset[0]["prompt"].endswith("=?\n")
+
+
+def test_chat_prompts_for_a_model_without_chat_template_name_the_fix(problem_file, capsys):
+    # the benchmark-style file gets chat prompts; the shipped model has no chat template to render them
+    err = one_line_error(capsys, ["--model_name_or_path", SHIPPED_MODEL, "--dataset", str(problem_file)])
+    assert "no chat template" in err and "--dataset synthetic" in err
+
+
+def test_heldout_check_reports_accuracy_and_mean_length(tiny_model):
+    model, tokenizer = tiny_model
+    dataset = Dataset.from_dict({"prompt": ["1+1=?\n", "Answer: 2", "What is"], "solution": ["2", "2", "7"]})
+    result = heldout_check(model, tokenizer, dataset, dapo_accuracy_reward, max_new_tokens=5, seed=3)
+    # the same samples drawn directly: one per row, T=1, no top-p, seed 3
+    samples = generate_with_transformers(
+        model, tokenizer, tokenize_prompts(dataset["prompt"], tokenizer), 1, 1.0, 1.0, 5, 64, 3, show_progress=False
+    )
+    lengths = [completions[0]["num_tokens"] for completions in samples]
+    rewards = dapo_accuracy_reward([c[0]["completion"] for c in samples], solution=dataset["solution"])
+    assert result == {"accuracy": sum(r > 0 for r in rewards) / 3, "mean_length": sum(lengths) / 3}
+    assert 1 <= result["mean_length"] <= 5 and model.training is False
+
+
 def test_boxed_format_asks_for_boxed_answers(problem_file):
     dataset, name = load_eval_dataset(str(problem_file), "boxed")
     assert name == "problems" and dataset["solution"] == ["2", "5"]
@@ -304,7 +344,7 @@ def test_callback_evaluates_every_n_steps_and_logs_through_the_trainer(tiny_mode
 
 def one_line_error(capsys, argv):
     capsys.readouterr()
-    assert main(argv) == 1
+    assert main(argv) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("fipo-trl eval: error: ")
     return err
@@ -323,9 +363,7 @@ def test_cli_rejects_bad_sampling_arguments(tiny_model_dir, capsys, extra_args, 
 
 
 def test_cli_rejects_a_missing_model_path(tmp_path, capsys):
-    from fipo_trl.cli import main as cli_main
-
-    assert cli_main(["eval", "--model_name_or_path", str(tmp_path / "nope")]) == 1
+    assert cli_main(["eval", "--model_name_or_path", str(tmp_path / "nope")]) == 2
     assert capsys.readouterr().err == f"fipo-trl eval: error: model path {str(tmp_path / 'nope')!r} does not exist\n"
 
 
@@ -359,11 +397,11 @@ def test_cli_rejects_an_unknown_dataset_name(tiny_model_dir, capsys):
 
 def callback_worker(model_dir, out_dir):
     """One process: 2 training steps with `MathEvalCallback` at step 2 on 3 problems (padded to 2 + 2)."""
-    import fipo_trl.evaluate
+    import fipo_trl.evaluation
 
     summarized = []
-    summarize_all = fipo_trl.evaluate.summarize
-    fipo_trl.evaluate.summarize = lambda records: summarized.append(len(records)) or summarize_all(records)
+    summarize_all = fipo_trl.evaluation.summarize
+    fipo_trl.evaluation.summarize = lambda records: summarized.append(len(records)) or summarize_all(records)
     model, tokenizer = load_model_and_tokenizer(model_dir)
     train = Dataset.from_dict({"input_ids": [[5, 6, 7, 8]] * 8, "labels": [[5, 6, 7, 8]] * 8})
     args = TrainingArguments(

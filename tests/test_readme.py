@@ -1,6 +1,10 @@
-"""The README's Python usage example runs as written (on the shipped tiny model, offline)."""
+"""The README's Python usage example and its eval command run as written (on the shipped tiny model, offline)."""
 
+import json
+import shlex
 from pathlib import Path
+
+from fipo_trl.cli import main as fipo_trl
 
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -18,3 +22,14 @@ def test_readme_usage_snippet_trains(tmp_path, monkeypatch):
     trainer = namespace["trainer"]
     assert trainer.state.global_step == trainer.args.max_steps
     assert any("fipo/weight_mean" in h for h in trainer.state.log_history)
+
+
+def test_readme_eval_command_runs_on_the_shipped_model(tmp_path, monkeypatch):
+    readme = (ROOT / "README.md").read_text()
+    lines = [line for line in readme.splitlines() if line.startswith("fipo-trl eval --model_name_or_path fipo_trl/")]
+    assert len(lines) == 1, "the README shows one eval command on the shipped model"
+    command = shlex.split(lines[0].split("#")[0])
+    monkeypatch.chdir(tmp_path)  # the shipped model's path resolves from the installed package
+    assert fipo_trl(command[1:]) == 0
+    summary = json.loads((tmp_path / "eval_results" / "synthetic.summary.json").read_text())
+    assert summary["num_problems"] == 256 and 0 < summary["metrics"][f"avg@{summary['k']}"] < 1

@@ -2,6 +2,8 @@ r"""Rewards: every rule of docs/dapo-scorer.md, the math-verify pool's time boun
 
 import multiprocessing
 import pickle
+import subprocess
+import sys
 import threading
 
 import pytest
@@ -427,7 +429,7 @@ def test_math_verify_reward_pickles(verifier):
 
 def test_math_verify_worker_that_cannot_start_raises(monkeypatch):
     # a broken worker environment is an error, not an endless respawn
-    monkeypatch.setattr("fipo_trl.rewards._WORKER_BOOT", "raise SystemExit(3)")
+    monkeypatch.setattr("fipo_trl.math_verify_pool._WORKER_BOOT", "raise SystemExit(3)")
     reward = get_math_verify_reward(timeout_s=1.0, num_workers=1)
     with pytest.raises(RuntimeError, match="failed to start"):
         reward([r"\boxed{1}"], solution=["1"])
@@ -453,3 +455,14 @@ def test_rewards_plug_into_a_trl_trainer(tiny_model_dir, tmp_path, verifier):
     for name in ["dapo_accuracy_reward", "soft_overlong_punishment_reward", "math_verify_reward"]:
         assert f"rewards/{name}/mean" in logs
     assert logs["math_verify_reward/timeouts"] == 0.0
+
+
+def test_importing_the_rewards_starts_no_pool_and_imports_no_trl():
+    # the math-verify pool (module, processes, exit and fork hooks) comes with the first math_verify_reward call
+    code = (
+        "import sys, fipo_trl.rewards as r; "
+        "print(r.math_verify_reward._pool, r.math_verify_reward._hooks_registered, "
+        "'fipo_trl.math_verify_pool' in sys.modules, 'trl' in sys.modules)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.split() == ["None", "False", "False", "False"]

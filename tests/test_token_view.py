@@ -7,7 +7,8 @@ import torch
 from transformers import TrainerControl, TrainerState
 
 from fipo_trl import FIPOConfig
-from fipo_trl.token_view import TokenViewCallback, render_token_view, weight_colour
+from fipo_trl.callbacks import TokenViewCallback
+from fipo_trl.token_view import render_token_view, weight_colour
 
 
 def test_colour_is_white_at_one_red_above_blue_below():

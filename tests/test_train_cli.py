@@ -11,17 +11,12 @@ import torch
 import yaml
 
 from fipo_trl.cli import main as cli_main
-from fipo_trl.train import (
-    ASSETS_DIR,
-    FIPOScriptArguments,
-    RecipeError,
-    get_reward_funcs,
-    load_datasets,
-    make_parser,
-    parse_recipe,
-    prepare,
-    resolve_model_path,
-)
+from fipo_trl.data import get_dataset
+from fipo_trl.errors import UsageError
+from fipo_trl.models import ASSETS_DIR, resolve_model_path
+from fipo_trl.recipe import FIPOScriptArguments, make_parser, parse_recipe
+from fipo_trl.rewards import get_reward_funcs
+from fipo_trl.train import main as train_main
 
 
 RECIPE = Path(__file__).resolve().parents[1] / "configs" / "quickstart.yaml"
@@ -74,6 +69,13 @@ def test_short_run_writes_model_checkpoints_and_token_view(two_step_run):
     assert "FIPO token influence, step 2" in (two_step_run / "token_view" / "latest.html").read_text()
     # wandb (offline) got the same page as an Html media file
     assert list((two_step_run / "wandb").glob("offline-run-*/files/media/html/train/token_view_*.html"))
+
+
+def test_model_card_names_the_model_trained_from(two_step_run):
+    card = (two_step_run / "README.md").read_text()
+    assert "[None]" not in card and "huggingface.co/None" not in card
+    assert "fine-tuned version of `fipo_trl/assets/tiny-qwen2-addition` (a local model)." in card
+    assert "huggingface.co/datasets/synthetic" not in card  # the generator is no Hub dataset
 
 
 def test_resume_continues_the_step_count(two_step_run):
@@ -145,7 +147,7 @@ def test_dapo_math_copy_is_read_through_its_loader(tmp_path):
     }
     path = tmp_path / "dapo-math-17k.jsonl"
     path.write_text(json.dumps(row) + "\n")
-    train, heldout = load_datasets(FIPOScriptArguments(dataset_name=str(path)))
+    train, heldout = get_dataset(FIPOScriptArguments(dataset_name=str(path)))
     assert train[0]["solution"] == "2" and train[0]["prompt"][0]["content"].startswith("Solve 1+1")
     assert heldout is None
 
@@ -157,11 +159,13 @@ def test_shipped_model_path_resolves_outside_the_repository(tmp_path, monkeypatc
 
 
 def test_without_wandb_the_recipe_falls_back_to_console_logging(monkeypatch):
+    from fipo_trl.train import set_up_wandb
+
     monkeypatch.setitem(sys.modules, "wandb", None)  # `import wandb` now raises ImportError
-    script_args, training_args, model_args = parse_recipe([str(RECIPE)])
+    _, training_args, _ = parse_recipe([str(RECIPE)])
     assert training_args.report_to == ["wandb"]
-    job = prepare(script_args, training_args, model_args)
-    assert job.training_args.report_to == []
+    set_up_wandb(training_args)
+    assert training_args.report_to == []
 
 
 def test_first_reward_also_logs_accuracy_and_unknown_names_are_errors():
@@ -171,7 +175,7 @@ def test_first_reward_also_logs_accuracy_and_unknown_names_are_errors():
     rewards = accuracy(["Answer: 2", "Answer: 3"], solution=["2", "2"], log_metric=logged.__setitem__)
     assert rewards == [1.0, -1.0] and logged == {"accuracy": 0.5}
     assert accuracy.__name__ == "dapo_accuracy_reward"  # TRL names the reward metrics after it
-    with pytest.raises(RecipeError, match="unknown reward function 'accuracy'"):
+    with pytest.raises(UsageError, match="unknown reward function 'accuracy'"):
         get_reward_funcs(FIPOScriptArguments(reward_funcs=["accuracy"]), SimpleNamespace(max_completion_length=16))
 
 
@@ -182,13 +186,51 @@ def test_math_eval_datasets_are_evaluated_during_training(tmp_path, tiny_model_d
     out = tmp_path / "run"
     argv = [str(RECIPE), *FAST, "--max_steps", "2", "--output_dir", str(out), "--report_to", "none"]
     argv += ["--model_name_or_path", tiny_model_dir]  # benchmark prompts are chat messages: a chat template
-    job = prepare(*parse_recipe([*argv, "--math_eval_datasets", str(problems), "--math_eval_steps", "2"]))
-    job.script_args.token_view, job.heldout_dataset = False, None
-    job.script_args.math_eval_k = 2
-    job.run()
+    argv += ["--math_eval_datasets", str(problems), "--math_eval_steps", "2", "--math_eval_k", "2"]
+    train_main(*parse_recipe([*argv, "--token_view", "false", "--heldout_size", "0"]))
     state = json.loads((out / "checkpoint-2" / "trainer_state.json").read_text())
     assert any("eval_sums/avg@2" in entry and "eval_sums/pass@2" in entry for entry in state["log_history"])
 
 
 def test_unknown_math_eval_dataset_is_named(capsys):
     assert "no-such-benchmark" in one_line_error(capsys, [str(RECIPE), "--math_eval_datasets", "no-such-benchmark"])
+
+
+def test_help_shows_the_call_and_the_recipe_fields_without_importing_torch():
+    # a fresh interpreter: `--help` must not pay for torch/GRPOConfig (seconds) to print one screen
+    code = (
+        "import sys; from fipo_trl.cli import main; main(['train', '--help']); "
+        "print('IMPORTED', 'torch' in sys.modules, 'trl.trainer.grpo_config' in sys.modules)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    out = result.stdout
+    assert out.startswith("usage: fipo-trl train RECIPE.yaml [--field value ...]")
+    assert "IMPORTED False False" in out
+    for name in ("--dataset_name", "--reward_funcs", "--heldout_size", "--fipo_decay_rate", "--fipo_clip_range"):
+        assert name in out
+    assert "--help-all" in out and len(out.splitlines()) < 60
+
+
+def test_help_all_lists_every_grpo_field(capsys):
+    assert cli_main(["train", "--help-all"]) == 0
+    out = capsys.readouterr().out
+    assert "--num_generations" in out and "--fipo_safety_threshold" in out and "--learning_rate" in out
+
+
+def test_unknown_command_and_no_recipe_exit_2(capsys):
+    assert cli_main(["trian", "configs/quickstart.yaml"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("fipo-trl: unknown command 'trian'\nusage: fipo-trl {train,check,eval}")
+    assert "no recipe" in one_line_error(capsys, [])
+
+
+def test_rewards_by_dotted_path_and_registry_names():
+    from fipo_trl.rewards import REWARD_FUNCS_REGISTRY
+
+    assert set(REWARD_FUNCS_REGISTRY) == {"dapo_accuracy", "math_verify", "soft_overlong"}
+    (accuracy,) = get_reward_funcs(
+        FIPOScriptArguments(reward_funcs=["fipo_trl.rewards.dapo_accuracy_reward"]), SimpleNamespace()
+    )
+    assert accuracy.__name__ == "dapo_accuracy_reward" and accuracy(["Answer: 2"], solution=["2"]) == [1.0]
+    with pytest.raises(UsageError, match="cannot import reward function 'fipo_trl.rewards.nope'"):
+        get_reward_funcs(FIPOScriptArguments(reward_funcs=["fipo_trl.rewards.nope"]), SimpleNamespace())

@@ -1,0 +1,108 @@
+"""Where a model is and how it is loaded, for `fipo-trl train` and `fipo-trl eval` alike.
+
+A model is named by a shipped asset (`fipo_trl/assets/<name>`, found from any working directory), a local folder (a
+model, a PEFT adapter, or a training output whose last `checkpoint-N` is used) or a Hub id.
+"""
+
+import json
+from pathlib import Path
+
+from .errors import UsageError
+
+
+ASSETS_DIR = Path(__file__).parent / "assets"
+
+
+def resolve_model_path(model_name_or_path: str) -> str:
+    """
+    The model to load for `model_name_or_path`.
+
+    Args:
+        model_name_or_path (`str`):
+            `fipo_trl/assets/<model>` (the shipped models, also outside the repository, from the installed package),
+            a local model or adapter folder, a training output folder, or a Hub id.
+
+    Returns:
+        `str`: a local folder, the last `checkpoint-N` of a training output, or the Hub id unchanged.
+
+    Raises:
+        UsageError: for a local path that does not exist or holds no model.
+    """
+    from transformers.trainer_utils import get_last_checkpoint
+
+    if not model_name_or_path:
+        raise UsageError("model_name_or_path is not set")
+    path = Path(model_name_or_path)
+    if not path.exists() and path.parts[:2] == ("fipo_trl", "assets"):
+        path = ASSETS_DIR.joinpath(*path.parts[2:])
+    if not path.exists():
+        # not local: a Hub id (`owner/name`, or a legacy `name` such as gpt2) is the only other thing it can be
+        if model_name_or_path.startswith((".", "/", "~")) or model_name_or_path.count("/") > 1:
+            raise UsageError(f"model path {model_name_or_path!r} does not exist")
+        return model_name_or_path
+    if not path.is_dir():
+        raise UsageError(f"model path {model_name_or_path!r} is not a directory")
+    if (path / "config.json").exists() or (path / "adapter_config.json").exists():
+        return str(path)
+    last_checkpoint = get_last_checkpoint(str(path))
+    if last_checkpoint is None:
+        raise UsageError(f"{model_name_or_path!r} holds no model (config.json, adapter_config.json, checkpoint-N)")
+    return last_checkpoint
+
+
+def read_adapter_config(model_path: str) -> dict | None:
+    """The PEFT `adapter_config.json` of `model_path` as a dict, or `None` for a full model."""
+    adapter_config = Path(model_path) / "adapter_config.json"
+    return json.loads(adapter_config.read_text()) if adapter_config.exists() else None
+
+
+def tokenizer_path(model_path: str) -> str:
+    """Where the tokenizer lives: the model directory, or the base model of an adapter saved without one."""
+    adapter = read_adapter_config(model_path)
+    if adapter is None or (Path(model_path) / "tokenizer_config.json").exists():
+        return model_path
+    return adapter["base_model_name_or_path"]
+
+
+def load_tokenizer(model_path: str, revision: str | None = None):
+    """The tokenizer of a resolved model path, or a [`UsageError`] naming the path that could not be loaded."""
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(tokenizer_path(model_path), revision=revision)
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"cannot load model_name_or_path={model_path!r}: {str(exc).splitlines()[0]}") from None
+
+
+def load_model_and_tokenizer(model_path: str, dtype: str = "auto"):
+    """
+    Load a causal LM for generation: a full model, or a LoRA adapter merged into its base model.
+
+    Args:
+        model_path (`str`):
+            Output of [`resolve_model_path`].
+        dtype (`str`, *optional*, defaults to `"auto"`):
+            Weight dtype; `"auto"` keeps the checkpoint's.
+
+    Returns:
+        `tuple[PreTrainedModel, PreTrainedTokenizerBase]`: the model in eval mode, on the visible GPUs if there are
+        any, and its tokenizer.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    adapter = read_adapter_config(model_path)
+    base_path = model_path if adapter is None else adapter["base_model_name_or_path"]
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(tokenizer_path(model_path))
+        # device_map="auto" spreads a model too large for one GPU over all visible GPUs
+        device_map = "auto" if torch.cuda.is_available() else None
+        model = AutoModelForCausalLM.from_pretrained(base_path, dtype=dtype, device_map=device_map)
+    except OSError as error:
+        raise UsageError(f"cannot load model {base_path!r}: {str(error).splitlines()[0]}") from error
+    if adapter is not None:
+        from peft import PeftModel
+
+        # merged once up front: generation then runs at the speed of a plain model
+        model = PeftModel.from_pretrained(model, model_path).merge_and_unload()
+    return model.eval(), tokenizer

@@ -1,0 +1,200 @@
+"""The recipe of `fipo-trl train` and `fipo-trl check`: a YAML file of fields, overridden by `--field value` flags.
+
+`trl.TrlParser` splits the fields over three dataclasses, as open-r1's recipes do: [`FIPOScriptArguments`] (data,
+rewards, the held-out check, evaluation during training), [`~fipo_trl.FIPOConfig`] (every `GRPOConfig` /
+`TrainingArguments` field plus `fipo_*`) and `trl.ModelConfig`. [`parse_recipe`] turns `RECIPE.yaml [--field value
+...]` into the three, or raises a one-line [`UsageError`].
+"""
+
+import ast
+import contextlib
+import dataclasses
+import io
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from trl import ModelConfig, ScriptArguments
+
+from .errors import UsageError
+
+
+USAGE = "usage: fipo-trl train RECIPE.yaml [--field value ...]   (e.g. fipo-trl train configs/quickstart.yaml)"
+
+
+@dataclass
+class FIPOScriptArguments(ScriptArguments):
+    """
+    Script arguments of `fipo-trl train`: which data, which rewards, and the held-out check around training.
+
+    Parameters:
+        dataset_name (`str`, *optional*, defaults to `"synthetic"`):
+            `"synthetic"` for the built-in generator ([`fipo_trl.synthetic`]), DAPO-Math-17k (its Hub id or a local
+            copy whose name contains "dapo-math", read by [`fipo_trl.data.load_dapo_math`]), or any local file
+            (`.json`, `.jsonl`, `.parquet`), folder or Hub dataset whose rows have a `prompt` (string or chat
+            messages) and a `solution` (the reference answer) column.
+        reward_funcs (`list[str]`, *optional*, defaults to `["dapo_accuracy"]`):
+            Reward functions, by name (`dapo_accuracy`, `math_verify`, `soft_overlong`) or dotted import path
+            (`my_pkg.rewards.my_reward`). `soft_overlong` is TRL's DAPO overlong penalty with
+            `max_completion_len=max_completion_length` and `soft_punish_cache=overlong_buffer_length`. The first one
+            is the correctness reward: it is logged as `accuracy` (fraction > 0) and scores the held-out check.
+        overlong_buffer_length (`int`, *optional*, defaults to `4096`):
+            The buffer of the `soft_overlong` reward (official DAPO/FIPO: 4096 with 20480 completion tokens).
+        max_prompt_length (`int` or `None`, *optional*, defaults to `None`):
+            Prompts longer than this many tokens lose their beginning (left truncation, official: 2048). `None`
+            keeps prompts whole.
+        synthetic_task (`str`, *optional*, defaults to `"addition"`):
+            Task of the synthetic generator: `"addition"` or `"linear"`.
+        synthetic_digits (`int`, *optional*, defaults to `2`):
+            Digits per operand of the synthetic problems.
+        synthetic_train_size (`int`, *optional*, defaults to `4096`):
+            Number of synthetic training problems.
+        synthetic_seed (`int`, *optional*, defaults to `0`):
+            Seed of the synthetic problems (training and held-out sets never share a prompt).
+        heldout_size (`int`, *optional*, defaults to `0`):
+            Problems of the held-out set (synthetic, or `dataset_test_split`) on which accuracy is measured before
+            and after training, sampling one completion each as in training. `0` skips the check.
+        token_view (`bool`, *optional*, defaults to `True`):
+            At each logging step, save one completion as HTML with every token coloured by its influence weight
+            (under `output_dir/token_view/`, and to wandb when it is on).
+        math_eval_datasets (`list[str]`, *optional*, defaults to `[]`):
+            Benchmarks evaluated during training with `fipo-trl eval`'s protocol ([`MathEvalCallback`]):
+            `aime2024`, `aime2025`, `math500`, `gsm8k` or local problem/answer files. Logged as
+            `eval_<name>/avg@k`, `cons@k`, `pass@k`, like the official `val-core/<source>/acc/mean@32`.
+        math_eval_steps (`int`, *optional*, defaults to `5`):
+            Evaluate every this many optimizer steps (official 32B: `test_freq=5` training steps).
+        math_eval_k (`int`, *optional*, defaults to `32`):
+            Samples per problem (paper: 32, at temperature 1.0 and top-p 0.7; up to `max_completion_length` tokens).
+    """
+
+    dataset_name: str = field(
+        default="synthetic",
+        metadata={"help": "'synthetic', DAPO-Math-17k (Hub id or copy) or a file/folder/Hub id with prompt+solution."},
+    )
+    reward_funcs: list[str] = field(
+        default_factory=lambda: ["dapo_accuracy"],
+        metadata={"help": "Reward names (dapo_accuracy, math_verify, soft_overlong) or dotted import paths."},
+    )
+    overlong_buffer_length: int = field(
+        default=4096, metadata={"help": "Buffer of the soft_overlong reward (official DAPO/FIPO: 4096)."}
+    )
+    max_prompt_length: int | None = field(
+        default=None, metadata={"help": "Left-truncate prompts to this many tokens (official: 2048); None keeps all."}
+    )
+    synthetic_task: str = field(default="addition", metadata={"help": "Synthetic task: 'addition' or 'linear'."})
+    synthetic_digits: int = field(default=2, metadata={"help": "Digits per operand of the synthetic problems."})
+    synthetic_train_size: int = field(default=4096, metadata={"help": "Number of synthetic training problems."})
+    synthetic_seed: int = field(default=0, metadata={"help": "Seed of the synthetic training/held-out problems."})
+    heldout_size: int = field(
+        default=0, metadata={"help": "Held-out problems scored before and after training (0 skips the check)."}
+    )
+    token_view: bool = field(
+        default=True, metadata={"help": "Save a per-token influence-weight HTML view at each logging step."}
+    )
+    math_eval_datasets: list[str] = field(
+        default_factory=list,
+        metadata={"help": "Benchmarks evaluated during training (aime2024, aime2025, math500, gsm8k or a file)."},
+    )
+    math_eval_steps: int = field(default=5, metadata={"help": "Evaluate every this many steps (official: 5)."})
+    math_eval_k: int = field(default=32, metadata={"help": "Samples per problem of the evaluation (paper: 32)."})
+
+
+def make_parser():
+    """The `TrlParser` of a recipe: (FIPOScriptArguments, FIPOConfig, ModelConfig)."""
+    from trl import TrlParser
+
+    from .config import FIPOConfig
+
+    return TrlParser((FIPOScriptArguments, FIPOConfig, ModelConfig), prog="fipo-trl train")
+
+
+def parse_recipe(argv):
+    """
+    Parse `RECIPE.yaml [--field value ...]` (or `--config RECIPE.yaml ...`) into the three dataclasses.
+
+    Returns:
+        `tuple[FIPOScriptArguments, FIPOConfig, ModelConfig]`: CLI flags override the YAML.
+
+    Raises:
+        UsageError: for an unknown field, a bad value, or a recipe file that cannot be read.
+    """
+    argv = list(argv)
+    if argv and not argv[0].startswith("-"):
+        argv = ["--config", *argv]  # `fipo-trl train recipe.yaml` as in open-r1's launch lines
+    if "--config" in argv:
+        path = argv[argv.index("--config") + 1]
+        if not os.path.isfile(path):
+            raise UsageError(f"recipe file not found: {path}")
+    stderr = io.StringIO()
+    try:
+        # argparse prints a page of usage before its one-line error: keep only that line
+        with contextlib.redirect_stderr(stderr):
+            *parsed, config_unknown, cli_unknown = make_parser().parse_args_and_config(
+                argv, return_remaining_strings=True, separate_remaining_strings=True
+            )
+    except SystemExit as exc:
+        if exc.code in (0, None):
+            raise
+        lines = stderr.getvalue().strip().splitlines()
+        raise UsageError(lines[-1] if lines else f"invalid arguments: {argv}") from None
+    except (ValueError, TypeError) as exc:
+        raise UsageError(str(exc).splitlines()[0]) from None
+    unknown = [arg[2:] for arg in [*config_unknown, *cli_unknown] if arg.startswith("--")]
+    if unknown or cli_unknown:
+        raise UsageError(f"unknown recipe field(s): {', '.join(unknown) or ' '.join(cli_unknown)}")
+    return tuple(parsed)
+
+
+# --- `fipo-trl train --help` ----------------------------------------------------------------------------------------
+
+
+def fipo_config_fields():
+    """
+    `(name, default, help)` of the fields that [`~fipo_trl.FIPOConfig`] declares itself (its FIPO fields and the
+    GRPOConfig defaults it changes), read from the source of `config.py`: importing it would import TRL's
+    GRPOConfig and torch, seconds that `--help` should not take.
+    """
+    tree = ast.parse((Path(__file__).parent / "config.py").read_text())
+    config = next(node for node in tree.body if isinstance(node, ast.ClassDef) and node.name == "FIPOConfig")
+    fields = []
+    for node in config.body:
+        if not (isinstance(node, ast.AnnAssign) and isinstance(node.value, ast.Call)):
+            continue
+        keywords = {keyword.arg: keyword.value for keyword in node.value.keywords}
+        default = ast.unparse(keywords["default"]) if "default" in keywords else "required"
+        metadata = ast.literal_eval(keywords["metadata"]) if "metadata" in keywords else {}
+        fields.append((node.target.id, default, metadata.get("help", "")))
+    return fields
+
+
+def short_help() -> str:
+    """The first screen of `fipo-trl train --help`: how to call it, the script fields and FIPOConfig's own fields."""
+
+    def rows(fields):
+        return [f"  --{name} {default}".ljust(40) + f" {help_text}" for name, default, help_text in fields]
+
+    inherited = {f.name for f in dataclasses.fields(ScriptArguments)}
+    script_fields = [
+        (f.name, repr(f.default if f.default is not dataclasses.MISSING else f.default_factory()), f.metadata["help"])
+        for f in dataclasses.fields(FIPOScriptArguments)
+        if f.name not in inherited or f.name == "dataset_name"
+    ]
+    lines = [
+        USAGE,
+        "",
+        "Train FIPO from a YAML recipe. Every field below (and every GRPOConfig / TrainingArguments / trl.ModelConfig",
+        "field) can be set in the YAML or overridden on the command line with --field value.",
+        "",
+        "script fields (FIPOScriptArguments: data, rewards, held-out check):",
+        *rows(script_fields),
+        "  also from trl.ScriptArguments: --dataset_config, --dataset_train_split, --dataset_test_split",
+        "",
+        "FIPO fields and changed GRPOConfig defaults (FIPOConfig):",
+        *rows(fipo_config_fields()),
+        *rows([("steps_per_generation", "None", "None: 8 × gradient_accumulation_steps (official: 8 per batch).")]),
+        "",
+        "model fields (trl.ModelConfig): --model_name_or_path, --dtype, --attn_implementation, --use_peft, ...",
+        "All GRPOConfig, TrainingArguments and ModelConfig fields: fipo-trl train --help-all",
+        "Check the batch geometry of a recipe without training: fipo-trl check RECIPE.yaml",
+    ]
+    return "\n".join(lines)
