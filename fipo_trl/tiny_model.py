@@ -64,6 +64,8 @@ def build_tokenizer(
     backend = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token=unk_token))
     backend.pre_tokenizer = byte_level
     backend.decoder = decoders.ByteLevel()
+    # the other special tokens (e.g. ChatML's <|im_start|>) must be registered too, or text spells them out char by char
+    extra = [token for token in special_tokens if token not in (eos_token, pad_token, unk_token)]
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=backend,
         eos_token=eos_token,
@@ -71,6 +73,7 @@ def build_tokenizer(
         unk_token=unk_token,
         padding_side="left",
         model_max_length=model_max_length,
+        **({"additional_special_tokens": extra} if extra else {}),  # none for the quickstart: its files stay as built
     )
     if chat_template is not None:
         tokenizer.chat_template = chat_template

@@ -157,6 +157,7 @@ def ddp_run(tiny_model_dir, tmp_path_factory):
     return launch_torchrun(tiny_model_dir, out), out
 
 
+@pytest.mark.slow  # 2 processes
 def test_ddp_both_ranks_train_in_sync(ddp_run):
     ranks, _ = ddp_run
     summaries = [r["summary"] for r in ranks]
@@ -168,6 +169,7 @@ def test_ddp_both_ranks_train_in_sync(ddp_run):
     assert len(summaries[0]["losses"]) == MAX_STEPS
 
 
+@pytest.mark.slow  # 2 processes
 def test_ddp_fipo_metrics_equal_single_process_computation_on_both_ranks_data(ddp_run):
     from fipo_trl.core import FIPOWeights, weight_bounds
     from fipo_trl.diagnostics import fipo_diagnostics
@@ -208,6 +210,7 @@ def test_ddp_fipo_metrics_equal_single_process_computation_on_both_ranks_data(dd
     assert off_policy_seen, "no off-policy micro-step: steps_per_generation=2 should make step 1 stale"
 
 
+@pytest.mark.slow  # 2 processes
 def test_ddp_checkpoint_is_written_once(ddp_run):
     _, out = ddp_run
     checkpoints = sorted(p.name for p in out.glob("checkpoint-*"))
@@ -220,6 +223,7 @@ def test_ddp_checkpoint_is_written_once(ddp_run):
     assert state["global_step"] == MAX_STEPS
 
 
+@pytest.mark.slow  # 2 processes
 @pytest.mark.parametrize("stage", [2, 3])
 def test_deepspeed_zero_two_processes_on_cpu_matches_ddp(stage, ddp_run, tiny_model_dir, tmp_path):
     ranks = launch_deepspeed(tiny_model_dir, tmp_path, f"configs/accelerate/zero{stage}.yaml")
