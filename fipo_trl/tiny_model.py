@@ -64,7 +64,7 @@ def build_tokenizer(
     backend = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token=unk_token))
     backend.pre_tokenizer = byte_level
     backend.decoder = decoders.ByteLevel()
-    # the other special tokens (e.g. ChatML's <|im_start|>) must be registered too, or text spells them out char by char
+    # the other special tokens (ChatML's <|im_start|>) must be registered too, or text spells them out char by char
     extra = [token for token in special_tokens if token not in (eos_token, pad_token, unk_token)]
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=backend,
