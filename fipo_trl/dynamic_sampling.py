@@ -172,7 +172,7 @@ class PromptStream:
 
 
 def dynamic_sampling_summary(
-    args: Any, kept_groups: int, num_processes: int, optimizer_steps_per_generation_batch: float
+    args: Any, kept_groups: int, num_processes: int, optimizer_steps_per_generation: float
 ) -> list[tuple[str, str]]:
     """
     What the dynamic-sampling fields of a recipe imply, as `(name, value)` rows for `fipo-trl check`.
@@ -183,7 +183,7 @@ def dynamic_sampling_summary(
             `num_generations` (a parsed `FIPOConfig`; its batch geometry is not read).
         kept_groups (`int`): prompts per generation batch at the real world size (`generation_batch_size / G`).
         num_processes (`int`): training processes.
-        optimizer_steps_per_generation_batch (`float`): optimizer steps fed by one generation batch.
+        optimizer_steps_per_generation (`float`): optimizer steps fed by one generation batch.
 
     Raises:
         ValueError: when the fields are impossible at this geometry (the message names the field and the fix).
@@ -210,8 +210,8 @@ def dynamic_sampling_summary(
             ("worst-case completions per generation batch", f"{worst} ({rounds} rounds)"),
             (
                 "worst-case completions per optimizer step",
-                f"{worst / optimizer_steps_per_generation_batch:g} "
-                f"(filter off: {kept_groups * group / optimizer_steps_per_generation_batch:g})",
+                f"{worst / optimizer_steps_per_generation:g} "
+                f"(filter off: {kept_groups * group / optimizer_steps_per_generation:g})",
             ),
             ("groups that must survive to stay under the limit", f"{kept_groups / (rounds * per_round):.1%}"),
             (
