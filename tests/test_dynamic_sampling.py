@@ -438,3 +438,85 @@ def test_trainer_refuses_tools(tiny_model_dir, tmp_path):
             model=tiny_model_dir, reward_funcs=reward_always_wrong, args=args,
             train_dataset=Dataset.from_dict({"prompt": PROMPTS}), tools=[add],
         )  # fmt: skip
+
+
+# ------------------------------------------------------------------------------------------------ two processes
+def distributed_worker(model_dir, out_dir):
+    """One of 2 torchrun processes (gloo, CPU): train 4 steps with dynamic sampling and record what each rank saw."""
+    trainer = make_trainer(
+        model_dir, out_dir, trainer_cls=RecordingTrainer, dynamic_sampling_prompts_per_round=8
+    )  # 2 processes × 4 × 2 steps = 16 completions = 4 kept groups per generation batch, rounds of 8 prompts
+    trainer.train()
+    rank = trainer.accelerator.process_index
+    record = {
+        "num_processes": trainer.accelerator.num_processes,
+        "batches": trainer.batches,
+        "log_history": trainer.state.log_history,
+        "param_sum": float(sum(p.detach().double().sum() for p in trainer.model.parameters())),
+    }
+    torch.save(record, f"{out_dir}/rank{rank}.pt")
+
+
+@pytest.mark.slow
+def test_two_processes_agree_hold_equal_shares_and_match_a_single_process_reference(tiny_model_dir, tmp_path):
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1"]
+    command += ["--master_port", str(port), __file__, tiny_model_dir, str(tmp_path)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", "PYTHONWARNINGS": "ignore"}
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300, check=False)
+    assert result.returncode == 0, result.stderr[-4000:]
+    ranks = [torch.load(tmp_path / f"rank{rank}.pt", weights_only=False) for rank in (0, 1)]
+    assert [r["num_processes"] for r in ranks] == [2, 2]
+    assert ranks[0]["param_sum"] == pytest.approx(ranks[1]["param_sum"], rel=1e-12)
+
+    keys = ["num_gen_batches", "dynamic_sampling/filtered_frac", "dynamic_sampling/all_correct_frac"]
+    keys += ["dynamic_sampling/all_wrong_frac", "dynamic_sampling/prompts_generated"]
+    logs = [[{k: h[k] for k in keys} for h in r["log_history"] if "num_gen_batches" in h] for r in ranks]
+    assert logs[0] == logs[1] and len(logs[0]) == 2  # every rank logs the same values, once per generation batch
+
+    stream = PromptStream(len(PROMPTS), seed=0)
+    kept_groups = 4
+    for b, (batch0, batch1) in enumerate(zip(ranks[0]["batches"], ranks[1]["batches"], strict=True)):
+        assert len(batch0["rounds"]) == len(batch1["rounds"]) == logs[0][b]["num_gen_batches"]
+        # single-process reference over both ranks' rows: the gathered rewards and the global prompt list per round
+        kept, groups, dropped_right, dropped_wrong = [], 0, 0, 0
+        for index, (round0, round1) in enumerate(zip(batch0["rounds"], batch1["rounds"], strict=True)):
+            assert torch.equal(round0["rewards"], round1["rewards"])  # all ranks filter on the same gathered rewards
+            prompts = round0["prompts"] + round1["prompts"]
+            drawn = stream.take(4 if index == 0 else 8)  # round 1 = the 4 dataloader prompts + 4 from the stream
+            assert prompts[kept_groups * G if index == 0 else 0 :] == [PROMPTS[i] for i in drawn for _ in range(G)]
+            accuracy = (round0["rewards"][:, 0] > 0).tolist()
+            for start in range(0, len(prompts), G):
+                groups += 1
+                block = accuracy[start : start + G]
+                if len(set(block)) == 2:
+                    kept.append((prompts[start], round0["rewards"][start : start + G, 0].double()))
+                dropped_right += all(block)
+                dropped_wrong += not any(block)
+        assert len(kept) >= kept_groups
+        assert logs[0][b]["dynamic_sampling/filtered_frac"] == pytest.approx(1 - len(kept) / groups)
+        assert logs[0][b]["dynamic_sampling/all_correct_frac"] == pytest.approx(dropped_right / groups)
+        assert logs[0][b]["dynamic_sampling/all_wrong_frac"] == pytest.approx(dropped_wrong / groups)
+        # each rank holds its contiguous half of the first 4 kept groups, and TRL's advantages of them
+        assert batch0["completion_ids"].size(0) == batch1["completion_ids"].size(0) == 8
+        expected = [prompt for prompt, _ in kept[:kept_groups] for _ in range(G)]
+        assert batch0["prompts"] + batch1["prompts"] == expected
+        rewards = torch.stack([r for _, r in kept[:kept_groups]])
+        reference = (rewards - rewards.mean(1, keepdim=True)) / (rewards.std(1, keepdim=True) + 1e-4)
+        advantages = torch.cat([batch0["advantages"], batch1["advantages"]]).double()
+        torch.testing.assert_close(advantages, reference.flatten(), rtol=1e-5, atol=1e-5)
+        total_tokens = batch0["completion_mask"].sum() + batch1["completion_mask"].sum()
+        assert batch0["num_items_in_batch"] == batch1["num_items_in_batch"] == total_tokens
+
+
+if __name__ == "__main__":
+    import sys
+
+    distributed_worker(*sys.argv[1:])
