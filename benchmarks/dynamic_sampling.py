@@ -122,11 +122,11 @@ def main():
     )
     print(header)
     for name, r in results.items():
-        kept = "—" if math.isnan(r["kept"]) else f"{r['kept']:.1%}"
+        kept_text = "—" if math.isnan(r["kept"]) else f"{r['kept']:.1%}"
         print(
             f"{name:<28} {r['completions']:>11.0f} {r['completions'] / off['completions']:>5.2f}× "
             f"{r['generation_s']:>10.3f} {r['generation_s'] / off['generation_s']:>5.2f}× {r['total_s']:>12.3f} "
-            f"{r['rounds']:>6.2f} {kept:>6} {r['signal']:>17.1%}"
+            f"{r['rounds']:>6.2f} {kept_text:>6} {r['signal']:>17.1%}"
         )
 
 
