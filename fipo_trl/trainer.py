@@ -39,8 +39,8 @@ class FIPOTrainer(GRPOTrainer):
     With `dynamic_sampling=True`, `_generate_and_score_completions` first runs the filter rounds (`_dynamic_sampling`),
     then calls the parent once on the kept rows, with `_generate` and `_calculate_rewards` replaying what the rounds
     produced, so TRL itself derives everything else (old log-probs, advantages, `num_items_in_batch`, vLLM IS ratios,
-    metrics) from the kept batch. `_save_rng_state` / `_load_rng_state` also keep the prompt stream with each
-    checkpoint.
+    metrics) from the kept batch. `_save_rng_state` / `_load_rng_state` keep the buffered generation batch, TRL's
+    micro-step counter and the prompt stream with each checkpoint, so a resumed run trains as an uninterrupted one.
     """
 
     _tag_names = ["trl", "fipo"]
@@ -331,26 +331,62 @@ class FIPOTrainer(GRPOTrainer):
         return loss
 
     # ------------------------------------------------------------------------------------------------- checkpoints
+    def _generation_geometry(self):
+        args = self.args
+        sizes = [
+            args.steps_per_generation,
+            args.num_iterations,
+            args.per_device_train_batch_size,
+            self.num_generations,
+        ]
+        return [*sizes, self.accelerator.num_processes]
+
     def _save_rng_state(self, output_dir):
-        # Called on every process for every full checkpoint, before trainer_state.json marks it complete
+        # Called on every process for every full checkpoint, before trainer_state.json marks it complete. The
+        # buffered generation batch and TRL's micro-step counter make a resumed run reuse that batch for the
+        # remaining steps and regenerate at the same steps as an uninterrupted run; the stream continues the rounds
         super()._save_rng_state(output_dir)
-        if self.prompt_stream is not None:
-            state = {"prompt_stream": self.prompt_stream.state_dict()}
-            torch.save(state, os.path.join(output_dir, GENERATION_STATE_FILE.format(self.accelerator.process_index)))
+        buffered = self._buffered_inputs
+        state = {
+            "step": self._step,
+            "geometry": self._generation_geometry(),
+            "buffered_inputs": None if buffered is None else [_to_device(batch, "cpu") for batch in buffered],
+            "prompt_stream": None if self.prompt_stream is None else self.prompt_stream.state_dict(),
+        }
+        torch.save(state, os.path.join(output_dir, GENERATION_STATE_FILE.format(self.accelerator.process_index)))
 
     def _load_rng_state(self, checkpoint):
         super()._load_rng_state(checkpoint)
-        if checkpoint is None or self.prompt_stream is None:
+        if checkpoint is None:
             return
         path = os.path.join(checkpoint, GENERATION_STATE_FILE.format(self.accelerator.process_index))
         if not os.path.isfile(path):
             warnings.warn(
-                f"{path} is missing (a checkpoint saved without dynamic sampling?): the prompt stream of the extra "
-                "rounds starts from its beginning.",
+                f"{path} is missing (a checkpoint from an older fipo_trl or another world size?): the generation "
+                "batch is regenerated at the first resumed step, so later generations fall at other steps than in "
+                "an uninterrupted run" + (", and the prompt stream restarts." if self.prompt_stream else "."),
                 stacklevel=2,
             )
             return
-        self.prompt_stream.load_state_dict(torch.load(path, weights_only=True)["prompt_stream"])
+        state = torch.load(path, weights_only=True)
+        if self.prompt_stream is not None:
+            if state["prompt_stream"] is None:
+                warnings.warn(
+                    f"{path} holds no prompt stream (saved without dynamic sampling): it restarts.", stacklevel=2
+                )
+            else:
+                self.prompt_stream.load_state_dict(state["prompt_stream"])
+        if state["buffered_inputs"] is not None and state["geometry"] == self._generation_geometry():
+            self._step = state["step"]
+            self._buffered_inputs = [_to_device(batch, self.accelerator.device) for batch in state["buffered_inputs"]]
+        elif state["buffered_inputs"] is not None:
+            warnings.warn(
+                f"the batch geometry changed since {checkpoint} was saved ([steps_per_generation, num_iterations, "
+                f"per_device_train_batch_size, num_generations, processes] {state['geometry']} -> "
+                f"{self._generation_geometry()}): its buffered generation batch is dropped and regenerated at the "
+                "first resumed step.",
+                stacklevel=2,
+            )
 
     def _log_fipo_metrics(self, w, advantages, mask):
         mode = "train" if self.model.training else "eval"
@@ -372,3 +408,8 @@ class FIPOTrainer(GRPOTrainer):
         for name, value in zip([*stats.minima, *stats.maxima, *stats.quantiles], values, strict=True):
             value = value.item()
             self._metrics[mode][f"fipo/{name}"].append(value if abs(value) != float("inf") else float("nan"))
+
+
+def _to_device(batch, device):
+    """A buffered micro-batch (tensors, lists, 0-dim tensors) with every tensor moved to `device`."""
+    return {key: value.to(device) if isinstance(value, torch.Tensor) else value for key, value in batch.items()}

@@ -387,6 +387,44 @@ def test_resume_continues_the_same_stream_and_training(tiny_model_dir, tmp_path)
     assert losses_after(resumed, 2) == losses_after(full, 2)
 
 
+@pytest.mark.parametrize("dynamic", [False, True], ids=["filter-off", "filter-on"])
+def test_killed_and_resumed_run_trains_as_an_uninterrupted_one(tiny_model_dir, tmp_path, dynamic):
+    # checkpoint-3 falls inside the generation batch of steps 1-4: the resumed run must finish that batch from the
+    # checkpoint and generate again at step 5, not regenerate at step 4 (on-policy steps 1, 4, 8 instead of 1, 5)
+    overrides = {"steps_per_generation": 4, "max_steps": 8, "save_strategy": "steps", "save_steps": 3}
+    full = make_trainer(tiny_model_dir, tmp_path / "full", dynamic_sampling=dynamic, **overrides)
+    full.train()
+    shutil.copytree(tmp_path / "full" / "checkpoint-3", tmp_path / "resumed" / "checkpoint-3")  # killed after it
+    resumed = make_trainer(tiny_model_dir, tmp_path / "resumed", dynamic_sampling=dynamic, **overrides)
+    resumed.train(resume_from_checkpoint=True)
+
+    def on_policy_steps(trainer):
+        logs = [h for h in trainer.state.log_history if "fipo/abs_log_ratio_mean" in h and h["step"] > 3]
+        assert len(logs) == 5 and all(
+            h["fipo/abs_log_ratio_mean"] < 1e-5 or h["fipo/abs_log_ratio_mean"] > 1e-3 for h in logs
+        )
+        return [h["step"] for h in logs if h["fipo/abs_log_ratio_mean"] < 1e-5]
+
+    assert on_policy_steps(full) == on_policy_steps(resumed) == [5]
+    assert len(resumed.batches) == 1 and torch.equal(
+        resumed.batches[0]["completion_ids"], full.batches[1]["completion_ids"]
+    )
+    assert losses_after(resumed, 3) == losses_after(full, 3)
+    full_params = dict(full.model.named_parameters())
+    assert all(torch.equal(p, full_params[n]) for n, p in resumed.model.named_parameters())
+
+
+def test_resume_after_a_geometry_change_regenerates_and_says_why(tiny_model_dir, tmp_path):
+    first = make_trainer(
+        tiny_model_dir, tmp_path, steps_per_generation=4, max_steps=3, save_strategy="steps", save_steps=3
+    )
+    first.train()
+    resumed = make_trainer(tiny_model_dir, tmp_path, steps_per_generation=2, max_steps=4)
+    with pytest.warns(UserWarning, match=r"\[4, 1, 4, 4, 1\] -> \[2, 1, 4, 4, 1\]"):
+        resumed.train(resume_from_checkpoint=True)
+    assert len(resumed.batches) == 1  # regenerated at step 4
+
+
 def test_resume_without_saved_stream_warns(tiny_model_dir, tmp_path):
     full = make_trainer(tiny_model_dir, tmp_path, save_strategy="steps", save_steps=2, max_steps=2)
     full.train()
@@ -421,23 +459,21 @@ def test_trainer_refuses(tiny_model_dir, tmp_path, overrides, message):
         make_trainer(tiny_model_dir, tmp_path, **overrides)
 
 
-def test_trainer_refuses_tools(tiny_model_dir, tmp_path):
-    def add(a: int, b: int) -> int:
-        """
-        Add two integers.
-
-        Args:
-            a: first
-            b: second
-        """
-        return a + b
-
-    args = make_trainer(tiny_model_dir, tmp_path, max_steps=1).args
-    with pytest.raises(ValueError, match="dynamic_sampling=True does not support tools"):
-        FIPOTrainer(
-            model=tiny_model_dir, reward_funcs=reward_always_wrong, args=args,
-            train_dataset=Dataset.from_dict({"prompt": PROMPTS}), tools=[add],
-        )  # fmt: skip
+@pytest.mark.parametrize(
+    "attribute, value, what",
+    [
+        ("tools", [reward_always_wrong], "tools"),
+        ("environment_factories", {None: object}, "environment_factory"),
+        ("rollout_func", reward_always_wrong, "rollout_func"),
+        ("train_dataset", Dataset.from_dict({"prompt": PROMPTS, "image": [None] * 16}), "image datasets"),
+    ],
+)
+def test_trainer_refuses_what_the_rounds_cannot_replay(tiny_model_dir, tmp_path, attribute, value, what):
+    # the tiny model's chat template cannot render tools, so the guard is called on a trainer given each feature
+    trainer = make_trainer(tiny_model_dir, tmp_path, max_steps=1)
+    setattr(trainer, attribute, value)
+    with pytest.raises(ValueError, match=f"dynamic_sampling=True does not support {what} yet"):
+        trainer._check_dynamic_sampling_support()
 
 
 # ------------------------------------------------------------------------------------------------ two processes
