@@ -477,12 +477,16 @@ def test_trainer_refuses_what_the_rounds_cannot_replay(tiny_model_dir, tmp_path,
 
 
 # ------------------------------------------------------------------------------------------------ two processes
-def distributed_worker(model_dir, out_dir):
-    """One of 2 torchrun processes (gloo, CPU): train 4 steps with dynamic sampling and record what each rank saw."""
-    trainer = make_trainer(
-        model_dir, out_dir, trainer_cls=RecordingTrainer, dynamic_sampling_prompts_per_round=8
-    )  # 2 processes × 4 × 2 steps = 16 completions = 4 kept groups per generation batch, rounds of 8 prompts
-    trainer.train()
+RESUME_RUN = {"steps_per_generation": 4, "max_steps": 8, "save_strategy": "steps", "save_steps": 3}
+
+
+def distributed_worker(model_dir, out_dir, mode):
+    """One of 2 torchrun processes (gloo, CPU): train with dynamic sampling and record what each rank saw."""
+    if mode == "filter":  # 2 processes × 4 × 2 steps = 16 completions = 4 kept groups; rounds of 8 prompts
+        trainer = make_trainer(model_dir, out_dir, dynamic_sampling_prompts_per_round=8)
+    else:  # "full" or "resume": 8 kept groups per generation batch, checkpoint-3 in the middle of the first one
+        trainer = make_trainer(model_dir, out_dir, dynamic_sampling_prompts_per_round=8, **RESUME_RUN)
+    trainer.train(resume_from_checkpoint=mode == "resume" or None)
     rank = trainer.accelerator.process_index
     record = {
         "num_processes": trainer.accelerator.num_processes,
@@ -493,8 +497,7 @@ def distributed_worker(model_dir, out_dir):
     torch.save(record, f"{out_dir}/rank{rank}.pt")
 
 
-@pytest.mark.slow
-def test_two_processes_agree_hold_equal_shares_and_match_a_single_process_reference(tiny_model_dir, tmp_path):
+def launch_two_processes(model_dir, out_dir, mode):
     import os
     import socket
     import subprocess
@@ -504,14 +507,19 @@ def test_two_processes_agree_hold_equal_shares_and_match_a_single_process_refere
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1"]
-    command += ["--master_port", str(port), __file__, tiny_model_dir, str(tmp_path)]
+    command += ["--master_port", str(port), __file__, model_dir, str(out_dir), mode]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", "PYTHONWARNINGS": "ignore"}
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300, check=False)
     assert result.returncode == 0, result.stderr[-4000:]
-    ranks = [torch.load(tmp_path / f"rank{rank}.pt", weights_only=False) for rank in (0, 1)]
+    ranks = [torch.load(out_dir / f"rank{rank}.pt", weights_only=False) for rank in (0, 1)]
     assert [r["num_processes"] for r in ranks] == [2, 2]
     assert ranks[0]["param_sum"] == pytest.approx(ranks[1]["param_sum"], rel=1e-12)
+    return ranks
 
+
+@pytest.mark.slow
+def test_two_processes_agree_hold_equal_shares_and_match_a_single_process_reference(tiny_model_dir, tmp_path):
+    ranks = launch_two_processes(tiny_model_dir, tmp_path, "filter")
     keys = ["num_gen_batches", "dynamic_sampling/filtered_frac", "dynamic_sampling/all_correct_frac"]
     keys += ["dynamic_sampling/all_wrong_frac", "dynamic_sampling/prompts_generated"]
     logs = [[{k: h[k] for k in keys} for h in r["log_history"] if "num_gen_batches" in h] for r in ranks]
@@ -550,6 +558,25 @@ def test_two_processes_agree_hold_equal_shares_and_match_a_single_process_refere
         torch.testing.assert_close(advantages, reference.flatten(), rtol=1e-5, atol=1e-5)
         total_tokens = batch0["completion_mask"].sum() + batch1["completion_mask"].sum()
         assert batch0["num_items_in_batch"] == batch1["num_items_in_batch"] == total_tokens
+
+
+@pytest.mark.slow
+def test_two_processes_killed_and_resumed_train_as_uninterrupted(tiny_model_dir, tmp_path):
+    # each rank keeps its own share of the buffered generation batch; the resumed pair continues both
+    full = launch_two_processes(tiny_model_dir, tmp_path / "full", "full")
+    shutil.copytree(tmp_path / "full" / "checkpoint-3", tmp_path / "resumed" / "checkpoint-3")
+    resumed = launch_two_processes(tiny_model_dir, tmp_path / "resumed", "resume")
+    assert sorted(p.name for p in (tmp_path / "full" / "checkpoint-3").glob("fipo_generation_state_*")) == [
+        "fipo_generation_state_0.pt", "fipo_generation_state_1.pt",
+    ]  # fmt: skip
+    for rank in (0, 1):
+        after = [
+            [(h["step"], h["loss"]) for h in r[rank]["log_history"] if "loss" in h and h["step"] > 3]
+            for r in (full, resumed)
+        ]
+        assert after[0] == after[1] and len(after[0]) == 5
+        assert torch.equal(resumed[rank]["batches"][0]["completion_ids"], full[rank]["batches"][1]["completion_ids"])
+    assert resumed[0]["param_sum"] == full[0]["param_sum"]
 
 
 if __name__ == "__main__":
