@@ -79,7 +79,8 @@ class FIPOTrainer(GRPOTrainer):
             "tools": bool(self.tools),
             "environment_factory": self.environment_factories is not None,
             "rollout_func": self.rollout_func is not None,
-            "image datasets": bool({"image", "images"} & set(self.train_dataset.column_names or [])),
+            # a torch Dataset has no column names; its rows are checked by TRL as usual
+            "image datasets": bool({"image", "images"} & set(getattr(self.train_dataset, "column_names", None) or [])),
         }
         for what, present in unsupported.items():
             if present:

@@ -459,6 +459,37 @@ def test_trainer_refuses(tiny_model_dir, tmp_path, overrides, message):
         make_trainer(tiny_model_dir, tmp_path, **overrides)
 
 
+def test_sampling_logprobs_and_logged_columns_follow_their_rows(tiny_model_dir, tmp_path):
+    # vLLM hands back per-token sampling log-probs: they must reach TRL aligned with the kept rows, as must the
+    # columns a reward function logs with log_extra (the completion table)
+    class LogprobTrainer(RecordingTrainer):
+        def _generate_single_turn(self, prompt_ids, images, multimodal_fields, num_generations, has_tool_images=False):
+            completion_ids, _ = super()._generate_single_turn(prompt_ids, images, multimodal_fields, num_generations)
+            return completion_ids, [[-0.001 * token for token in ids] for ids in completion_ids]
+
+    def reward_logging(prompts, completions, log_extra=None, **kwargs):
+        log_extra("prompt_index", [int(prompt.split()[2]) for prompt in prompts])
+        return reward_mostly_degenerate(prompts, completions)
+
+    trainer = make_trainer(tiny_model_dir, tmp_path, reward=reward_logging, trainer_cls=LogprobTrainer, max_steps=2)
+    trainer.train()
+    batch = trainer.batches[0]
+    expected = -0.001 * batch["completion_ids"] * batch["completion_mask"]
+    torch.testing.assert_close(batch["sampling_per_token_logps"], expected.float())
+    indices = [int(prompt.split()[2]) for prompt in trainer._logs["prompt"]]
+    assert list(trainer._logs["extra"]["prompt_index"]) == indices and all(i % 4 == 0 for i in indices)
+
+
+def test_batch_scaled_advantages_use_the_kept_batch(tiny_model_dir, tmp_path):
+    trainer = make_trainer(tiny_model_dir, tmp_path, scale_rewards="batch", max_steps=2)
+    trainer.train()
+    batch = trainer.batches[0]
+    rewards = torch.tensor(trainer._logs["rewards"]["reward_mostly_degenerate"], dtype=torch.float64)
+    grouped = rewards.view(-1, G)
+    reference = (grouped - grouped.mean(1, keepdim=True)).flatten() / (rewards.std() + 1e-4)
+    torch.testing.assert_close(batch["advantages"].double(), reference, rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize(
     "attribute, value, what",
     [
