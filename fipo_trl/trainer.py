@@ -25,53 +25,26 @@ from .dynamic_sampling import (
 GENERATION_STATE_FILE = "fipo_generation_state_{}.pt"  # one per process, next to Trainer's rng_state files
 
 
-class FIPOTrainer(GRPOTrainer):
+class DynamicSamplingMixin:
     """
-    Trainer for Future-KL Influenced Policy Optimization (FIPO).
+    DAPO's dynamic sampling (`fipo_trl.dynamic_sampling`) and an exact resume, for `GRPOTrainer` and its subclasses.
 
-    FIPO (https://huggingface.co/papers/2603.19835) re-weights each token's advantage by `f = clip(exp(FutureKL))`,
-    the discounted sum of how much the policy has moved on the rest of the response since it was sampled, then trains
-    the dual-clipped DAPO surrogate on `A·f`. The only method overridden is `_compute_loss` (plus
-    `_get_per_token_logps_and_entropies`, to hand the parent the forward pass already made): FIPO computes `f` from
-    the single policy forward, then calls the parent loss with `A·f` as per-token advantages and the dropped responses
-    removed through `tool_mask`.
-
-    With `dynamic_sampling=True`, `_generate_and_score_completions` first runs the filter rounds (`_dynamic_sampling`),
-    then calls the parent once on the kept rows, with `_generate` and `_calculate_rewards` replaying what the rounds
-    produced, so TRL itself derives everything else (old log-probs, advantages, `num_items_in_batch`, vLLM IS ratios,
-    metrics) from the kept batch. `_save_rng_state` / `_load_rng_state` keep the buffered generation batch, TRL's
-    micro-step counter and the prompt stream with each checkpoint, so a resumed run trains as an uninterrupted one.
+    With `args.dynamic_sampling=True` (a [`FIPOConfig`]), `_generate_and_score_completions` first runs the filter
+    rounds (`_dynamic_sampling`), then calls the parent once on the kept rows, with `_generate` and
+    `_calculate_rewards` replaying what the rounds produced, so TRL itself derives everything else (old log-probs,
+    advantages, `num_items_in_batch`, vLLM IS ratios, metrics) from the kept batch. `_save_rng_state` /
+    `_load_rng_state` keep the buffered generation batch, TRL's micro-step counter and the prompt stream with each
+    checkpoint, so that a resumed run trains exactly as an uninterrupted one. For the DAPO baseline:
+    `class DAPOTrainer(DynamicSamplingMixin, GRPOTrainer)` with a `FIPOConfig`.
     """
 
-    _tag_names = ["trl", "fipo"]
-    _name = "FIPO"
-    _paper = {
-        "title": "FIPO: Eliciting Deep Reasoning with Future-KL Influenced Policy Optimization",
-        "id": "2603.19835",
-        # docstyle-ignore
-        "citation": textwrap.dedent("""\
-            @article{ma2026fipo,
-                title        = {{FIPO: Eliciting Deep Reasoning with Future-KL Influenced Policy Optimization}},
-                author       = {Ma and others},
-                year         = 2026,
-                eprint       = {arXiv:2603.19835},
-            }"""),
-    }
-
-    def __init__(self, model, reward_funcs=None, args=None, **kwargs):
-        if args is None:
-            model_name = model if isinstance(model, str) else get_config_model_id(model.config)
-            args = FIPOConfig(f"{model_name.split('/')[-1]}-FIPO")
-        if not isinstance(args, FIPOConfig):
-            raise TypeError(f"FIPOTrainer needs a FIPOConfig, got {type(args).__name__}: fipo_* fields live there.")
-        super().__init__(model, reward_funcs, args=args, **kwargs)
-        self._forward_cache = None
-        self.fipo_token_view = None  # latest off-policy completion: prompt and completion ids, weights, log-ratios
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
         self._replay = None  # one-shot generation + rewards of the kept rows, consumed by the parent's next call
         self.prompt_stream = None
-        if args.dynamic_sampling and self.train_dataset is not None:
+        if getattr(self.args, "dynamic_sampling", False) and self.train_dataset is not None:
             self._check_dynamic_sampling_support()
-            self.prompt_stream = PromptStream(len(self.train_dataset), args.seed)
+            self.prompt_stream = PromptStream(len(self.train_dataset), self.args.seed)
 
     def _check_dynamic_sampling_support(self):
         unsupported = {
@@ -244,6 +217,104 @@ class FIPOTrainer(GRPOTrainer):
             metrics[f"dynamic_sampling/{name}"].append(sum(int(g.sum()) for g in groups) / generated)
         metrics["dynamic_sampling/filled_groups"].append(filled)
 
+    # ------------------------------------------------------------------------------------------------- checkpoints
+    def _generation_geometry(self):
+        args = self.args
+        sizes = [
+            args.steps_per_generation,
+            args.num_iterations,
+            args.per_device_train_batch_size,
+            self.num_generations,
+        ]
+        return [*sizes, self.accelerator.num_processes]
+
+    def _save_rng_state(self, output_dir):
+        # Called on every process for every full checkpoint, before trainer_state.json marks it complete. The
+        # buffered generation batch and TRL's micro-step counter make a resumed run reuse that batch for the
+        # remaining steps and regenerate at the same steps as an uninterrupted run; the stream continues the rounds
+        super()._save_rng_state(output_dir)
+        buffered = self._buffered_inputs
+        state = {
+            "step": self._step,
+            "geometry": self._generation_geometry(),
+            "buffered_inputs": None if buffered is None else [_to_device(batch, "cpu") for batch in buffered],
+            "prompt_stream": None if self.prompt_stream is None else self.prompt_stream.state_dict(),
+        }
+        torch.save(state, os.path.join(output_dir, GENERATION_STATE_FILE.format(self.accelerator.process_index)))
+
+    def _load_rng_state(self, checkpoint):
+        super()._load_rng_state(checkpoint)
+        if checkpoint is None:
+            return
+        path = os.path.join(checkpoint, GENERATION_STATE_FILE.format(self.accelerator.process_index))
+        if not os.path.isfile(path):
+            warnings.warn(
+                f"{path} is missing (a checkpoint from an older fipo_trl or another world size?): the generation "
+                "batch is regenerated at the first resumed step, so later generations fall at other steps than in "
+                "an uninterrupted run" + (", and the prompt stream restarts." if self.prompt_stream else "."),
+                stacklevel=2,
+            )
+            return
+        state = torch.load(path, weights_only=True)
+        if self.prompt_stream is not None:
+            if state["prompt_stream"] is None:
+                warnings.warn(
+                    f"{path} holds no prompt stream (saved without dynamic sampling): it restarts.", stacklevel=2
+                )
+            else:
+                self.prompt_stream.load_state_dict(state["prompt_stream"])
+        if state["buffered_inputs"] is not None and state["geometry"] == self._generation_geometry():
+            self._step = state["step"]
+            self._buffered_inputs = [_to_device(batch, self.accelerator.device) for batch in state["buffered_inputs"]]
+        elif state["buffered_inputs"] is not None:
+            warnings.warn(
+                f"the batch geometry changed since {checkpoint} was saved ([steps_per_generation, num_iterations, "
+                f"per_device_train_batch_size, num_generations, processes] {state['geometry']} -> "
+                f"{self._generation_geometry()}): its buffered generation batch is dropped and regenerated at the "
+                "first resumed step.",
+                stacklevel=2,
+            )
+
+
+class FIPOTrainer(DynamicSamplingMixin, GRPOTrainer):
+    """
+    Trainer for Future-KL Influenced Policy Optimization (FIPO).
+
+    FIPO (https://huggingface.co/papers/2603.19835) re-weights each token's advantage by `f = clip(exp(FutureKL))`,
+    the discounted sum of how much the policy has moved on the rest of the response since it was sampled, then trains
+    the dual-clipped DAPO surrogate on `A·f`. The only method overridden is `_compute_loss` (plus
+    `_get_per_token_logps_and_entropies`, to hand the parent the forward pass already made): FIPO computes `f` from
+    the single policy forward, then calls the parent loss with `A·f` as per-token advantages and the dropped responses
+    removed through `tool_mask`.
+
+    Dynamic sampling and the generation state kept with each checkpoint come from [`DynamicSamplingMixin`].
+    """
+
+    _tag_names = ["trl", "fipo"]
+    _name = "FIPO"
+    _paper = {
+        "title": "FIPO: Eliciting Deep Reasoning with Future-KL Influenced Policy Optimization",
+        "id": "2603.19835",
+        # docstyle-ignore
+        "citation": textwrap.dedent("""\
+            @article{ma2026fipo,
+                title        = {{FIPO: Eliciting Deep Reasoning with Future-KL Influenced Policy Optimization}},
+                author       = {Ma and others},
+                year         = 2026,
+                eprint       = {arXiv:2603.19835},
+            }"""),
+    }
+
+    def __init__(self, model, reward_funcs=None, args=None, **kwargs):
+        if args is None:
+            model_name = model if isinstance(model, str) else get_config_model_id(model.config)
+            args = FIPOConfig(f"{model_name.split('/')[-1]}-FIPO")
+        if not isinstance(args, FIPOConfig):
+            raise TypeError(f"FIPOTrainer needs a FIPOConfig, got {type(args).__name__}: fipo_* fields live there.")
+        super().__init__(model, reward_funcs, args=args, **kwargs)
+        self._forward_cache = None
+        self.fipo_token_view = None  # latest off-policy completion: prompt and completion ids, weights, log-ratios
+
     def _get_per_token_logps_and_entropies(self, model, *args, **kwargs):
         # The parent loss asks for the forward that `_compute_loss` below has already made: hand it over once
         if self._forward_cache is not None:
@@ -330,64 +401,6 @@ class FIPOTrainer(GRPOTrainer):
                 "advantage": advantages[row].flatten()[0].detach(),
             }
         return loss
-
-    # ------------------------------------------------------------------------------------------------- checkpoints
-    def _generation_geometry(self):
-        args = self.args
-        sizes = [
-            args.steps_per_generation,
-            args.num_iterations,
-            args.per_device_train_batch_size,
-            self.num_generations,
-        ]
-        return [*sizes, self.accelerator.num_processes]
-
-    def _save_rng_state(self, output_dir):
-        # Called on every process for every full checkpoint, before trainer_state.json marks it complete. The
-        # buffered generation batch and TRL's micro-step counter make a resumed run reuse that batch for the
-        # remaining steps and regenerate at the same steps as an uninterrupted run; the stream continues the rounds
-        super()._save_rng_state(output_dir)
-        buffered = self._buffered_inputs
-        state = {
-            "step": self._step,
-            "geometry": self._generation_geometry(),
-            "buffered_inputs": None if buffered is None else [_to_device(batch, "cpu") for batch in buffered],
-            "prompt_stream": None if self.prompt_stream is None else self.prompt_stream.state_dict(),
-        }
-        torch.save(state, os.path.join(output_dir, GENERATION_STATE_FILE.format(self.accelerator.process_index)))
-
-    def _load_rng_state(self, checkpoint):
-        super()._load_rng_state(checkpoint)
-        if checkpoint is None:
-            return
-        path = os.path.join(checkpoint, GENERATION_STATE_FILE.format(self.accelerator.process_index))
-        if not os.path.isfile(path):
-            warnings.warn(
-                f"{path} is missing (a checkpoint from an older fipo_trl or another world size?): the generation "
-                "batch is regenerated at the first resumed step, so later generations fall at other steps than in "
-                "an uninterrupted run" + (", and the prompt stream restarts." if self.prompt_stream else "."),
-                stacklevel=2,
-            )
-            return
-        state = torch.load(path, weights_only=True)
-        if self.prompt_stream is not None:
-            if state["prompt_stream"] is None:
-                warnings.warn(
-                    f"{path} holds no prompt stream (saved without dynamic sampling): it restarts.", stacklevel=2
-                )
-            else:
-                self.prompt_stream.load_state_dict(state["prompt_stream"])
-        if state["buffered_inputs"] is not None and state["geometry"] == self._generation_geometry():
-            self._step = state["step"]
-            self._buffered_inputs = [_to_device(batch, self.accelerator.device) for batch in state["buffered_inputs"]]
-        elif state["buffered_inputs"] is not None:
-            warnings.warn(
-                f"the batch geometry changed since {checkpoint} was saved ([steps_per_generation, num_iterations, "
-                f"per_device_train_batch_size, num_generations, processes] {state['geometry']} -> "
-                f"{self._generation_geometry()}): its buffered generation batch is dropped and regenerated at the "
-                "first resumed step.",
-                stacklevel=2,
-            )
 
     def _log_fipo_metrics(self, w, advantages, mask):
         mode = "train" if self.model.training else "eval"

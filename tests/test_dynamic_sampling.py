@@ -22,6 +22,7 @@ from fipo_trl.dynamic_sampling import (
     row_sources,
     select_groups,
 )
+from fipo_trl.trainer import DynamicSamplingMixin
 
 
 G = 4  # completions per prompt in the trainer tests
@@ -432,6 +433,17 @@ def test_resume_without_saved_stream_warns(tiny_model_dir, tmp_path):
     resumed = make_trainer(tiny_model_dir, tmp_path, max_steps=4)
     with pytest.warns(UserWarning, match="fipo_generation_state_0.pt is missing"):
         resumed.train(resume_from_checkpoint=True)
+
+
+def test_dapo_baseline_gets_dynamic_sampling_through_the_mixin(tiny_model_dir, tmp_path):
+    class DAPOTrainer(DynamicSamplingMixin, GRPOTrainer):  # TRL's DAPO loss, FIPOConfig's dynamic_sampling fields
+        pass
+
+    trainer = make_trainer(tiny_model_dir, tmp_path, trainer_cls=DAPOTrainer, max_steps=2)
+    trainer.train()
+    generation_log = trainer.state.log_history[0]
+    assert generation_log["num_gen_batches"] > 1 and generation_log["frac_reward_zero_std"] == 0.0
+    assert not any(key.startswith("fipo/") for key in generation_log)
 
 
 def test_lora_training_with_dynamic_sampling(tiny_model_dir, tmp_path):
