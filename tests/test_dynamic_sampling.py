@@ -3,10 +3,13 @@
 import math
 import shutil
 import warnings
+from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
+import yaml
 from datasets import Dataset
 from peft import LoraConfig
 from transformers import Trainer
@@ -25,6 +28,7 @@ from fipo_trl.dynamic_sampling import (
 from fipo_trl.trainer import DynamicSamplingMixin
 
 
+ROOT = Path(__file__).resolve().parents[1]
 G = 4  # completions per prompt in the trainer tests
 PROMPTS = [f"What is {i} + {i}?" for i in range(16)]
 
@@ -140,6 +144,24 @@ def test_summary_of_the_official_32b_numbers():
     args.dynamic_sampling, args.dynamic_sampling_prompts_per_round = True, 100
     with pytest.raises(ValueError, match="dynamic_sampling_prompts_per_round=100"):
         dynamic_sampling_summary(args, 512, 128, 8)
+
+
+@pytest.mark.parametrize(
+    "recipe, processes, kept, per_round",
+    [
+        ("fipo_qwen2.5_32b.yaml", 128, 512, 2048),  # official: gen_batch_size 2048, train_batch_size 512
+        ("fipo_qwen2.5_math_7b.yaml", 64, 512, 2048),
+        ("fipo_qwen2.5_math_1.5b_1node.yaml", 8, 64, 128),
+    ],
+)
+def test_shipped_recipes_turn_the_filter_on_at_their_process_count(recipe, processes, kept, per_round):
+    fields = yaml.safe_load((ROOT / "configs" / "recipes" / recipe).read_text())
+    geometry = fields["per_device_train_batch_size"] * processes * fields["steps_per_generation"]
+    assert geometry // fields["num_generations"] == kept
+    rows = dict(dynamic_sampling_summary(SimpleNamespace(**fields), kept, processes, 8))
+    assert rows["prompts per round"].startswith(f"{per_round} (")
+    assert rows["max rounds per generation batch"] == "10" and rows["when the limit is hit"] == "error (official)"
+    assert fields["dynamic_sampling_metric"] == "accuracy"
 
 
 # ----------------------------------------------------------------------------------------------------- config
