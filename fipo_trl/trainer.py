@@ -6,7 +6,7 @@ import torch
 from accelerate.utils import gather_object
 from datasets import IterableDataset
 from trl import GRPOTrainer
-from trl.trainer.utils import get_config_model_id
+from trl.trainer.utils import RepeatSampler, get_config_model_id
 
 from .config import FIPOConfig
 from .core import LOG_RATIO_CLAMP, fipo_weights, weight_bounds
@@ -25,6 +25,27 @@ from .dynamic_sampling import (
 GENERATION_STATE_FILE = "fipo_generation_state_{}.pt"  # one per process, next to Trainer's rng_state files
 
 
+class EpochSeededRepeatSampler(RepeatSampler):
+    """
+    TRL's `RepeatSampler`, whose order in epoch `e` is always the `(e+1)`-th permutation drawn from its seeded
+    generator, the order an uninterrupted run sees. TRL's sampler starts a fresh generator with every dataloader, so
+    a run resumed in epoch `e ≥ 1` would replay epoch 0's order. The Trainer calls `set_epoch` before each epoch;
+    without it (or without a seed) the sampler behaves exactly as TRL's.
+    """
+
+    epoch = None
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        if self.shuffle and self.seed is not None and self.epoch is not None:
+            self.generator.manual_seed(self.seed)
+            for _ in range(self.epoch):  # the permutations of the epochs before this one
+                torch.randperm(self.num_samples, generator=self.generator)
+        return super().__iter__()
+
+
 class DynamicSamplingMixin:
     """
     DAPO's dynamic sampling (`fipo_trl.dynamic_sampling`) and an exact resume, for `GRPOTrainer` and its subclasses.
@@ -34,7 +55,8 @@ class DynamicSamplingMixin:
     `_calculate_rewards` replaying what the rounds produced, so TRL itself derives everything else (old log-probs,
     advantages, `num_items_in_batch`, vLLM IS ratios, metrics) from the kept batch. `_save_rng_state` /
     `_load_rng_state` keep the buffered generation batch, TRL's micro-step counter and the prompt stream with each
-    checkpoint, so that a resumed run trains exactly as an uninterrupted one. For the DAPO baseline:
+    checkpoint, and `_get_train_sampler` makes the sampler's order depend on the epoch only, so that a resumed run
+    trains exactly as an uninterrupted one. For the DAPO baseline:
     `class DAPOTrainer(DynamicSamplingMixin, GRPOTrainer)` with a `FIPOConfig`.
     """
 
@@ -218,6 +240,19 @@ class DynamicSamplingMixin:
         metrics["dynamic_sampling/filled_groups"].append(filled)
 
     # ------------------------------------------------------------------------------------------------- checkpoints
+    def _get_train_sampler(self, dataset=None):
+        sampler = super()._get_train_sampler(dataset)
+        if type(sampler) is not RepeatSampler:
+            return sampler
+        return EpochSeededRepeatSampler(
+            data_source=dataset if dataset is not None else self.train_dataset,
+            mini_repeat_count=sampler.mini_repeat_count,
+            batch_size=sampler.batch_size,
+            repeat_count=sampler.repeat_count,
+            shuffle=sampler.shuffle,
+            seed=sampler.seed,
+        )
+
     def _generation_geometry(self):
         args = self.args
         sizes = [

@@ -372,6 +372,7 @@ def test_option_off_is_bit_identical_to_the_parent_code_path(tiny_model_dir, tmp
         _calculate_rewards = GRPOTrainer._calculate_rewards
         _save_rng_state = Trainer._save_rng_state
         _load_rng_state = Trainer._load_rng_state
+        _get_train_sampler = GRPOTrainer._get_train_sampler
 
     runs = []
     for cls in (FIPOTrainer, ParentPath):
@@ -435,6 +436,31 @@ def test_killed_and_resumed_run_trains_as_an_uninterrupted_one(tiny_model_dir, t
     assert losses_after(resumed, 3) == losses_after(full, 3)
     full_params = dict(full.model.named_parameters())
     assert all(torch.equal(p, full_params[n]) for n, p in resumed.model.named_parameters())
+
+
+@pytest.mark.parametrize("dynamic", [False, True], ids=["filter-off", "filter-on"])
+def test_resume_in_a_later_epoch_sees_that_epochs_prompt_order(tiny_model_dir, tmp_path, dynamic):
+    # 16 prompts, 2 per generation batch of 2 steps: an epoch is 16 steps; checkpoint-19 is inside epoch 2
+    overrides = {"max_steps": 22, "save_strategy": "steps", "save_steps": 19, "dynamic_sampling": dynamic}
+    full = make_trainer(tiny_model_dir, tmp_path / "full", **overrides)
+    full.train()
+    shutil.copytree(tmp_path / "full" / "checkpoint-19", tmp_path / "resumed" / "checkpoint-19")
+    resumed = make_trainer(tiny_model_dir, tmp_path / "resumed", **overrides)
+    resumed.train(resume_from_checkpoint=True)
+    assert [b["prompts"] for b in resumed.batches] == [b["prompts"] for b in full.batches[-1:]]
+    assert losses_after(resumed, 19) == losses_after(full, 19)
+
+
+def test_epoch_seeded_sampler_keeps_trls_order_and_restarts_at_any_epoch(tiny_model_dir, tmp_path):
+    trainer = make_trainer(tiny_model_dir, tmp_path, dynamic_sampling=False)
+    trls = GRPOTrainer._get_train_sampler(trainer)
+    ours = trainer._get_train_sampler()
+    for epoch in range(3):  # an uninterrupted run: TRL's generator simply moves on, ours is told the epoch
+        ours.set_epoch(epoch)
+        assert list(ours) == list(trls)
+    restarted = trainer._get_train_sampler()  # a run resumed in epoch 2 builds a new sampler
+    restarted.set_epoch(2)
+    assert list(restarted) == list(ours) != list(GRPOTrainer._get_train_sampler(trainer))
 
 
 def test_resume_after_a_geometry_change_regenerates_and_says_why(tiny_model_dir, tmp_path):
