@@ -25,7 +25,7 @@ from fipo_trl.dynamic_sampling import (
     row_sources,
     select_groups,
 )
-from fipo_trl.trainer import DynamicSamplingMixin
+from fipo_trl.sampling import DynamicSamplingMixin
 
 
 ROOT = Path(__file__).resolve().parents[1]
