@@ -46,6 +46,10 @@ def weight_files(model_dir: str | Path) -> list[Path]:
 def _num_non_finite(tensor) -> int:
     import torch
 
+    # NaN and inf propagate through a sum, which runs ~30x faster on CPU than `isfinite` (measured in bf16); only a
+    # non-finite sum (or a float16 sum that overflowed) is counted exactly
+    if bool(torch.isfinite(tensor.sum())):
+        return 0
     flat = tensor.reshape(-1)
     return sum(int((~torch.isfinite(chunk)).sum()) for chunk in flat.split(_CHUNK))
 

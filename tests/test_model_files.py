@@ -61,3 +61,9 @@ def test_sharded_model_checks_the_shards_its_index_lists(tmp_path):
     ]
     with pytest.raises(UsageError, match="00002-of-00002.safetensors: tensor 'b'"):
         check_weight_files(tmp_path)
+
+
+def test_large_finite_float16_weights_pass(tmp_path):
+    # their float16 sum overflows to inf (the fast screen fires), but no value is NaN or inf
+    write_weights(tmp_path, big=torch.full((4,), 60000.0, dtype=torch.float16))
+    check_weight_files(tmp_path)
