@@ -91,13 +91,15 @@ def incomplete_reason(checkpoint: str | os.PathLike, marker_required: bool = Fal
     return None
 
 
-def last_complete_checkpoint(output_dir: str | os.PathLike) -> str | None:
+def last_complete_checkpoint(output_dir: str | os.PathLike, quiet: bool = False) -> str | None:
     """
     The newest `checkpoint-N` of `output_dir` that a run can resume from, warning about each newer incomplete one.
 
     Args:
         output_dir (`str` or `os.PathLike`):
             A training run's `output_dir`.
+        quiet (`bool`, *optional*, defaults to `False`):
+            Skip incomplete checkpoints without a warning (for reporting where a run stands, not resuming it).
 
     Returns:
         `str` or `None`: the folder, or `None` when `output_dir` holds no complete checkpoint.
@@ -108,7 +110,7 @@ def last_complete_checkpoint(output_dir: str | os.PathLike) -> str | None:
     for folder in folders:
         reason = incomplete_reason(folder, marker_required=marker_required)
         if reason is None:
-            if skipped:
+            if skipped and not quiet:
                 logger.warning(
                     "Skipping incomplete checkpoint(s), a save that did not finish: %s. Using %s.",
                     "; ".join(skipped),
@@ -116,7 +118,7 @@ def last_complete_checkpoint(output_dir: str | os.PathLike) -> str | None:
                 )
             return str(folder)
         skipped.append(f"{folder.name}: {reason}")
-    if skipped:
+    if skipped and not quiet:
         logger.warning("No complete checkpoint in %s: %s.", output_dir, "; ".join(skipped))
     return None
 

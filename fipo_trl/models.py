@@ -28,7 +28,7 @@ def resolve_model_path(model_name_or_path: str) -> str:
     Raises:
         UsageError: for a local path that does not exist or holds no model.
     """
-    from transformers.trainer_utils import get_last_checkpoint
+    from .checkpoints import last_complete_checkpoint
 
     if not model_name_or_path:
         raise UsageError("model_name_or_path is not set")
@@ -38,16 +38,30 @@ def resolve_model_path(model_name_or_path: str) -> str:
     if not path.exists():
         # not local: a Hub id (`owner/name`, or a legacy `name` such as gpt2) is the only other thing it can be
         if model_name_or_path.startswith((".", "/", "~")) or model_name_or_path.count("/") > 1:
-            raise UsageError(f"model path {model_name_or_path!r} does not exist")
+            raise UsageError(f"no such model directory: {model_name_or_path}")
+        if offline_and_not_cached(model_name_or_path):
+            raise UsageError(
+                f"no such model directory: {model_name_or_path} (and no Hub model of that id is cached; "
+                "HF_HUB_OFFLINE=1 forbids downloading it)"
+            )
         return model_name_or_path
     if not path.is_dir():
         raise UsageError(f"model path {model_name_or_path!r} is not a directory")
     if (path / "config.json").exists() or (path / "adapter_config.json").exists():
         return str(path)
-    last_checkpoint = get_last_checkpoint(str(path))
+    last_checkpoint = last_complete_checkpoint(path)
     if last_checkpoint is None:
         raise UsageError(f"{model_name_or_path!r} holds no model (config.json, adapter_config.json, checkpoint-N)")
     return last_checkpoint
+
+
+def offline_and_not_cached(repo_id: str) -> bool:
+    """Whether the Hub is off (`HF_HUB_OFFLINE=1`) and `repo_id` has no `config.json` in the local Hub cache."""
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    if not constants.HF_HUB_OFFLINE:
+        return False
+    return not isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
 
 
 def read_adapter_config(model_path: str) -> dict | None:
@@ -91,8 +105,13 @@ def load_model_and_tokenizer(model_path: str, dtype: str = "auto"):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from .model_files import check_weight_files
+
     adapter = read_adapter_config(model_path)
     base_path = model_path if adapter is None else adapter["base_model_name_or_path"]
+    check_weight_files(model_path)  # a truncated file or NaN weights, named before from_pretrained fails on them
+    if adapter is not None:
+        check_weight_files(base_path)
     try:
         tokenizer = AutoTokenizer.from_pretrained(tokenizer_path(model_path))
         # device_map="auto" spreads a model too large for one GPU over all visible GPUs
