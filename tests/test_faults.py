@@ -326,7 +326,7 @@ def global_step(checkpoint):
 @pytest.mark.parametrize(
     ("damage", "reason"),
     [
-        (lambda folder: (folder / "trainer_state.json").unlink(), "no trainer_state.json"),
+        (lambda folder: (folder / "trainer_state.json").unlink(), "trainer_state.json is missing"),
         (lambda folder: [file.unlink() for file in folder.iterdir()], "no trainer_state.json"),
         (lambda folder: (folder / "model.safetensors").write_bytes(b"\0" * 64), "model.safetensors has 64 bytes"),
         (lambda folder: (folder / "checkpoint_complete.json").unlink(), "no checkpoint_complete.json"),
