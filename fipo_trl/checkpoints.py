@@ -48,7 +48,9 @@ def checkpoint_folders(output_dir: str | os.PathLike) -> list[Path]:
     return sorted(folders, key=lambda path: int(CHECKPOINT_PATTERN.match(path.name).group(1)), reverse=True)
 
 
-def incomplete_reason(checkpoint: str | os.PathLike, marker_required: bool = False) -> str | None:
+def incomplete_reason(
+    checkpoint: str | os.PathLike, marker_required: bool = False, for_training: bool = True
+) -> str | None:
     """
     What is missing from a checkpoint folder, or `None` when a run can resume from it.
 
@@ -58,6 +60,8 @@ def incomplete_reason(checkpoint: str | os.PathLike, marker_required: bool = Fal
         marker_required (`bool`, *optional*, defaults to `False`):
             Treat a folder without `checkpoint_complete.json` as incomplete (its run wrote markers, so this save did
             not finish).
+        for_training (`bool`, *optional*, defaults to `True`):
+            Resuming training needs `trainer_state.json`; loading the model (`fipo-trl eval`) needs only the weights.
 
     Returns:
         `str` or `None`: e.g. `"no trainer_state.json"`, `"model.safetensors has 120 bytes, the save wrote 4096"`.
@@ -78,10 +82,11 @@ def incomplete_reason(checkpoint: str | os.PathLike, marker_required: bool = Fal
             if path.stat().st_size != size:
                 return f"{name} has {path.stat().st_size} bytes, the save wrote {size}"
     state = checkpoint / "trainer_state.json"
-    if not state.is_file():
+    if for_training and not state.is_file():
         return "no trainer_state.json"
     try:
-        json.loads(state.read_text(encoding="utf-8"))["global_step"]
+        if for_training:
+            json.loads(state.read_text(encoding="utf-8"))["global_step"]
     except (ValueError, KeyError, TypeError):
         return "trainer_state.json is truncated or not valid JSON"
     if not any((checkpoint / name).is_file() for name in WEIGHT_FILES) and not any(checkpoint.glob("global_step*")):
@@ -91,7 +96,9 @@ def incomplete_reason(checkpoint: str | os.PathLike, marker_required: bool = Fal
     return None
 
 
-def last_complete_checkpoint(output_dir: str | os.PathLike, quiet: bool = False) -> str | None:
+def last_complete_checkpoint(
+    output_dir: str | os.PathLike, quiet: bool = False, for_training: bool = True
+) -> str | None:
     """
     The newest `checkpoint-N` of `output_dir` that a run can resume from, warning about each newer incomplete one.
 
@@ -100,6 +107,8 @@ def last_complete_checkpoint(output_dir: str | os.PathLike, quiet: bool = False)
             A training run's `output_dir`.
         quiet (`bool`, *optional*, defaults to `False`):
             Skip incomplete checkpoints without a warning (for reporting where a run stands, not resuming it).
+        for_training (`bool`, *optional*, defaults to `True`):
+            `False` to load the model only: a checkpoint then needs its weights, not `trainer_state.json`.
 
     Returns:
         `str` or `None`: the folder, or `None` when `output_dir` holds no complete checkpoint.
@@ -108,7 +117,7 @@ def last_complete_checkpoint(output_dir: str | os.PathLike, quiet: bool = False)
     marker_required = any((folder / MARKER_NAME).is_file() for folder in folders)
     skipped = []
     for folder in folders:
-        reason = incomplete_reason(folder, marker_required=marker_required)
+        reason = incomplete_reason(folder, marker_required=marker_required, for_training=for_training)
         if reason is None:
             if skipped and not quiet:
                 logger.warning(

@@ -39,29 +39,31 @@ def resolve_model_path(model_name_or_path: str) -> str:
         # not local: a Hub id (`owner/name`, or a legacy `name` such as gpt2) is the only other thing it can be
         if model_name_or_path.startswith((".", "/", "~")) or model_name_or_path.count("/") > 1:
             raise UsageError(f"no such model directory: {model_name_or_path}")
-        if offline_and_not_cached(model_name_or_path):
-            raise UsageError(
-                f"no such model directory: {model_name_or_path} (and no Hub model of that id is cached; "
-                "HF_HUB_OFFLINE=1 forbids downloading it)"
-            )
         return model_name_or_path
     if not path.is_dir():
         raise UsageError(f"model path {model_name_or_path!r} is not a directory")
     if (path / "config.json").exists() or (path / "adapter_config.json").exists():
         return str(path)
-    last_checkpoint = last_complete_checkpoint(path)
+    last_checkpoint = last_complete_checkpoint(path, for_training=False)
     if last_checkpoint is None:
         raise UsageError(f"{model_name_or_path!r} holds no model (config.json, adapter_config.json, checkpoint-N)")
     return last_checkpoint
 
 
-def offline_and_not_cached(repo_id: str) -> bool:
-    """Whether the Hub is off (`HF_HUB_OFFLINE=1`) and `repo_id` has no `config.json` in the local Hub cache."""
-    from huggingface_hub import constants, try_to_load_from_cache
+def not_loadable(model_path: str, error: Exception) -> UsageError:
+    """
+    The [`UsageError`] for a model that did not load. A path that is not a local folder was taken for a Hub id: with
+    the Hub off (`HF_HUB_OFFLINE=1`), the user far more likely mistyped a folder than meant an uncached Hub model, and
+    the Hub's own message ("Repo id must be in the form ...", "outgoing traffic has been disabled") says neither.
+    """
+    from huggingface_hub import constants
 
-    if not constants.HF_HUB_OFFLINE:
-        return False
-    return not isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
+    if not Path(model_path).exists() and constants.HF_HUB_OFFLINE:
+        return UsageError(
+            f"no such model directory: {model_path} (and no Hub model of that id is cached; "
+            "HF_HUB_OFFLINE=1 forbids downloading it)"
+        )
+    return UsageError(f"cannot load model_name_or_path={model_path!r}: {str(error).splitlines()[0]}")
 
 
 def read_adapter_config(model_path: str) -> dict | None:
@@ -85,7 +87,7 @@ def load_tokenizer(model_path: str, revision: str | None = None):
     try:
         return AutoTokenizer.from_pretrained(tokenizer_path(model_path), revision=revision)
     except (OSError, ValueError) as exc:
-        raise UsageError(f"cannot load model_name_or_path={model_path!r}: {str(exc).splitlines()[0]}") from None
+        raise not_loadable(model_path, exc) from None
 
 
 def load_model_and_tokenizer(model_path: str, dtype: str = "auto"):
@@ -118,7 +120,7 @@ def load_model_and_tokenizer(model_path: str, dtype: str = "auto"):
         device_map = "auto" if torch.cuda.is_available() else None
         model = AutoModelForCausalLM.from_pretrained(base_path, dtype=dtype, device_map=device_map)
     except OSError as error:
-        raise UsageError(f"cannot load model {base_path!r}: {str(error).splitlines()[0]}") from error
+        raise not_loadable(base_path, error) from error
     if adapter is not None:
         from peft import PeftModel
 

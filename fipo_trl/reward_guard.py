@@ -17,8 +17,6 @@ loss 0 and grad norm 0 for as long as it is left running. [`guard_reward`] wraps
 import logging
 import math
 
-from trl.trainer.utils import get_callable_name, is_async_callable
-
 from .errors import UsageError
 
 
@@ -83,6 +81,8 @@ class RewardGuard:
     """
 
     def __init__(self, reward_func, name=None, max_batches_without_signal=MAX_BATCHES_WITHOUT_SIGNAL):
+        from trl.trainer.utils import get_callable_name  # TRL's import takes seconds: not at `fipo_trl.rewards` import
+
         self.reward_func = reward_func
         self.__name__ = get_callable_name(reward_func)  # TRL names the reward's metrics after it: unchanged
         self.name = name or self.__name__
@@ -196,5 +196,7 @@ def guard_reward(reward_func, name=None, max_batches_without_signal=MAX_BATCHES_
     Returns:
         [`RewardGuard`]: callable like `reward_func`, with the same `__name__`.
     """
+    from trl.trainer.utils import is_async_callable
+
     guard_class = AsyncRewardGuard if is_async_callable(reward_func) else RewardGuard
     return guard_class(reward_func, name=name, max_batches_without_signal=max_batches_without_signal)

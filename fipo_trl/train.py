@@ -143,7 +143,7 @@ def resolve_resume(training_args):
     if resume in ("last", "true", "True"):
         last = last_complete_checkpoint(out)
         if last is None:
-            raise UsageError(f"resume_from_checkpoint={resume}: no complete checkpoint-* folder in {out}")
+            raise UsageError(f"resume_from_checkpoint={resume}: no checkpoint to resume from in {out}")
         training_args.resume_from_checkpoint = resume = last
     elif not os.path.isdir(resume):
         raise UsageError(f"resume_from_checkpoint={resume!r} is not a folder (use 'last' for output_dir's latest)")
