@@ -45,10 +45,14 @@ def check_same_length(**columns) -> None:
     ```
     """
     (first, first_values), *others = columns.items()
+
+    def items(values):
+        return f"{len(values)} item" + ("" if len(values) == 1 else "s")
+
     for name, values in others:
         if len(values) != len(first_values):
             raise ValueError(
-                f"{first} has {len(first_values)} items but {name} has {len(values)}: pass one {name} per "
+                f"{first} has {items(first_values)} but {name} has {len(values)}: pass one {name} per "
                 f"{first.rstrip('s')} (repeat each prompt's {name} for each of its completions)"
             )
 

@@ -100,9 +100,11 @@ def main(script_args, training_args, model_args):
     try:
         trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     except UsageError as error:  # a reward that raised or gave no signal: say where the run can go on from
-        raise UsageError(f"{error} ({stopped_at(trainer)}; resume with --resume_from_checkpoint last)") from error
+        where, checkpoint = stopped_at(trainer)
+        resume = "; resume with --resume_from_checkpoint last" if checkpoint else ""
+        raise UsageError(f"{error} ({where}{resume})") from error
     except KeyboardInterrupt:
-        raise KeyboardInterrupt(stopped_at(trainer)) from None
+        raise TrainingInterrupted(*stopped_at(trainer)) from None
     seconds = time.monotonic() - start
     if heldout_dataset is not None:
         after = check()
@@ -157,14 +159,25 @@ def resolve_resume(training_args):
 
 
 def stopped_at(trainer):
-    """`at step N; last checkpoint: ...`, for the one line that reports a run stopped during training."""
+    """
+    `("at step N; last checkpoint: ...", checkpoint)` for the one line that reports a run stopped during training;
+    `checkpoint` is `None` before the first save.
+    """
     from .checkpoints import last_complete_checkpoint
 
     checkpoint = last_complete_checkpoint(trainer.args.output_dir, quiet=True)
     saved = (
         f"last checkpoint: {checkpoint}" if checkpoint else f"no checkpoint yet (save_steps={trainer.args.save_steps})"
     )
-    return f"at step {trainer.state.global_step + 1}; {saved}"
+    return f"at step {trainer.state.global_step + 1}; {saved}", checkpoint
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C during `trainer.train()`: the message says where the run stopped; `checkpoint` is where it can resume."""
+
+    def __init__(self, where, checkpoint):
+        super().__init__(where)
+        self.checkpoint = checkpoint
 
 
 def write_model_card(trainer, model_name, dataset_name):
@@ -238,8 +251,8 @@ def cli(argv=None) -> int:
         return 0
     try:
         main(*parse_recipe(argv))
-    except KeyboardInterrupt as interrupt:
-        if not str(interrupt):  # before training started: nothing to resume
+    except TrainingInterrupted as interrupt:
+        if interrupt.checkpoint is None:
             raise
         command = shlex.join(["fipo-trl", "train", *without_resume_flag(argv), "--resume_from_checkpoint", "last"])
         raise KeyboardInterrupt(f"{interrupt}; resume with: {command}") from None

@@ -399,3 +399,32 @@ def test_ctrl_c_exits_quietly_and_says_how_to_resume(tmp_path):
         r"resume with: fipo-trl train .*recipe\.yaml --resume_from_checkpoint last$",
         lines[0],
     ), lines[0]
+
+
+def readme_console_examples():
+    """`(setup, argv, expected line)` of each `$ command` in the README's "When things go wrong" console block."""
+    import shlex
+
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("## When things go wrong") :]
+    block = section[
+        section.index("```console") + len("```console") : section.index("```\n", section.index("```console") + 3)
+    ]
+    examples, lines = [], block.strip().splitlines()
+    for command, expected in zip(lines[::2], lines[1::2], strict=True):
+        assert command.startswith("$ ") and not expected.startswith("$ "), (command, expected)
+        setup, _, call = command[2:].rpartition("fipo-trl ")
+        examples.append((setup.removesuffix(" && "), shlex.split(call), expected))
+    return examples
+
+
+def test_readme_failure_examples_print_what_the_readme_shows(tmp_path, capsys, monkeypatch):
+    # in order, in one folder, as a reader would type them (a later command may use an earlier one's file)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "configs").symlink_to(ROOT / "configs")
+    (tmp_path / "README.md").write_text("a file in the working directory")
+    for setup, argv, expected in readme_console_examples():
+        if setup:
+            subprocess.run(["bash", "-c", setup], check=True)
+        status, errors, captured = run_cli(capsys, argv)
+        assert status == 2 and errors == [expected], captured.err

@@ -98,3 +98,17 @@ def test_async_reward_stays_async():
     assert isinstance(guarded, AsyncRewardGuard)
     with pytest.raises(RewardError, match="reward 'judge' raised TimeoutError: judge did not answer"):
         asyncio.run(guarded(["a"]))
+
+
+@pytest.mark.parametrize("reward", ["dapo_accuracy", "math_verify"])
+def test_shipped_rewards_name_both_arguments_of_different_lengths(reward):
+    from fipo_trl.rewards import dapo_accuracy_reward, get_math_verify_reward
+
+    func = dapo_accuracy_reward if reward == "dapo_accuracy" else get_math_verify_reward(num_workers=1)
+    # the same wording for both rewards and both directions (zip's own message named whichever ran out first)
+    with pytest.raises(
+        ValueError, match="^completions has 3 items but solution has 2: pass one solution per completion"
+    ):
+        func(["a", "b", "c"], solution=["1", "2"])
+    with pytest.raises(ValueError, match="^completions has 1 item but solution has 2"):
+        func(["a"], solution=["1", "2"])
