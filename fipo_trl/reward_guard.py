@@ -57,18 +57,20 @@ def check_same_length(**columns) -> None:
             )
 
 
-def _global_count(count: int) -> int:
-    """`count` summed over all processes of a distributed run (each process scores its own completions)."""
+def _global_counts(*counts: int) -> list[int]:
+    """`counts` summed over all processes of a distributed run (each process scores its own completions)."""
     import torch.distributed as dist
 
     if not (dist.is_available() and dist.is_initialized()):
-        return count
+        return list(counts)
     import torch
-    from accelerate import PartialState
 
-    total = torch.tensor([count], device=PartialState().device)
-    dist.all_reduce(total)
-    return int(total.item())
+    # NCCL reduces only GPU tensors (accelerate has set each process's device); gloo reduces CPU tensors
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
+    # every process calls each reward once per batch, so this collective is reached by all of them
+    totals = torch.tensor(counts, device=device)
+    dist.all_reduce(totals)
+    return totals.tolist()
 
 
 class RewardGuard:
@@ -141,7 +143,10 @@ class RewardGuard:
         return rewards
 
     def _count_signal(self, num_scored, num_completions, num_nan):
-        if _global_count(num_scored) > 0:
+        total_scored, total_completions = _global_counts(num_scored, num_completions)
+        if total_completions == 0:  # nothing to score (an empty held-out shard on every process)
+            return
+        if total_scored > 0:
             self.batches_without_signal = 0
             return
         self.batches_without_signal += 1

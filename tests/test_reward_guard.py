@@ -112,3 +112,43 @@ def test_shipped_rewards_name_both_arguments_of_different_lengths(reward):
         func(["a", "b", "c"], solution=["1", "2"])
     with pytest.raises(ValueError, match="^completions has 1 item but solution has 2"):
         func(["a"], solution=["1", "2"])
+
+
+def test_a_call_without_completions_is_no_batch_without_signal():
+    guarded = guard_reward(constant(None), name="r", max_batches_without_signal=1)
+    assert guarded([]) == []
+    with pytest.raises(RewardError):
+        guarded(["a"])
+
+
+def _two_process_worker(rank, port, results):
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    # rank 0 never scores; rank 1 scores its completions in the first batch only
+    batches = iter(
+        [[None, None], [None, None], [None, None]] if rank == 0 else [[1.0, None], [None, None], [None, None]]
+    )
+    guarded = guard_reward(lambda completions, **kwargs: next(batches), name="r", max_batches_without_signal=2)
+    guarded(["a", "b"])  # scored on rank 1: no batch without signal on either process
+    guarded(["a", "b"])
+    try:
+        guarded(["a", "b"])
+        results[rank] = "went on"
+    except RewardError:
+        results[rank] = "stopped"
+    dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_processes_decide_together_whether_a_batch_had_a_signal():
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    results = mp.Manager().dict()
+    mp.spawn(_two_process_worker, args=(port, results), nprocs=2)
+    assert dict(results) == {0: "stopped", 1: "stopped"}  # both stop at the same call, so neither waits on the other
