@@ -182,7 +182,33 @@ CASES = [
     Case(
         "nan_weights", r"model/model\.safetensors: tensor 'model\.norm\.weight' has \d+ NaN/inf values", make=nan_model
     ),
+    Case(
+        "eval_truncated_weights",
+        r"^.*model/model\.safetensors: cannot be read .*truncated or corrupt",
+        flags=["--dataset", "synthetic", "--k", "1", "--max_tokens", "4"],
+        make=truncated_model,
+        command="eval",
+    ),
+    # the spelling: the dashed flag of earlier versions, still accepted
+    Case("check_zero_processes_dashed", r"^--num_processes 0: ", flags=["--num-processes", "0"], command="check"),
+    Case(
+        "resume_from_incomplete_folder",
+        r"^resume_from_checkpoint='.*checkpoint-9' is incomplete \(no trainer_state\.json\); the newest complete one "
+        r"is .*checkpoint-7$",
+        make=lambda tmp_path: ["--resume_from_checkpoint", str(empty_folder(tmp_path / "out" / "checkpoint-9"))],
+    ),
+    # checkpoint-7 of the seeded output_dir has a model.safetensors of 128 zero bytes
+    Case(
+        "resume_with_corrupt_weights",
+        r"^.*out/checkpoint-7/model\.safetensors: cannot be read \(.*\): the file is truncated or corrupt",
+        flags=["--resume_from_checkpoint", "last"],
+    ),
 ]
+
+
+def empty_folder(path):
+    path.mkdir()
+    return path
 
 
 def write_recipe(tmp_path, case, out):
@@ -219,7 +245,8 @@ def test_bad_input_is_one_line_and_loses_nothing(case, tmp_path, capsys, monkeyp
     seed_output_dir(out)
     before = snapshot(out)
     extra = case.make(tmp_path) if case.make else []
-    argv = [case.command, str(write_recipe(tmp_path, case, out)), *case.flags, *extra]
+    recipe = [] if case.command == "eval" else [str(write_recipe(tmp_path, case, out))]
+    argv = [case.command, *recipe, *case.flags, *extra]
     status, errors, captured = run_cli(capsys, argv)
     assert status == case.status, captured.err
     assert len(errors) == 1, captured.err
