@@ -163,6 +163,10 @@ class CheckpointMarkerCallback(TrainerCallback):
     on_epoch_end = on_step_end  # an epoch-end save decides there
 
     def on_save(self, args, state, control, **kwargs):
+        from accelerate import PartialState
+
+        # every process writes its own files into the checkpoint (RNG states, ...): list them once all have finished
+        PartialState().wait_for_everyone()
         checkpoint = Path(args.output_dir, f"checkpoint-{state.global_step}")
         if args.should_save and checkpoint.is_dir():
             write_marker(checkpoint)
