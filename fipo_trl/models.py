@@ -38,7 +38,9 @@ def resolve_model_path(model_name_or_path: str) -> str:
     if not path.exists():
         # not local: a Hub id (`owner/name`, or a legacy `name` such as gpt2) is the only other thing it can be
         if model_name_or_path.startswith((".", "/", "~")) or model_name_or_path.count("/") > 1:
-            raise UsageError(f"no such model directory: {model_name_or_path}")
+            raise UsageError(
+                f"no such model directory: {model_name_or_path} (model_name_or_path takes a model folder or a Hub id)"
+            )
         return model_name_or_path
     if not path.is_dir():
         raise UsageError(f"model path {model_name_or_path!r} is not a directory")
@@ -60,8 +62,8 @@ def not_loadable(model_path: str, error: Exception) -> UsageError:
 
     if not Path(model_path).exists() and constants.HF_HUB_OFFLINE:
         return UsageError(
-            f"no such model directory: {model_path} (and no Hub model of that id is cached; "
-            "HF_HUB_OFFLINE=1 forbids downloading it)"
+            f"no such model directory: {model_path} (and no Hub model of that id is cached, which "
+            "HF_HUB_OFFLINE=1 needs): fix model_name_or_path"
         )
     return UsageError(f"cannot load model_name_or_path={model_path!r}: {str(error).splitlines()[0]}")
 

@@ -165,13 +165,13 @@ CASES = [
     ),
     Case(
         "missing_model_dir",
-        r"no such model directory: \./no-such-model",
+        r"no such model directory: \./no-such-model \(model_name_or_path takes a model folder or a Hub id\)$",
         flags=["--model_name_or_path", "./no-such-model"],
     ),
     # "models/x" could be a Hub id too: offline and not cached, it is neither
     Case(
         "missing_model_dir_like_hub_id",
-        r"no such model directory: models/no-such-model \(and no Hub model of that id is cached; HF_HUB_OFFLINE",
+        r"no such model directory: models/no-such-model \(and no Hub model of that id is cached, which HF_HUB_OFFLINE",
         flags=["--model_name_or_path", "models/no-such-model"],
     ),
     Case("output_dir_is_a_file", r"^output_dir: .*sentinel\.txt is a file, not a folder", make=output_dir_is_a_file),
