@@ -100,10 +100,12 @@ def main(script_args, training_args, model_args):
     try:
         trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     except UsageError as error:  # a reward that raised or gave no signal: say where the run can go on from
+        close_progress_bar(trainer)
         where, checkpoint = stopped_at(trainer)
         resume = "; resume with --resume_from_checkpoint last" if checkpoint else ""
         raise UsageError(f"{error} ({where}{resume})") from error
     except KeyboardInterrupt:
+        close_progress_bar(trainer)
         raise TrainingInterrupted(*stopped_at(trainer)) from None
     seconds = time.monotonic() - start
     if heldout_dataset is not None:
@@ -156,6 +158,16 @@ def resolve_resume(training_args):
             hint = f"; the newest complete one is {last}" if last else ""
             raise UsageError(f"resume_from_checkpoint={resume!r} is incomplete ({reason}){hint}")
     check_weight_files(resume)
+
+
+def close_progress_bar(trainer):
+    """End the training progress bar's line, so that the line saying why the run stopped starts a line of its own."""
+    from transformers.trainer_callback import ProgressCallback
+
+    for callback in trainer.callback_handler.callbacks:
+        if isinstance(callback, ProgressCallback) and callback.training_bar is not None:
+            callback.training_bar.close()
+            callback.training_bar = None
 
 
 def stopped_at(trainer):

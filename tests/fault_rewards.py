@@ -23,3 +23,8 @@ def none_at_first_reward(completions, trainer_state=None, **kwargs):
     if trainer_state is not None and trainer_state.global_step == 0:
         return [None] * len(completions)
     return [float(len(str(completion)) % 2) for completion in completions]
+
+
+def interrupting_reward(completions, **kwargs):
+    # Ctrl-C while the first batch is scored, before any checkpoint
+    raise KeyboardInterrupt

@@ -287,6 +287,12 @@ RUN_CASES = [
         r"completion \(at step 3; last checkpoint: .*checkpoint-2; resume with --resume_from_checkpoint last\)$",
         recipe={"reward_funcs": ["dapo_accuracy", "fault_rewards.raising_reward"], "max_steps": 4},
     ),
+    RunCase(
+        "ctrl_c_before_the_first_checkpoint",
+        r"^fipo-trl train: interrupted at step 1; no checkpoint yet \(save_steps=1\)$",  # no resume command to offer
+        recipe={"reward_funcs": ["fault_rewards.interrupting_reward"]},
+        status=130,
+    ),
     # a reward without scores for one batch logs a NaN reward: the run goes on and the summary still prints
     RunCase(
         "summary_with_nan_reward_log",
