@@ -25,7 +25,8 @@ logger = logging.getLogger(__name__)
 # `None` is TRL's "this reward does not apply to this completion" (a code reward on a math problem), so one batch
 # with no score at all can be legitimate; a reward that applies to none of the hundreds of completions of three
 # generation batches in a row is broken, and the run has trained on nothing since. Counted in reward calls, that is
-# generation batches: with the official 8 optimizer steps per batch, a run stops within 24 steps.
+# generation batches (rounds, with dynamic sampling): with the official 8 optimizer steps per batch, a run stops within
+# 24 steps.
 MAX_BATCHES_WITHOUT_SIGNAL = 3
 
 
