@@ -72,7 +72,7 @@ def read_yaml_file(path: str | os.PathLike, what: str = "recipe") -> dict:
     if content is None:
         return {}
     if not isinstance(content, dict):
-        raise UsageError(f"{path}: a {what} is a mapping of 'field: value' lines, not a {type(content).__name__}")
+        raise UsageError(f"{path}: the {what} must be 'field: value' lines, not a {type(content).__name__}")
     return content
 
 

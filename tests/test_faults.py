@@ -189,6 +189,12 @@ CASES = [
         make=truncated_model,
         command="eval",
     ),
+    Case(
+        "malformed_accelerate_config",
+        r"zero\.yaml:3:1: could not find expected ':' \(while scanning a simple key, which starts at line 2\)$",
+        make=lambda tmp_path: ["--config_file", str(write_file(tmp_path / "zero.yaml", BROKEN_ACCELERATE_CONFIG))],
+        command="check",
+    ),
     # the spelling: the dashed flag of earlier versions, still accepted
     Case("check_zero_processes_dashed", r"^--num_processes 0: ", flags=["--num-processes", "0"], command="check"),
     Case(
@@ -204,6 +210,14 @@ CASES = [
         flags=["--resume_from_checkpoint", "last"],
     ),
 ]
+
+
+BROKEN_ACCELERATE_CONFIG = "distributed_type: DEEPSPEED\nnum_processes 2\nmixed_precision: bf16\n"  # a lost ':'
+
+
+def write_file(path, text):
+    path.write_text(text)
+    return path
 
 
 def empty_folder(path):

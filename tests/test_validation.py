@@ -32,7 +32,7 @@ def test_recipe_yaml_is_read_as_a_mapping(tmp_path):
         ),
         ("a: 1\n  b: 2\n", r"r\.yaml:2:4: mapping values are not allowed here"),
         ("a: 1\n\tb: 2\n", r"r\.yaml:2:1: found character '\\t' that cannot start any token"),
-        ("- a\n- b\n", r"r\.yaml: a recipe is a mapping of 'field: value' lines, not a list"),
+        ("- a\n- b\n", r"r\.yaml: the recipe must be 'field: value' lines, not a list"),
     ],
 )
 def test_malformed_yaml_names_file_line_and_problem(tmp_path, text, message):
