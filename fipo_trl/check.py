@@ -20,7 +20,6 @@ import dataclasses
 import io
 import json
 import math
-import os
 import re
 import sys
 import warnings
@@ -32,6 +31,7 @@ import yaml
 
 from .config import OFFICIAL_STEPS_PER_ROLLOUT, is_on_policy
 from .errors import UsageError
+from .validation import read_yaml_file
 
 
 # Official 32B run (spec §3.1): 512 prompts × 16 per training step, 8 mini-batches of 64 prompts, 20480 + 2048 tokens
@@ -216,7 +216,7 @@ class Sharding:
 
 def read_accelerate_config(path):
     """The [`Sharding`] of an accelerate config (YAML), following its `deepspeed_config_file` if it has one."""
-    config = yaml.safe_load(Path(path).read_text()) or {}
+    config = read_yaml_file(path, what="accelerate config")
     kind = str(config.get("distributed_type", "NO"))
     counts = {"num_processes": config.get("num_processes"), "num_machines": config.get("num_machines")}
     if kind == "DEEPSPEED":
@@ -476,24 +476,24 @@ def make_parser():
     return parser
 
 
+def first_given(*values):
+    """The first value that is not `None`."""
+    return next(value for value in values if value is not None)
+
+
 def cli(argv=None):
     """`fipo-trl check RECIPE [flags] [--field value ...]`; an impossible configuration raises [`UsageError`]."""
     options, extra_args = make_parser().parse_known_args(sys.argv[1:] if argv is None else argv)
-    if not os.path.isfile(options.recipe):
-        raise UsageError(f"recipe file not found: {options.recipe}")
-    try:
-        recipe = yaml.safe_load(Path(options.recipe).read_text())
-        sharding = Sharding("single process", 0)
-        if options.config_file:
-            if not os.path.isfile(options.config_file):
-                raise UsageError(f"accelerate config not found: {options.config_file}")
-            sharding = read_accelerate_config(options.config_file)
-    except (OSError, yaml.YAMLError) as exc:
-        raise UsageError(str(exc).splitlines()[0]) from None
-    if not isinstance(recipe, dict):
-        raise UsageError(f"{options.recipe} is not a YAML mapping of field: value")
-    num_processes = options.num_processes or sharding.num_processes or 1
-    num_nodes = options.num_machines or sharding.num_machines or 1
+    recipe = read_yaml_file(options.recipe)
+    sharding = Sharding("single process", 0)
+    if options.config_file:
+        sharding = read_accelerate_config(options.config_file)
+    for flag, value in (("--num_processes", options.num_processes), ("--num_machines", options.num_machines)):
+        if value is not None and value < 1:
+            raise UsageError(f"{flag} {value}: a run needs at least 1")
+    # `0` is a value given, not "unset": only a missing flag falls back to the accelerate config, then to 1
+    num_processes = first_given(options.num_processes, sharding.num_processes, 1)
+    num_nodes = first_given(options.num_machines, sharding.num_machines, 1)
 
     from .config import FIPOConfig
 

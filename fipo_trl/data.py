@@ -21,6 +21,7 @@ import pyarrow.compute as pc
 from datasets import Dataset, load_dataset
 
 from .errors import UsageError
+from .validation import check_data_file, check_prompts
 
 
 DAPO_MATH_ID = "BytedTsinghua-SIA/DAPO-Math-17k"
@@ -82,6 +83,8 @@ def read_dataset(path_or_id: str, split: str = "train", name: str | None = None)
     if os.path.isfile(path_or_id):
         if suffix not in _FILE_BUILDERS:
             raise ValueError(f"{path_or_id}: unsupported file type {suffix!r}; use one of {sorted(_FILE_BUILDERS)}")
+        # `datasets` fails late or obscurely on an empty file or a non-UTF-8 row: name the file and row now
+        check_data_file(path_or_id)
         return load_dataset(_FILE_BUILDERS[suffix], data_files=path_or_id, split="train")
     return load_dataset(path_or_id, name=name, split=split)
 
@@ -444,9 +447,14 @@ def get_dataset(script_args, tokenizer=None) -> tuple[Dataset, Dataset | None]:
                 if script_args.heldout_size > 0 and not os.path.isfile(name):
                     heldout = read_dataset(name, split=script_args.dataset_test_split, name=script_args.dataset_config)
                     heldout = heldout.select(range(min(script_args.heldout_size, len(heldout))))
+        except UsageError:
+            raise
         except Exception as exc:  # datasets raises many types (FileNotFoundError, DatasetNotFoundError, ...)
             raise UsageError(f"cannot load dataset_name={name!r}: {str(exc).splitlines()[0]}") from None
+    if len(train) == 0:
+        raise UsageError(f"dataset_name={script_args.dataset_name!r} has no training rows")
     check_columns(train, "training")
+    check_prompts(train, script_args.dataset_name)
     if heldout is not None:
         check_columns(heldout, "held-out")
     if tokenizer is not None and script_args.max_prompt_length is not None:

@@ -17,12 +17,14 @@ the `solution` column that the loaders of [`fipo_trl.data`] produce.
 import atexit
 import functools
 import importlib
+import math
 import os
 import re
 import sys
 import threading
 
 from .errors import UsageError
+from .reward_guard import check_same_length, guard_reward
 
 
 INVALID_ANSWER = "[INVALID]"
@@ -234,6 +236,7 @@ def dapo_accuracy_reward(completions: list, solution: list, log_extra=None, **kw
     [1.0, -1.0]
     ```
     """
+    check_same_length(completions=completions, solution=solution)
     rewards, answers = [], []
     for completion, truth in zip(completions, solution, strict=True):
         answer = extract_dapo_answer(_completion_text(completion))
@@ -310,6 +313,7 @@ class MathVerifyReward:
             self._pool = None
 
     def __call__(self, completions: list, solution: list, log_metric=None, **kwargs) -> list[float | None]:
+        check_same_length(completions=completions, solution=solution)
         texts = [_completion_text(completion) for completion in completions]
         pairs = zip(solution, texts, strict=True)
         tasks = [(_solution_text(truth), text) for truth, text in pairs if truth is not None]
@@ -377,7 +381,7 @@ def with_accuracy_metric(reward_func):
 
     def accuracy_logged(completions, log_metric=None, **kwargs):
         rewards = reward_func(completions, log_metric=log_metric, **kwargs)
-        scored = [reward for reward in rewards if reward is not None]
+        scored = [reward for reward in rewards if reward is not None and not math.isnan(reward)]
         if log_metric is not None and scored:
             log_metric("accuracy", sum(reward > 0 for reward in scored) / len(scored))
         return rewards
@@ -414,4 +418,6 @@ def get_reward_funcs(script_args, training_args) -> list:
             )
     if not funcs:
         raise UsageError("reward_funcs is empty: name at least one reward function")
-    return [with_accuracy_metric(funcs[0]), *funcs[1:]]
+    funcs[0] = with_accuracy_metric(funcs[0])
+    # each reward named as the recipe names it in its errors, and stopped when it gives no signal
+    return [guard_reward(func, name=name) for func, name in zip(funcs, script_args.reward_funcs, strict=True)]
