@@ -30,6 +30,7 @@ from pathlib import Path
 import yaml
 
 from .config import OFFICIAL_STEPS_PER_ROLLOUT, is_on_policy
+from .dynamic_sampling import dynamic_sampling_summary
 from .errors import UsageError
 from .validation import read_yaml_file
 
@@ -44,6 +45,8 @@ OFFICIAL = {
     "max_completion_length": 20480,
     "max_prompt_length": 2048,
 }
+# 32B script: algorithm.filter_groups (metric acc, max_num_gen_batches 10), gen_batch_size 2048, train_batch_size 512
+OFFICIAL_DYNAMIC_SAMPLING = "on, 2048 prompts per round, 512 kept, at most 10 rounds, metric acc"
 OFFICIAL_PROMPT_COUNTS = (64, 512, 2048)  # 32B mini-batch, training batch and generation batch, all in prompts
 GEOMETRY_FIELDS = (
     "per_device_train_batch_size",
@@ -422,6 +425,15 @@ def describe(recipe_path, recipe, geometry, args, script_args, model_args, shard
     lines.append("")
     width = max(32, *(len(str(value)) for _, value, _ in table))  # the widest value sets the column
     lines += [f"  {name:<38} {value!s:<{width}}   {official}".rstrip() for name, value, official in table]
+    try:
+        sampling = dynamic_sampling_summary(
+            args, geometry.prompts_per_generation, geometry.num_processes, geometry.steps_per_generation_batch
+        )
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+    official = f"official 32B: {OFFICIAL_DYNAMIC_SAMPLING}"
+    names = max(len(name) for name, _ in sampling)
+    lines += ["", *(f"  {name:<{names}}   {value}" for name, value in sampling), f"  {'':<{names}}   ({official})"]
 
     shape, source = model_shape(model_args.model_name_or_path)
     num_params = parameter_count(shape) if shape else None
