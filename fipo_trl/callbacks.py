@@ -131,7 +131,7 @@ class MathEvalCallback(TrainerCallback):
         eval_datasets (`dict[str, Dataset]`):
             Name → dataset with `prompt` and `solution` columns (e.g. from `fipo_trl.data`).
         eval_steps (`int`):
-            Evaluate when the global step is a multiple of this. Official: every 5 steps (`test_freq`, spec §3.1).
+            Evaluate every this many global steps. Official: every 5 steps (`test_freq`, docs/fipo.md §3.1).
         k (`int`, *optional*, defaults to `32`):
             Samples per problem.
         temperature (`float`, *optional*, defaults to `1.0`):

@@ -6,7 +6,7 @@ Reads the recipe the way `fipo-trl train` does, loads no model and prints:
 
 1. the batch geometry for N training processes: prompts and completions per generation batch, completions per
    optimizer step, optimizer steps per generation batch, and whether FIPO is active (some updates off-policy) or
-   numerically identical to DAPO (spec §1);
+   numerically identical to DAPO (docs/fipo.md §1);
 2. tokens per optimizer step (upper bound) and a rough per-GPU memory for the policy weights, gradients and AdamW
    states under the ZeRO/FSDP stage of the accelerate config (activations, logits and the vLLM cache not included);
 3. warnings for known mistakes. An impossible configuration exits with status 2 and a one-line message.
@@ -35,7 +35,7 @@ from .errors import UsageError
 from .validation import read_yaml_file
 
 
-# Official 32B run (spec §3.1): 512 prompts × 16 per training step, 8 mini-batches of 64 prompts, 20480 + 2048 tokens
+# Official 32B run (docs/fipo.md §3.1): 512 prompts × 16 per step, 8 mini-batches of 64 prompts, 20480 + 2048 tokens
 OFFICIAL = {
     "prompts_per_generation": 512,
     "completions_per_generation": 8192,
@@ -114,7 +114,7 @@ class Geometry:
 
     @property
     def off_policy(self):
-        # TRL's own test for computing old log-probs (trl-notes §3): otherwise log π_θ = log π_old and FIPO = DAPO
+        # TRL's own test for computing old log-probs (docs/trl.md §3): otherwise log π_θ = log π_old and FIPO = DAPO
         return not is_on_policy(self.gradient_accumulation_steps, self.steps_per_generation, self.num_iterations)
 
 
@@ -404,7 +404,7 @@ def describe(recipe_path, recipe, geometry, args, script_args, model_args, shard
     official_tokens = OFFICIAL["max_completion_length"] + OFFICIAL["max_prompt_length"]
     official_steps = OFFICIAL["steps_per_generation"]  # the first step of each batch is on-policy
     table = [
-        ("", "this recipe", "official 32B (spec §3.1)"),
+        ("", "this recipe", "official 32B (docs/fipo.md §3.1)"),
         ("prompts per generation batch", geometry.prompts_per_generation, OFFICIAL["prompts_per_generation"]),
         (
             "completions per generation batch",

@@ -1,6 +1,6 @@
 """Math RL datasets as `prompt` / `solution` columns, for [`FIPOTrainer`] and the rewards of [`fipo_trl.rewards`].
 
-1. DAPO-Math-17k (training, spec §3.2): the hub file already holds chat prompts in the DAPO template and the answer
+1. DAPO-Math-17k (training, docs/fipo.md §3.2): the hub file holds chat prompts in the DAPO template and the answer
    in `reward_model.ground_truth`; each of its ~17k problems appears ~100 times, so it is de-duplicated by default.
 2. AIME 2024 / AIME 2025 (evaluation): one row per problem, from the verl layout of the official run or from
    `problem` / `answer` columns.
@@ -30,7 +30,7 @@ AIME_2025_ID = "yentinglin/aime_2025"
 MATH_500_ID = "HuggingFaceH4/MATH-500"
 GSM8K_ID = "openai/gsm8k"
 
-# spec §3.2: the user message of every DAPO-Math-17k row
+# docs/fipo.md §3.2: the user message of every DAPO-Math-17k row
 DAPO_PROMPT_TEMPLATE = (
     "Solve the following math problem step by step. The last line of your response should be of the form "
     "Answer: $Answer (without quotes) where $Answer is the answer to the problem.\n\n{problem}\n\n"
@@ -248,7 +248,7 @@ def load_dapo_math(
     max_prompt_length: int = MAX_PROMPT_LENGTH,
 ) -> Dataset:
     """
-    DAPO-Math-17k, the training set of DAPO and FIPO (spec §3.2).
+    DAPO-Math-17k, the training set of DAPO and FIPO (docs/fipo.md §3.2).
 
     Rows are read in the hub layout: `prompt` is a list with one user message that already holds the DAPO template,
     `reward_model` is `{"ground_truth": ..., "style": ...}`, next to `data_source`, `ability` and `extra_info`.

@@ -1,6 +1,6 @@
 """Dynamic sampling (DAPO's group filter) as pure functions on tensors and lists: no TRL, no trainer.
 
-The official FIPO/DAPO run (verl `algorithm.filter_groups`, spec §3.2) does not train on every generated group:
+The official FIPO/DAPO run (verl `algorithm.filter_groups`, docs/fipo.md §3.2) does not train on every generated group:
 
 1. each round generates `prompts_per_round` prompts × G completions (32B script: 2048 × 16);
 2. it drops the groups whose G values of the filter metric are all equal (official metric `acc`): their advantages

@@ -114,7 +114,7 @@ class DynamicSamplingMixin:
 
     def _dynamic_sampling(self, inputs):
         """
-        Run filter rounds until the generation batch holds `generation_batch_size / G` groups with signal (spec §3.2).
+        Run filter rounds until the batch holds `generation_batch_size / G` signal groups (docs/fipo.md §3.2).
 
         Every process sees the same gathered rewards, so all agree on the kept groups and on the number of rounds
         without any extra collective. Each round's rows are split over processes in contiguous slices, as TRL splits

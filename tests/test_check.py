@@ -87,7 +87,7 @@ def test_shipped_recipe_reproduces_official_off_policy_structure(recipe, capsys)
 
 
 def test_32b_recipe_matches_official_batch_in_completions(capsys):
-    # 512 prompts × 16 = 8192 completions per generation batch, 1024 (64 prompts) per optimizer step (spec §3.1)
+    # 512 prompts × 16 = 8192 completions per generation, 1024 (64 prompts) per optimizer step (docs/fipo.md §3.1)
     code, out, _ = run_check(capsys, "configs/recipes/fipo_qwen2.5_32b.yaml", "--num_processes", 128)
     assert code == 0
     assert "prompts per generation batch           512 " in out
@@ -199,7 +199,7 @@ def test_geometry_follows_trl_rules_for_n_processes():
     ("accumulation", "steps", "iterations", "expected"),
     [
         (1, 1, 1, (0, 1)),  # TRL default: on-policy
-        (2, 2, 1, (0, 1)),  # both slices land before the first optimizer step (trl-notes §3)
+        (2, 2, 1, (0, 1)),  # both slices land before the first optimizer step (docs/trl.md §3)
         (1, 2, 1, (1, 2)),
         (2, 4, 1, (1, 2)),
         (1, 1, 2, (1, 2)),
