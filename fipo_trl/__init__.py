@@ -11,11 +11,13 @@ _EXPORTS = {
     "FIPOConfig": "config",
     "FIPOTrainer": "trainer",
     "FIPOWeights": "core",
+    "DynamicSamplingMixin": "sampling",
     "discounted_future_sum": "core",
     "fipo_advantages": "core",
     "fipo_weights": "core",
 }
 __all__ = [
+    "DynamicSamplingMixin",
     "FIPOConfig",
     "FIPOTrainer",
     "FIPOWeights",
@@ -27,6 +29,7 @@ __all__ = [
 if TYPE_CHECKING:
     from .config import FIPOConfig
     from .core import FIPOWeights, discounted_future_sum, fipo_advantages, fipo_weights
+    from .sampling import DynamicSamplingMixin
     from .trainer import FIPOTrainer
 
 

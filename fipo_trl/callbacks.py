@@ -13,6 +13,7 @@ from datasets import Dataset
 from transformers import Trainer, TrainerCallback
 
 from . import evaluation
+from .checkpoints import CheckpointMarkerCallback
 from .core import UNCLIPPED_WEIGHT_MAX, weight_bounds
 from .errors import UsageError
 from .generation import generate_with_transformers, tokenize_prompts
@@ -22,7 +23,8 @@ from .token_view import render_token_view
 def get_callbacks(script_args, training_args, trainer, eval_datasets=None) -> list[TrainerCallback]:
     """
     The callbacks of a recipe: [`TokenViewCallback`] when `token_view` is on, [`MathEvalCallback`] when
-    `math_eval_datasets` names benchmarks.
+    `math_eval_datasets` names benchmarks, and always, last, [`~fipo_trl.checkpoints.CheckpointMarkerCallback`]
+    (a checkpoint looks complete only once its save has finished).
 
     Args:
         script_args ([`~fipo_trl.recipe.FIPOScriptArguments`]):
@@ -48,6 +50,8 @@ def get_callbacks(script_args, training_args, trainer, eval_datasets=None) -> li
                 max_tokens=training_args.max_completion_length,
             )
         )
+    # last, so that its on_save runs after every other callback that writes into a checkpoint
+    callbacks.append(CheckpointMarkerCallback())
     return callbacks
 
 
@@ -127,7 +131,7 @@ class MathEvalCallback(TrainerCallback):
         eval_datasets (`dict[str, Dataset]`):
             Name → dataset with `prompt` and `solution` columns (e.g. from `fipo_trl.data`).
         eval_steps (`int`):
-            Evaluate when the global step is a multiple of this. Official: every 5 steps (`test_freq`, spec §3.1).
+            Evaluate every this many global steps. Official: every 5 steps (`test_freq`, docs/fipo.md §3.1).
         k (`int`, *optional*, defaults to `32`):
             Samples per problem.
         temperature (`float`, *optional*, defaults to `1.0`):

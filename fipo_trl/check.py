@@ -6,7 +6,7 @@ Reads the recipe the way `fipo-trl train` does, loads no model and prints:
 
 1. the batch geometry for N training processes: prompts and completions per generation batch, completions per
    optimizer step, optimizer steps per generation batch, and whether FIPO is active (some updates off-policy) or
-   numerically identical to DAPO (spec §1);
+   numerically identical to DAPO (docs/fipo.md §1);
 2. tokens per optimizer step (upper bound) and a rough per-GPU memory for the policy weights, gradients and AdamW
    states under the ZeRO/FSDP stage of the accelerate config (activations, logits and the vLLM cache not included);
 3. warnings for known mistakes. An impossible configuration exits with status 2 and a one-line message.
@@ -20,7 +20,6 @@ import dataclasses
 import io
 import json
 import math
-import os
 import re
 import sys
 import warnings
@@ -31,10 +30,12 @@ from pathlib import Path
 import yaml
 
 from .config import OFFICIAL_STEPS_PER_ROLLOUT, is_on_policy
+from .dynamic_sampling import dynamic_sampling_summary
 from .errors import UsageError
+from .validation import read_yaml_file
 
 
-# Official 32B run (spec §3.1): 512 prompts × 16 per training step, 8 mini-batches of 64 prompts, 20480 + 2048 tokens
+# Official 32B run (docs/fipo.md §3.1): 512 prompts × 16 per step, 8 mini-batches of 64 prompts, 20480 + 2048 tokens
 OFFICIAL = {
     "prompts_per_generation": 512,
     "completions_per_generation": 8192,
@@ -44,6 +45,8 @@ OFFICIAL = {
     "max_completion_length": 20480,
     "max_prompt_length": 2048,
 }
+# 32B script: algorithm.filter_groups (metric acc, max_num_gen_batches 10), gen_batch_size 2048, train_batch_size 512
+OFFICIAL_DYNAMIC_SAMPLING = "on, 2048 prompts per round, 512 kept, at most 10 rounds, metric acc"
 OFFICIAL_PROMPT_COUNTS = (64, 512, 2048)  # 32B mini-batch, training batch and generation batch, all in prompts
 GEOMETRY_FIELDS = (
     "per_device_train_batch_size",
@@ -111,7 +114,7 @@ class Geometry:
 
     @property
     def off_policy(self):
-        # TRL's own test for computing old log-probs (trl-notes §3): otherwise log π_θ = log π_old and FIPO = DAPO
+        # TRL's own test for computing old log-probs (docs/trl.md §3): otherwise log π_θ = log π_old and FIPO = DAPO
         return not is_on_policy(self.gradient_accumulation_steps, self.steps_per_generation, self.num_iterations)
 
 
@@ -216,7 +219,7 @@ class Sharding:
 
 def read_accelerate_config(path):
     """The [`Sharding`] of an accelerate config (YAML), following its `deepspeed_config_file` if it has one."""
-    config = yaml.safe_load(Path(path).read_text()) or {}
+    config = read_yaml_file(path, what="accelerate config")
     kind = str(config.get("distributed_type", "NO"))
     counts = {"num_processes": config.get("num_processes"), "num_machines": config.get("num_machines")}
     if kind == "DEEPSPEED":
@@ -401,7 +404,7 @@ def describe(recipe_path, recipe, geometry, args, script_args, model_args, shard
     official_tokens = OFFICIAL["max_completion_length"] + OFFICIAL["max_prompt_length"]
     official_steps = OFFICIAL["steps_per_generation"]  # the first step of each batch is on-policy
     table = [
-        ("", "this recipe", "official 32B (spec §3.1)"),
+        ("", "this recipe", "official 32B (docs/fipo.md §3.1)"),
         ("prompts per generation batch", geometry.prompts_per_generation, OFFICIAL["prompts_per_generation"]),
         (
             "completions per generation batch",
@@ -422,6 +425,15 @@ def describe(recipe_path, recipe, geometry, args, script_args, model_args, shard
     lines.append("")
     width = max(32, *(len(str(value)) for _, value, _ in table))  # the widest value sets the column
     lines += [f"  {name:<38} {value!s:<{width}}   {official}".rstrip() for name, value, official in table]
+    try:
+        sampling = dynamic_sampling_summary(
+            args, geometry.prompts_per_generation, geometry.num_processes, geometry.steps_per_generation_batch
+        )
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+    official = f"official 32B: {OFFICIAL_DYNAMIC_SAMPLING}"
+    names = max(len(name) for name, _ in sampling)
+    lines += ["", *(f"  {name:<{names}}   {value}" for name, value in sampling), f"  {'':<{names}}   ({official})"]
 
     shape, source = model_shape(model_args.model_name_or_path)
     num_params = parameter_count(shape) if shape else None
@@ -476,24 +488,24 @@ def make_parser():
     return parser
 
 
+def first_given(*values):
+    """The first value that is not `None`."""
+    return next(value for value in values if value is not None)
+
+
 def cli(argv=None):
     """`fipo-trl check RECIPE [flags] [--field value ...]`; an impossible configuration raises [`UsageError`]."""
     options, extra_args = make_parser().parse_known_args(sys.argv[1:] if argv is None else argv)
-    if not os.path.isfile(options.recipe):
-        raise UsageError(f"recipe file not found: {options.recipe}")
-    try:
-        recipe = yaml.safe_load(Path(options.recipe).read_text())
-        sharding = Sharding("single process", 0)
-        if options.config_file:
-            if not os.path.isfile(options.config_file):
-                raise UsageError(f"accelerate config not found: {options.config_file}")
-            sharding = read_accelerate_config(options.config_file)
-    except (OSError, yaml.YAMLError) as exc:
-        raise UsageError(str(exc).splitlines()[0]) from None
-    if not isinstance(recipe, dict):
-        raise UsageError(f"{options.recipe} is not a YAML mapping of field: value")
-    num_processes = options.num_processes or sharding.num_processes or 1
-    num_nodes = options.num_machines or sharding.num_machines or 1
+    recipe = read_yaml_file(options.recipe)
+    sharding = Sharding("single process", 0)
+    if options.config_file:
+        sharding = read_accelerate_config(options.config_file)
+    for flag, value in (("--num_processes", options.num_processes), ("--num_machines", options.num_machines)):
+        if value is not None and value < 1:
+            raise UsageError(f"{flag} {value}: a run needs at least 1")
+    # `0` is a value given, not "unset": only a missing flag falls back to the accelerate config, then to 1
+    num_processes = first_given(options.num_processes, sharding.num_processes, 1)
+    num_nodes = first_given(options.num_machines, sharding.num_machines, 1)
 
     from .config import FIPOConfig
 

@@ -1,7 +1,8 @@
 """The `fipo-trl` command: `train`, `check` and `eval`, each a thin dispatcher to the module that owns it.
 
 Every subcommand reports a user mistake ([`~fipo_trl.errors.UsageError`]) here, the same way: one line
-`fipo-trl <command>: error: <message>` on stderr and exit status 2.
+`fipo-trl <command>: error: <message>` on stderr and exit status 2. Ctrl-C ends any of them with one line
+`fipo-trl <command>: interrupted ...` (for `train`: where it stopped and how to resume) and exit status 130.
 """
 
 import importlib
@@ -17,6 +18,7 @@ COMMANDS = {  # name: (module, entry function, help)
     "eval": ("fipo_trl.evaluate", "cli", "Avg@k / Cons@k / Pass@k of a model on a math dataset"),
 }
 USAGE_ERROR_STATUS = 2  # argparse's status for a bad command line
+INTERRUPTED_STATUS = 130  # 128 + SIGINT, what a shell reports for a command stopped by Ctrl-C
 
 
 def usage() -> str:
@@ -53,6 +55,10 @@ def main(argv=None) -> int:
     except UsageError as error:
         print(f"fipo-trl {command}: error: {error}", file=sys.stderr)
         return USAGE_ERROR_STATUS
+    except KeyboardInterrupt as interrupt:
+        # Ctrl-C is how a user stops a run, not a crash: one line (where it stopped, how to go on), no traceback
+        print(f"fipo-trl {command}: interrupted" + (f" {interrupt}" if str(interrupt) else ""), file=sys.stderr)
+        return INTERRUPTED_STATUS
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """The FIPO maths as pure torch functions: no TRL, no trainer, usable from any framework.
 
 Everything follows the official `compute_policy_loss_future_kl` (qwenpilot/FIPO @ ee25452), described in
-`docs/fipo-spec.md` §2; where the paper and the code differ, the code wins (§2.14).
+`docs/fipo.md` §2; where the paper and the code differ, the code wins (§2.14).
 """
 
 import functools
@@ -11,9 +11,9 @@ from typing import NamedTuple
 import torch
 
 
-LOG_RATIO_CLAMP = 20.0  # spec §2.1: the official code clamps log π_θ − log π_old to ±20 (not in the paper)
-UNCLIPPED_WEIGHT_MAX = 10.0  # spec §2.4: with clip_range == 0 the official code still caps f at 10
-SAFETY_WEIGHT_RANGE = (0.8, 1.0)  # spec §2.5: unsafe tokens get f clamped to [0.8, 1.0]
+LOG_RATIO_CLAMP = 20.0  # docs/fipo.md §2.1: the official code clamps log π_θ − log π_old to ±20 (not in the paper)
+UNCLIPPED_WEIGHT_MAX = 10.0  # docs/fipo.md §2.4: with clip_range == 0 the official code still caps f at 10
+SAFETY_WEIGHT_RANGE = (0.8, 1.0)  # docs/fipo.md §2.5: unsafe tokens get f clamped to [0.8, 1.0]
 _BLOCK = 64  # tokens per block of the blocked scan: any size is exact; 64 balances matmul work and recursion depth
 
 
@@ -29,7 +29,7 @@ def discounted_future_sum(x: torch.Tensor, gamma: float) -> torch.Tensor:
     Args:
         x (`torch.Tensor` of shape `(..., T)`):
             Values to sum (any floating dtype). Positions that must not contribute should already be 0; they still
-            count toward the distance `k − t` (spec §2.3).
+            count toward the distance `k − t` (docs/fipo.md §2.3).
         gamma (`float`):
             Discount in `[0, 1]`. FIPO uses `γ = 2^(−1/decay_rate)`.
 
@@ -76,7 +76,7 @@ def _decay_matrices(gamma: float, block: int, dtype: torch.dtype, device: torch.
 
 
 def weight_bounds(clip_range: float, clip_high_only: bool) -> tuple[float | None, float]:
-    """The `(lower, upper)` clamp of the influence weight in the three official modes (spec §2.4)."""
+    """The `(lower, upper)` clamp of the influence weight in the three official modes (docs/fipo.md §2.4)."""
     if clip_range == 0:
         return None, UNCLIPPED_WEIGHT_MAX
     return (1.0 if clip_high_only else 1.0 - clip_range), 1.0 + clip_range
@@ -86,7 +86,7 @@ class FIPOWeights(NamedTuple):
     """Per-token quantities of one FIPO weighting pass; every tensor is `(B, T)` except `keep`, which is `(B, 1)`."""
 
     log_ratio: torch.Tensor  # s_t = clamp(log π_θ − log π_old, ±20), float32
-    future_kl: torch.Tensor  # FutureKL_t (spec §2.3)
+    future_kl: torch.Tensor  # FutureKL_t (docs/fipo.md §2.3)
     raw_weights: torch.Tensor  # exp(FutureKL_t), before any clip
     weights: torch.Tensor  # f_t after the clip mode and the safety cap
     safety_capped: torch.Tensor  # bool: valid tokens with A < 0 and ratio > safety_threshold
@@ -107,7 +107,7 @@ def fipo_weights(
     dual_clip_ratio: float = 10.0,
 ) -> FIPOWeights:
     r"""
-    The FIPO influence weights f_t and the masks derived with them (spec §2.1–§2.5, §2.7). No gradient.
+    The FIPO influence weights f_t and the masks derived with them (docs/fipo.md §2.1–§2.5, §2.7). No gradient.
 
     Args:
         log_ratio (`torch.Tensor` of shape `(B, T)`):
@@ -159,9 +159,9 @@ def fipo_advantages(
     dual_clip_ratio: float = 10.0,
 ) -> torch.Tensor:
     r"""
-    The future-aware advantage `Ã_t = A·f_t` of FIPO (spec §2.1–§2.5), ready for a DAPO clipped surrogate.
+    The future-aware advantage `Ã_t = A·f_t` of FIPO (docs/fipo.md §2.1–§2.5), ready for a DAPO clipped surrogate.
 
-    Defaults are the official Qwen2.5-32B script (`recipe/fipo/run_fipo_qwen2.5_32b.sh`, spec §3.1).
+    Defaults are the official Qwen2.5-32B script (`recipe/fipo/run_fipo_qwen2.5_32b.sh`, docs/fipo.md §3.1).
 
     Args:
         per_token_logps (`torch.Tensor` of shape `(B, T)`): log π_θ of the completion tokens (detached here).
@@ -172,7 +172,7 @@ def fipo_advantages(
 
     Returns:
         `torch.Tensor` of shape `(B, T)` in float32: `A·f`, zero on masked tokens and on every token of a response
-        dropped by the sequence filter (two or more tokens with A < 0 and ratio > `dual_clip_ratio`, spec §2.7).
+        dropped by the sequence filter (≥ 2 tokens with A < 0 and ratio > `dual_clip_ratio`, docs/fipo.md §2.7).
     """
     w = fipo_weights(
         per_token_logps.float() - old_per_token_logps.float(),  # subtract in fp32: bf16 log-probs round Δ to ~1e-2

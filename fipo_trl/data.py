@@ -1,6 +1,6 @@
 """Math RL datasets as `prompt` / `solution` columns, for [`FIPOTrainer`] and the rewards of [`fipo_trl.rewards`].
 
-1. DAPO-Math-17k (training, spec §3.2): the hub file already holds chat prompts in the DAPO template and the answer
+1. DAPO-Math-17k (training, docs/fipo.md §3.2): the hub file holds chat prompts in the DAPO template and the answer
    in `reward_model.ground_truth`; each of its ~17k problems appears ~100 times, so it is de-duplicated by default.
 2. AIME 2024 / AIME 2025 (evaluation): one row per problem, from the verl layout of the official run or from
    `problem` / `answer` columns.
@@ -21,6 +21,7 @@ import pyarrow.compute as pc
 from datasets import Dataset, load_dataset
 
 from .errors import UsageError
+from .validation import check_data_file, check_prompts
 
 
 DAPO_MATH_ID = "BytedTsinghua-SIA/DAPO-Math-17k"
@@ -29,7 +30,7 @@ AIME_2025_ID = "yentinglin/aime_2025"
 MATH_500_ID = "HuggingFaceH4/MATH-500"
 GSM8K_ID = "openai/gsm8k"
 
-# spec §3.2: the user message of every DAPO-Math-17k row
+# docs/fipo.md §3.2: the user message of every DAPO-Math-17k row
 DAPO_PROMPT_TEMPLATE = (
     "Solve the following math problem step by step. The last line of your response should be of the form "
     "Answer: $Answer (without quotes) where $Answer is the answer to the problem.\n\n{problem}\n\n"
@@ -82,6 +83,8 @@ def read_dataset(path_or_id: str, split: str = "train", name: str | None = None)
     if os.path.isfile(path_or_id):
         if suffix not in _FILE_BUILDERS:
             raise ValueError(f"{path_or_id}: unsupported file type {suffix!r}; use one of {sorted(_FILE_BUILDERS)}")
+        # `datasets` fails late or obscurely on an empty file or a non-UTF-8 row: name the file and row now
+        check_data_file(path_or_id)
         return load_dataset(_FILE_BUILDERS[suffix], data_files=path_or_id, split="train")
     return load_dataset(path_or_id, name=name, split=split)
 
@@ -245,7 +248,7 @@ def load_dapo_math(
     max_prompt_length: int = MAX_PROMPT_LENGTH,
 ) -> Dataset:
     """
-    DAPO-Math-17k, the training set of DAPO and FIPO (spec §3.2).
+    DAPO-Math-17k, the training set of DAPO and FIPO (docs/fipo.md §3.2).
 
     Rows are read in the hub layout: `prompt` is a list with one user message that already holds the DAPO template,
     `reward_model` is `{"ground_truth": ..., "style": ...}`, next to `data_source`, `ability` and `extra_info`.
@@ -444,9 +447,14 @@ def get_dataset(script_args, tokenizer=None) -> tuple[Dataset, Dataset | None]:
                 if script_args.heldout_size > 0 and not os.path.isfile(name):
                     heldout = read_dataset(name, split=script_args.dataset_test_split, name=script_args.dataset_config)
                     heldout = heldout.select(range(min(script_args.heldout_size, len(heldout))))
+        except UsageError:
+            raise
         except Exception as exc:  # datasets raises many types (FileNotFoundError, DatasetNotFoundError, ...)
             raise UsageError(f"cannot load dataset_name={name!r}: {str(exc).splitlines()[0]}") from None
+    if len(train) == 0:
+        raise UsageError(f"dataset_name={script_args.dataset_name!r} has no training rows")
     check_columns(train, "training")
+    check_prompts(train, script_args.dataset_name)
     if heldout is not None:
         check_columns(heldout, "held-out")
     if tokenizer is not None and script_args.max_prompt_length is not None:

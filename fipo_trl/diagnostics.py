@@ -1,4 +1,4 @@
-"""Per-micro-batch FIPO diagnostics (spec §5.1) as local partial results that a trainer reduces across processes."""
+"""Per-micro-batch FIPO metrics (docs/fipo.md §5.1) as local partial results that a trainer reduces over processes."""
 
 from typing import NamedTuple
 
@@ -26,7 +26,7 @@ def fipo_diagnostics(
     dual_clip_ratio: float,
 ) -> FIPODiagnostics:
     r"""
-    The official FIPO metrics of one micro-batch (spec §5.1), plus the off-policy measure mean |Δ|.
+    The official FIPO metrics of one micro-batch (docs/fipo.md §5.1), plus the off-policy measure mean |Δ|.
 
     Args:
         w ([`FIPOWeights`]): output of [`fipo_weights`] for this micro-batch.

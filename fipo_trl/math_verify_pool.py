@@ -57,6 +57,9 @@ def _worker_main(alarm_s: int) -> None:
     import resource
     import signal
 
+    # Ctrl-C reaches the whole process group: the parent stops the run and closes the pipe, and the worker ends on
+    # EOF instead of printing a KeyboardInterrupt traceback of its own
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     output = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)  # library prints go to stderr, never into the message stream
     if sys.platform == "linux":

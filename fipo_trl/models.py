@@ -28,7 +28,7 @@ def resolve_model_path(model_name_or_path: str) -> str:
     Raises:
         UsageError: for a local path that does not exist or holds no model.
     """
-    from transformers.trainer_utils import get_last_checkpoint
+    from .checkpoints import last_complete_checkpoint
 
     if not model_name_or_path:
         raise UsageError("model_name_or_path is not set")
@@ -38,16 +38,34 @@ def resolve_model_path(model_name_or_path: str) -> str:
     if not path.exists():
         # not local: a Hub id (`owner/name`, or a legacy `name` such as gpt2) is the only other thing it can be
         if model_name_or_path.startswith((".", "/", "~")) or model_name_or_path.count("/") > 1:
-            raise UsageError(f"model path {model_name_or_path!r} does not exist")
+            raise UsageError(
+                f"no such model directory: {model_name_or_path} (model_name_or_path takes a model folder or a Hub id)"
+            )
         return model_name_or_path
     if not path.is_dir():
         raise UsageError(f"model path {model_name_or_path!r} is not a directory")
     if (path / "config.json").exists() or (path / "adapter_config.json").exists():
         return str(path)
-    last_checkpoint = get_last_checkpoint(str(path))
+    last_checkpoint = last_complete_checkpoint(path, for_training=False)
     if last_checkpoint is None:
         raise UsageError(f"{model_name_or_path!r} holds no model (config.json, adapter_config.json, checkpoint-N)")
     return last_checkpoint
+
+
+def not_loadable(model_path: str, error: Exception) -> UsageError:
+    """
+    The [`UsageError`] for a model that did not load. A path that is not a local folder was taken for a Hub id: with
+    the Hub off (`HF_HUB_OFFLINE=1`), the user far more likely mistyped a folder than meant an uncached Hub model, and
+    the Hub's own message ("Repo id must be in the form ...", "outgoing traffic has been disabled") says neither.
+    """
+    from huggingface_hub import constants
+
+    if not Path(model_path).exists() and constants.HF_HUB_OFFLINE:
+        return UsageError(
+            f"no such model directory: {model_path} (and no Hub model of that id is cached, which "
+            "HF_HUB_OFFLINE=1 needs): fix model_name_or_path"
+        )
+    return UsageError(f"cannot load model_name_or_path={model_path!r}: {str(error).splitlines()[0]}")
 
 
 def read_adapter_config(model_path: str) -> dict | None:
@@ -71,7 +89,7 @@ def load_tokenizer(model_path: str, revision: str | None = None):
     try:
         return AutoTokenizer.from_pretrained(tokenizer_path(model_path), revision=revision)
     except (OSError, ValueError) as exc:
-        raise UsageError(f"cannot load model_name_or_path={model_path!r}: {str(exc).splitlines()[0]}") from None
+        raise not_loadable(model_path, exc) from None
 
 
 def load_model_and_tokenizer(model_path: str, dtype: str = "auto"):
@@ -91,15 +109,20 @@ def load_model_and_tokenizer(model_path: str, dtype: str = "auto"):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from .model_files import check_weight_files
+
     adapter = read_adapter_config(model_path)
     base_path = model_path if adapter is None else adapter["base_model_name_or_path"]
+    check_weight_files(model_path)  # a truncated file or NaN weights, named before from_pretrained fails on them
+    if adapter is not None:
+        check_weight_files(base_path)
     try:
         tokenizer = AutoTokenizer.from_pretrained(tokenizer_path(model_path))
         # device_map="auto" spreads a model too large for one GPU over all visible GPUs
         device_map = "auto" if torch.cuda.is_available() else None
         model = AutoModelForCausalLM.from_pretrained(base_path, dtype=dtype, device_map=device_map)
     except OSError as error:
-        raise UsageError(f"cannot load model {base_path!r}: {str(error).splitlines()[0]}") from error
+        raise not_loadable(base_path, error) from error
     if adapter is not None:
         from peft import PeftModel
 

@@ -10,13 +10,13 @@ import ast
 import contextlib
 import dataclasses
 import io
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from trl import ModelConfig, ScriptArguments
 
 from .errors import UsageError
+from .validation import read_yaml_file
 
 
 USAGE = "usage: fipo-trl train RECIPE.yaml [--field value ...]   (e.g. fipo-trl train configs/quickstart.yaml)"
@@ -108,6 +108,30 @@ def make_parser():
     return TrlParser((FIPOScriptArguments, FIPOConfig, ModelConfig), prog="fipo-trl train")
 
 
+def join_negative_values(argv):
+    """
+    `--field -1e-4` as `--field=-1e-4`: argparse reads a token that starts with "-" and is not a plain number
+    (`-1e-4`, `-.5e3`) as a flag, and then finds the field without its value.
+    """
+    joined = []
+    for arg in argv:
+        if joined and joined[-1].startswith("--") and "=" not in joined[-1] and _is_negative_number(arg):
+            joined[-1] = f"{joined[-1]}={arg}"
+        else:
+            joined.append(arg)
+    return joined
+
+
+def _is_negative_number(arg):
+    if not arg.startswith("-"):
+        return False
+    try:
+        float(arg)
+    except ValueError:
+        return False
+    return True
+
+
 def parse_recipe(argv):
     """
     Parse `RECIPE.yaml [--field value ...]` (or `--config RECIPE.yaml ...`) into the three dataclasses.
@@ -118,25 +142,27 @@ def parse_recipe(argv):
     Raises:
         UsageError: for an unknown field, a bad value, or a recipe file that cannot be read.
     """
-    argv = list(argv)
+    argv = join_negative_values(argv)
     if argv and not argv[0].startswith("-"):
         argv = ["--config", *argv]  # `fipo-trl train recipe.yaml` as in open-r1's launch lines
     if "--config" in argv:
-        path = argv[argv.index("--config") + 1]
-        if not os.path.isfile(path):
-            raise UsageError(f"recipe file not found: {path}")
+        # TrlParser's own reading of a malformed file ends in a 52-line traceback: read it first, for file:line
+        read_yaml_file(argv[argv.index("--config") + 1])
+    parser = make_parser()
     stderr = io.StringIO()
     try:
         # argparse prints a page of usage before its one-line error: keep only that line
         with contextlib.redirect_stderr(stderr):
-            *parsed, config_unknown, cli_unknown = make_parser().parse_args_and_config(
+            *parsed, config_unknown, cli_unknown = parser.parse_args_and_config(
                 argv, return_remaining_strings=True, separate_remaining_strings=True
             )
     except SystemExit as exc:
         if exc.code in (0, None):
             raise
         lines = stderr.getvalue().strip().splitlines()
-        raise UsageError(lines[-1] if lines else f"invalid arguments: {argv}") from None
+        # `fipo-trl` prefixes its own "fipo-trl train: error:"; argparse's would make it appear twice
+        message = lines[-1].removeprefix(f"{parser.prog}: error: ") if lines else f"invalid arguments: {argv}"
+        raise UsageError(message) from None
     except (ValueError, TypeError) as exc:
         raise UsageError(str(exc).splitlines()[0]) from None
     unknown = [arg[2:] for arg in [*config_unknown, *cli_unknown] if arg.startswith("--")]

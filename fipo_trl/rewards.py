@@ -1,6 +1,6 @@
 r"""Verifiable math rewards with TRL's reward signature `(completions, **dataset_columns) -> list[float | None]`.
 
-1. [`dapo_accuracy_reward`]: the official DAPO/FIPO scorer (`math_dapo.py`, described in `docs/dapo-scorer.md`):
+1. [`dapo_accuracy_reward`]: the official DAPO/FIPO scorer (`math_dapo.py`, described in `docs/scorer.md`):
    the text after the last "Answer:" in the last 300 characters, Minerva-normalised, string-equal to the normalised
    `solution`: +1.0, else -1.0. Quirks included; there is no numeric or symbolic equivalence.
 2. [`math_verify_reward`]: open-r1/TRL's `\boxed{}` convention checked by `math_verify` (1.0 / 0.0, `None` when the
@@ -17,22 +17,24 @@ the `solution` column that the loaders of [`fipo_trl.data`] produce.
 import atexit
 import functools
 import importlib
+import math
 import os
 import re
 import sys
 import threading
 
 from .errors import UsageError
+from .reward_guard import check_same_length, guard_reward
 
 
 INVALID_ANSWER = "[INVALID]"
 
-# docs/dapo-scorer.md, step 2: the word "answer", optional whitespace, a colon, optional whitespace, rest of the line
+# docs/scorer.md, step 2: the word "answer", optional whitespace, a colon, optional whitespace, rest of the line
 _ANSWER_LINE = re.compile(r"answer\s*:\s*([^\n]+)", re.IGNORECASE)
-_SCORED_TAIL_CHARS = 300  # docs/dapo-scorer.md, step 1
+_SCORED_TAIL_CHARS = 300  # docs/scorer.md, step 1
 _BRACE = re.compile(r"[{}]")
 
-# docs/dapo-scorer.md, normalisation (b): plain replacements, in order
+# docs/scorer.md, normalisation (b): plain replacements, in order
 _SUBSTITUTIONS = [
     ("an ", ""),
     ("a ", ""),
@@ -45,7 +47,7 @@ _SUBSTITUTIONS = [
     ("\\text{and}", ","),
     ("\\text{m}", "\\text{}"),
 ]
-# docs/dapo-scorer.md, normalisation (c): deleted strings, in order
+# docs/scorer.md, normalisation (c): deleted strings, in order
 _REMOVED_EXPRESSIONS = [
     "square",
     "ways",
@@ -89,7 +91,7 @@ _REMOVED_EXPRESSIONS = [
     '"',
     "\\dots",
 ]
-# docs/dapo-scorer.md, normalisation (d): regular-expression rewrites, in order, each one pass over the string
+# docs/scorer.md, normalisation (d): regular-expression rewrites, in order, each one pass over the string
 _REWRITES = [
     (re.compile(r"(.*?)\$(.*?)\$(.*)"), r"$\2$"),
     (re.compile(r"\\text\{(.*?)\}"), r"\1"),
@@ -103,7 +105,7 @@ _REWRITES = [
 
 def normalize_final_answer(final_answer: str) -> str:
     r"""
-    Minerva-style normalisation of the official DAPO scorer, quirks included (`docs/dapo-scorer.md`).
+    Minerva-style normalisation of the official DAPO scorer, quirks included (`docs/scorer.md`).
 
     Keeps what follows the last `=`, drops spaces, a fixed list of unit words and `\text{}` wrappers, keeps the
     first `$...$` part, unwraps `\boxed{}`, expands `\frac12` and `\sqrt2`, and drops commas from plain integers.
@@ -212,7 +214,7 @@ def dapo_accuracy_reward(completions: list, solution: list, log_extra=None, **kw
     The official DAPO/FIPO accuracy reward: +1.0 if the "Answer:" line matches the ground truth, else -1.0.
 
     Same score as the official scorer (`verl/utils/reward_score/math_dapo.py`, default mode) on the same input,
-    quirks included: `42.` and `42` differ, `0.5` and `\\frac{1}{2}` differ (`docs/dapo-scorer.md`).
+    quirks included: `42.` and `42` differ, `0.5` and `\\frac{1}{2}` differ (`docs/scorer.md`).
 
     Args:
         completions (`list[str]` or `list[list[dict]]`):
@@ -234,6 +236,7 @@ def dapo_accuracy_reward(completions: list, solution: list, log_extra=None, **kw
     [1.0, -1.0]
     ```
     """
+    check_same_length(completions=completions, solution=solution)
     rewards, answers = [], []
     for completion, truth in zip(completions, solution, strict=True):
         answer = extract_dapo_answer(_completion_text(completion))
@@ -252,7 +255,7 @@ def dapo_reward_funcs(max_completion_len: int = 20480, soft_punish_cache: int = 
     The official FIPO/DAPO reward list: [`dapo_accuracy_reward`] and TRL's soft overlong punishment.
 
     TRL sums the two, so a reward lies in [-2, 1]: the penalty is 0 up to `max_completion_len - soft_punish_cache`
-    tokens and falls linearly to -1 at `max_completion_len` (spec §3.2).
+    tokens and falls linearly to -1 at `max_completion_len` (docs/fipo.md §3.2).
 
     Args:
         max_completion_len (`int`, *optional*, defaults to `20480`):
@@ -310,6 +313,7 @@ class MathVerifyReward:
             self._pool = None
 
     def __call__(self, completions: list, solution: list, log_metric=None, **kwargs) -> list[float | None]:
+        check_same_length(completions=completions, solution=solution)
         texts = [_completion_text(completion) for completion in completions]
         pairs = zip(solution, texts, strict=True)
         tasks = [(_solution_text(truth), text) for truth, text in pairs if truth is not None]
@@ -377,7 +381,7 @@ def with_accuracy_metric(reward_func):
 
     def accuracy_logged(completions, log_metric=None, **kwargs):
         rewards = reward_func(completions, log_metric=log_metric, **kwargs)
-        scored = [reward for reward in rewards if reward is not None]
+        scored = [reward for reward in rewards if reward is not None and not math.isnan(reward)]
         if log_metric is not None and scored:
             log_metric("accuracy", sum(reward > 0 for reward in scored) / len(scored))
         return rewards
@@ -414,4 +418,6 @@ def get_reward_funcs(script_args, training_args) -> list:
             )
     if not funcs:
         raise UsageError("reward_funcs is empty: name at least one reward function")
-    return [with_accuracy_metric(funcs[0]), *funcs[1:]]
+    funcs[0] = with_accuracy_metric(funcs[0])
+    # each reward named as the recipe names it in its errors, and stopped when it gives no signal
+    return [guard_reward(func, name=name) for func, name in zip(funcs, script_args.reward_funcs, strict=True)]

@@ -14,7 +14,9 @@ callbacks from [`fipo_trl.callbacks`], the held-out check from [`fipo_trl.evalua
 """
 
 import logging
+import math
 import os
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -38,12 +40,17 @@ def main(script_args, training_args, model_args):
     from .callbacks import get_callbacks
     from .data import get_dataset
     from .evaluation import heldout_check, load_eval_datasets
+    from .model_files import check_weight_files
     from .models import load_tokenizer, resolve_model_path
     from .rewards import get_reward_funcs
     from .trainer import FIPOTrainer
+    from .validation import check_output_dir, check_training_args
 
+    check_training_args(training_args)
+    check_output_dir(training_args.output_dir)
     recipe_model = model_args.model_name_or_path
     model_args.model_name_or_path = resolve_model_path(model_args.model_name_or_path)
+    check_weight_files(model_args.model_name_or_path)
     tokenizer = load_tokenizer(model_args.model_name_or_path, model_args.model_revision)
     train_dataset, heldout_dataset = get_dataset(script_args, tokenizer)
     reward_funcs = get_reward_funcs(script_args, training_args)
@@ -90,7 +97,16 @@ def main(script_args, training_args, model_args):
             f"(mean length {before['mean_length']:.1f} tokens)"
         )
     start = time.monotonic()
-    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    try:
+        trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    except UsageError as error:  # a reward that raised or gave no signal: say where the run can go on from
+        close_progress_bar(trainer)
+        where, checkpoint = stopped_at(trainer)
+        resume = "; resume with --resume_from_checkpoint last" if checkpoint else ""
+        raise UsageError(f"{error} ({where}{resume})") from error
+    except KeyboardInterrupt:
+        close_progress_bar(trainer)
+        raise TrainingInterrupted(*stopped_at(trainer)) from None
     seconds = time.monotonic() - start
     if heldout_dataset is not None:
         after = check()
@@ -117,18 +133,63 @@ def set_up_wandb(training_args):
 
 
 def resolve_resume(training_args):
-    """`resume_from_checkpoint: last` becomes `output_dir`'s newest `checkpoint-*`; a missing folder is an error."""
-    resume = training_args.resume_from_checkpoint
-    if resume in ("last", "true", "True"):
-        from transformers.trainer_utils import get_last_checkpoint
+    """
+    `resume_from_checkpoint: last` becomes `output_dir`'s newest complete `checkpoint-*` (newer, incomplete ones are
+    skipped with a warning); a given folder must be a complete checkpoint with readable weights.
+    """
+    from .checkpoints import incomplete_reason, last_complete_checkpoint
+    from .model_files import check_weight_files
 
-        out = training_args.output_dir
-        last = get_last_checkpoint(out) if os.path.isdir(out) else None
+    resume = training_args.resume_from_checkpoint
+    if resume is None:
+        return
+    out = training_args.output_dir
+    if resume in ("last", "true", "True"):
+        last = last_complete_checkpoint(out)
         if last is None:
-            raise UsageError(f"resume_from_checkpoint={resume}: no checkpoint-* folder in {out}")
-        training_args.resume_from_checkpoint = last
-    elif resume is not None and not os.path.isdir(resume):
+            raise UsageError(f"resume_from_checkpoint={resume}: no checkpoint to resume from in {out}")
+        training_args.resume_from_checkpoint = resume = last
+    elif not os.path.isdir(resume):
         raise UsageError(f"resume_from_checkpoint={resume!r} is not a folder (use 'last' for output_dir's latest)")
+    else:
+        reason = incomplete_reason(resume)
+        if reason is not None:
+            last = last_complete_checkpoint(out)
+            hint = f"; the newest complete one is {last}" if last else ""
+            raise UsageError(f"resume_from_checkpoint={resume!r} is incomplete ({reason}){hint}")
+    check_weight_files(resume)
+
+
+def close_progress_bar(trainer):
+    """End the training progress bar's line, so that the line saying why the run stopped starts a line of its own."""
+    from transformers.trainer_callback import ProgressCallback
+
+    for callback in trainer.callback_handler.callbacks:
+        if isinstance(callback, ProgressCallback) and callback.training_bar is not None:
+            callback.training_bar.close()
+            callback.training_bar = None
+
+
+def stopped_at(trainer):
+    """
+    `("at step N; last checkpoint: ...", checkpoint)` for the one line that reports a run stopped during training;
+    `checkpoint` is `None` before the first save.
+    """
+    from .checkpoints import last_complete_checkpoint
+
+    checkpoint = last_complete_checkpoint(trainer.args.output_dir, quiet=True)
+    saved = (
+        f"last checkpoint: {checkpoint}" if checkpoint else f"no checkpoint yet (save_steps={trainer.args.save_steps})"
+    )
+    return f"at step {trainer.state.global_step + 1}; {saved}", checkpoint
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C during `trainer.train()`: the message says where the run stopped; `checkpoint` is where it can resume."""
+
+    def __init__(self, where, checkpoint):
+        super().__init__(where)
+        self.checkpoint = checkpoint
 
 
 def write_model_card(trainer, model_name, dataset_name):
@@ -148,7 +209,7 @@ def write_model_card(trainer, model_name, dataset_name):
 
 def print_summary(trainer, before, after, seconds, heldout_size):
     """One screen at the end: held-out accuracy and length before → after; where the model, checkpoints, logs are."""
-    from transformers.trainer_utils import get_last_checkpoint
+    from .checkpoints import last_complete_checkpoint
 
     args = trainer.args
     out = Path(args.output_dir)
@@ -163,11 +224,19 @@ def print_summary(trainer, before, after, seconds, heldout_size):
             length = f"{before['mean_length']:.1f} → {after['mean_length']:.1f}"
         lines.append(f"Held-out accuracy ({sampled}): {accuracy}")
         lines.append(f"Held-out mean completion length (tokens): {length}")
-    rewards = [entry["reward"] for entry in trainer.state.log_history if "reward" in entry]
+    # a batch that no reward scored logs a NaN (None in log_history) reward: it is no first or last value
+    rewards = [
+        (entry["step"], entry["reward"])
+        for entry in trainer.state.log_history
+        if isinstance(entry.get("reward"), (int, float)) and math.isfinite(entry["reward"])
+    ]
     if rewards:
-        lines.append(f"Mean training reward: first log {rewards[0]:+.3f}, last log {rewards[-1]:+.3f}")
+        (first_step, first), (last_step, last) = rewards[0], rewards[-1]
+        lines.append(
+            f"Mean training reward: first log {first:+.3f} (step {first_step}), last {last:+.3f} (step {last_step})"
+        )
     lines.append(f"Final model:       {out}")
-    checkpoint = get_last_checkpoint(str(out)) if out.is_dir() else None
+    checkpoint = last_complete_checkpoint(out, quiet=True)
     if checkpoint:
         lines.append(f"Last checkpoint:   {checkpoint}   (resume: --resume_from_checkpoint last)")
     if (out / "token_view").is_dir():
@@ -192,8 +261,27 @@ def cli(argv=None) -> int:
     if any(arg in ("-h", "--help") for arg in argv):
         print(short_help())
         return 0
-    main(*parse_recipe(argv))
+    try:
+        main(*parse_recipe(argv))
+    except TrainingInterrupted as interrupt:
+        if interrupt.checkpoint is None:
+            raise
+        command = shlex.join(["fipo-trl", "train", *without_resume_flag(argv), "--resume_from_checkpoint", "last"])
+        raise KeyboardInterrupt(f"{interrupt}; resume with: {command}") from None
     return 0
+
+
+def without_resume_flag(argv):
+    """`argv` without its `--resume_from_checkpoint VALUE` (or `=VALUE`)."""
+    kept, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--resume_from_checkpoint":
+            skip = True
+        elif not arg.startswith("--resume_from_checkpoint="):
+            kept.append(arg)
+    return kept
 
 
 if __name__ == "__main__":

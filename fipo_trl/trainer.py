@@ -7,9 +7,10 @@ from trl.trainer.utils import get_config_model_id
 from .config import FIPOConfig
 from .core import LOG_RATIO_CLAMP, fipo_weights, weight_bounds
 from .diagnostics import fipo_diagnostics
+from .sampling import DynamicSamplingMixin
 
 
-class FIPOTrainer(GRPOTrainer):
+class FIPOTrainer(DynamicSamplingMixin, GRPOTrainer):
     """
     Trainer for Future-KL Influenced Policy Optimization (FIPO).
 
@@ -19,6 +20,8 @@ class FIPOTrainer(GRPOTrainer):
     `_get_per_token_logps_and_entropies`, to hand the parent the forward pass already made): FIPO computes `f` from
     the single policy forward, then calls the parent loss with `A·f` as per-token advantages and the dropped responses
     removed through `tool_mask`.
+
+    Dynamic sampling and the generation state kept with each checkpoint come from [`DynamicSamplingMixin`].
     """
 
     _tag_names = ["trl", "fipo"]
@@ -80,7 +83,7 @@ class FIPOTrainer(GRPOTrainer):
             mm_token_type_ids=inputs.get("mm_token_type_ids"),
             image_position_ids=inputs.get("image_position_ids"),
         )
-        # Δ comes from the trainer's recomputed log π_old, never from vLLM's sampling log-probs (spec §6.2)
+        # Δ comes from the trainer's recomputed log π_old, never from vLLM's sampling log-probs (docs/fipo.md §6.2)
         old_per_token_logps = inputs.get("old_per_token_logps")
         old_per_token_logps = per_token_logps.detach() if old_per_token_logps is None else old_per_token_logps
         log_ratio = per_token_logps.detach().float() - old_per_token_logps.float()
@@ -96,7 +99,7 @@ class FIPOTrainer(GRPOTrainer):
             dual_clip_ratio=self.args.delta,
         )
 
-        # Spec §2.1: beyond ±20 the official ratio is exp(±20) with no gradient; elsewhere log-probs pass untouched
+        # docs/fipo.md §2.1: beyond ±20 the official ratio is exp(±20) without gradient; other log-probs pass untouched
         outside = log_ratio.abs() > LOG_RATIO_CLAMP
         clamped = old_per_token_logps + w.log_ratio.to(per_token_logps.dtype)
         clamped_logps = torch.where(outside, clamped, per_token_logps)
@@ -105,7 +108,7 @@ class FIPOTrainer(GRPOTrainer):
         keep = w.keep.to(completion_mask.dtype)
         fipo_inputs = {
             **inputs,  # a shallow copy: the buffered slice is reused by later iterations, never write into it
-            "advantages": advantages * w.weights.to(advantages.dtype),  # Ã = A·f (spec §2.6), f detached
+            "advantages": advantages * w.weights.to(advantages.dtype),  # Ã = A·f (docs/fipo.md §2.6), f detached
             "tool_mask": keep if "tool_mask" not in inputs else inputs["tool_mask"] * keep,  # sequence drop (§2.7)
         }
         self._forward_cache = (clamped_logps, entropies, aux_loss)

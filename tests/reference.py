@@ -1,4 +1,4 @@
-"""Plain float64 references of the FIPO rules (spec §2), written for clarity, not speed."""
+"""Plain float64 references of the FIPO rules (docs/fipo.md §2), written for clarity, not speed."""
 
 import math
 
@@ -17,7 +17,7 @@ def reference_future_sum(x, gamma):
 
 
 def reference_fipo(logp, old, adv, mask, decay_rate, clip_range, clip_high_only, safety, c):
-    """Spec §2.1–§2.7 written out plainly in float64: returns (f, keep mask over tokens)."""
+    """docs/fipo.md §2.1–§2.7 written out plainly in float64: returns (f, keep mask over tokens)."""
     s = (logp.double() - old.double()).clamp(-20, 20)
     ratio = s.exp()
     adv = adv.double().reshape(adv.shape[0], -1).expand_as(s)

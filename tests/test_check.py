@@ -1,6 +1,7 @@
 """`fipo-trl check`: geometry for N processes, the FIPO verdict, memory, warnings, and every shipped recipe/config."""
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -86,7 +87,7 @@ def test_shipped_recipe_reproduces_official_off_policy_structure(recipe, capsys)
 
 
 def test_32b_recipe_matches_official_batch_in_completions(capsys):
-    # 512 prompts × 16 = 8192 completions per generation batch, 1024 (64 prompts) per optimizer step (spec §3.1)
+    # 512 prompts × 16 = 8192 completions per generation, 1024 (64 prompts) per optimizer step (docs/fipo.md §3.1)
     code, out, _ = run_check(capsys, "configs/recipes/fipo_qwen2.5_32b.yaml", "--num_processes", 128)
     assert code == 0
     assert "prompts per generation batch           512 " in out
@@ -198,7 +199,7 @@ def test_geometry_follows_trl_rules_for_n_processes():
     ("accumulation", "steps", "iterations", "expected"),
     [
         (1, 1, 1, (0, 1)),  # TRL default: on-policy
-        (2, 2, 1, (0, 1)),  # both slices land before the first optimizer step (trl-notes §3)
+        (2, 2, 1, (0, 1)),  # both slices land before the first optimizer step (docs/trl.md §3)
         (1, 2, 1, (1, 2)),
         (2, 4, 1, (1, 2)),
         (1, 1, 2, (1, 2)),
@@ -328,3 +329,21 @@ def test_tiny_model_size_and_wide_rows_line_up(capsys):
     for row in lines[header + 1 : header + 9]:  # every official value starts in the header's column
         assert row[column - 1] == " " and row[column] != " ", out
     assert "16 + prompts (no max_prompt_length) 22528" not in out  # the row that used to run into its neighbour
+
+
+def test_dynamic_sampling_rows_show_the_official_rounds(capsys):
+    # The 32B recipe turns the group filter on with the official numbers; check prints what they imply
+    code, out, _ = run_check(
+        capsys, "configs/recipes/fipo_qwen2.5_32b.yaml", "--num_processes", 128, "--num_machines", 16
+    )
+    assert code == 0
+    assert re.search(r"prompts per round +2048 \(32768 completions\)", out)
+    assert re.search(r"kept groups per generation batch +512 \(8192 completions\)", out)
+    assert re.search(r"worst-case completions per optimizer step +40960 \(filter off: 1024\)", out)
+
+
+def test_dynamic_sampling_round_that_cannot_be_split_exits_2(tmp_path, capsys):
+    recipe = write_recipe(tmp_path, dynamic_sampling=True, num_generations=8, dynamic_sampling_prompts_per_round=3)
+    code, out, err = run_check(capsys, recipe, "--num_processes", 2)
+    assert code == 2 and out == ""
+    assert "dynamic_sampling_prompts_per_round" in err and len(err.strip().splitlines()) == 1

@@ -1,4 +1,4 @@
-"""The pure FIPO maths against hand vectors (spec §2.12) and plain float64 references (spec §2)."""
+"""The pure FIPO maths against hand vectors (docs/fipo.md §2.12) and plain float64 references (docs/fipo.md §2)."""
 
 import math
 
@@ -9,7 +9,7 @@ from reference import random_batch, reference_fipo, reference_future_sum
 from fipo_trl import discounted_future_sum, fipo_advantages, fipo_weights
 
 
-# ------------------------------------------------------------------------------------------- spec §2.12 hand vectors
+# ------------------------------------------------------------------------------------- docs/fipo.md §2.12 hand vectors
 def test_future_sum_hand_vector():
     # γ = 0.5, D = [0.1, −0.2, 0.4] → FutureKL = [0.1, 0.0, 0.4]
     out = discounted_future_sum(torch.tensor([[0.1, -0.2, 0.4]]), 0.5)
@@ -23,7 +23,7 @@ def test_participation_filter_hand_vector():
 
 
 def test_participation_filter_ignores_advantage_sign():
-    # spec §2.2 (code and paper v2): the filter applies to positive-advantage tokens too
+    # docs/fipo.md §2.2 (code and paper v2): the filter applies to positive-advantage tokens too
     for adv in (1.0, -1.0):
         w = fipo_weights(torch.tensor([[0.1, math.log(12.0), 0.4]]), torch.tensor([adv]), torch.ones(1, 3))
         assert w.future_kl[0, 1] == pytest.approx(0.4 * 2 ** (-1 / 32))
@@ -50,7 +50,7 @@ def test_unclipped_mode_caps_at_ten_only():
 
 
 def test_safety_cap_clamps_to_point_eight_one():
-    # A < 0 and ratio 5 > S = 3: f is clamped into [0.8, 1] after the clip (spec §2.5)
+    # A < 0 and ratio 5 > S = 3: f is clamped into [0.8, 1] after the clip (docs/fipo.md §2.5)
     log_ratio = torch.tensor([[math.log(5.0), -8.0], [math.log(5.0), 0.0]])  # γ = 0.5
     kwargs = {"decay_rate": 1.0, "clip_range": 0.0, "safety_threshold": 3.0}
     neg = fipo_weights(log_ratio, torch.tensor([-1.0, -1.0]), torch.ones(2, 2), **kwargs)
@@ -80,14 +80,14 @@ def test_sequence_drop_counts_valid_tokens_only():
 
 
 def test_log_ratio_clamped_to_twenty():
-    # spec §2.1: s = clamp(Δ, −20, 20); a collapsed token contributes −20, not −30
+    # docs/fipo.md §2.1: s = clamp(Δ, −20, 20); a collapsed token contributes −20, not −30
     w = fipo_weights(torch.tensor([[-30.0]]), torch.ones(1), torch.ones(1, 1), clip_range=0.0)
     assert w.future_kl.item() == pytest.approx(-20.0)
     assert w.log_ratio.item() == -20.0
 
 
 def test_mask_holes_still_count_toward_distance():
-    # spec §2.3: a masked position contributes 0 but the discount still runs over it
+    # docs/fipo.md §2.3: a masked position contributes 0 but the discount still runs over it
     w = fipo_weights(torch.tensor([[0.0, 5.0, 1.0]]), torch.ones(1), torch.tensor([[1, 0, 1]]), decay_rate=1.0)
     assert w.future_kl[0, 0].item() == pytest.approx(0.25)
 

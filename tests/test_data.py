@@ -52,7 +52,7 @@ def dapo_parquet(tmp_path):
 
 
 def test_template_is_the_spec_prompt():
-    # spec §3.2: instruction, blank line, problem, blank line, reminder
+    # docs/fipo.md §3.2: instruction, blank line, problem, blank line, reminder
     expected = (
         "Solve the following math problem step by step. The last line of your response should be of the form "
         "Answer: $Answer (without quotes) where $Answer is the answer to the problem.\n\nWhat is 1+1?\n\n"

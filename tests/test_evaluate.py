@@ -29,7 +29,7 @@ def main(argv):
     return cli_main(["eval", *argv])
 
 
-# --- pure metrics (spec §3.5) ---------------------------------------------------------------------------------------
+# --- pure metrics (docs/fipo.md §3.5) --------------------------------------------------------------------------------
 
 
 def test_pass_at_k_matches_the_combinatorial_definition():
@@ -362,9 +362,13 @@ def test_cli_rejects_bad_sampling_arguments(tiny_model_dir, capsys, extra_args, 
     assert message in one_line_error(capsys, ["--model_name_or_path", tiny_model_dir, *extra_args])
 
 
+FOLDER_OR_HUB_ID = "model_name_or_path takes a model folder or a Hub id"
+
+
 def test_cli_rejects_a_missing_model_path(tmp_path, capsys):
     assert cli_main(["eval", "--model_name_or_path", str(tmp_path / "nope")]) == 2
-    assert capsys.readouterr().err == f"fipo-trl eval: error: model path {str(tmp_path / 'nope')!r} does not exist\n"
+    err = capsys.readouterr().err
+    assert err == f"fipo-trl eval: error: no such model directory: {tmp_path / 'nope'} ({FOLDER_OR_HUB_ID})\n"
 
 
 def test_cli_rejects_a_file_without_an_answer_column(tiny_model_dir, tmp_path, capsys):

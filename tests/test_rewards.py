@@ -1,4 +1,4 @@
-r"""Rewards: every rule of docs/dapo-scorer.md, the math-verify pool's time bounds, and odd inputs."""
+r"""Rewards: every rule of docs/scorer.md, the math-verify pool's time bounds, and odd inputs."""
 
 import multiprocessing
 import pickle
@@ -261,7 +261,7 @@ def test_surrounding_whitespace_stripped():
 
 
 def test_documented_quirk_example():
-    # docs/dapo-scorer.md: "pizza slices" -> "pizzslices", so the quirk applies to both sides alike
+    # docs/scorer.md: "pizza slices" -> "pizzslices", so the quirk applies to both sides alike
     assert dapo_accuracy_reward(["Answer: 12 pizza slices"], solution=["12 pizza slices"]) == [1.0]
 
 

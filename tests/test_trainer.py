@@ -73,7 +73,7 @@ def make_inputs(trainer, off_policy=True, seed=0):
         with torch.no_grad():
             logps = current_logps(trainer, inputs)
         shift = torch.randn(batch, completion_len, generator=g) * 0.3
-        shift[2, [1, 5]] = -math.log(15.0)  # A < 0 row with two ratios of 15 > c: dropped (spec §2.7)
+        shift[2, [1, 5]] = -math.log(15.0)  # A < 0 row with two ratios of 15 > c: dropped (docs/fipo.md §2.7)
         shift[1, 2] = -math.log(12.0)  # A < 0, one dual-clipped token: kept, token loss capped at |A|·f·c
         shift[0, 4] = -math.log(12.0)  # A > 0 with ratio 12: clipped, and left out of the future sum
         shift[5, 6] = -25.0  # beyond the ±20 clamp
@@ -99,7 +99,7 @@ def loss_and_grads(trainer, inputs):
 
 
 def reference_loss(trainer, inputs, detach_weights=True):
-    """The official verl loss (spec §2.6, §2.11) in float64: weighted A, PPO clip, dual clip as min(Lc, −Ã·c)."""
+    """The official loss (docs/fipo.md §2.6, §2.11) in float64: weighted A, PPO clip, dual clip as min(Lc, −Ã·c)."""
     args = trainer.args
     logp = current_logps(trainer, inputs).double()
     old = inputs["old_per_token_logps"].double()

@@ -1,0 +1,240 @@
+"""Dynamic sampling (DAPO's group filter) as pure functions on tensors and lists: no TRL, no trainer.
+
+The official FIPO/DAPO run (verl `algorithm.filter_groups`, docs/fipo.md §3.2) does not train on every generated group:
+
+1. each round generates `prompts_per_round` prompts × G completions (32B script: 2048 × 16);
+2. it drops the groups whose G values of the filter metric are all equal (official metric `acc`): their advantages
+   are 0, so they carry no gradient, yet their tokens count in the token-mean denominator;
+3. it keeps generating rounds until enough groups survive (32B: 512), at most `max_num_gen_batches` rounds (10;
+   an error past that, 0 = no limit), then truncates the survivors, in generation order, to exactly that number;
+4. it logs the number of rounds as `num_gen_batches`.
+
+`FIPOTrainer` feeds these functions from TRL's batch; they are tested here against plain Python references.
+"""
+
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+
+
+METRICS = ("accuracy", "reward")  # or the name of one reward function
+ON_LIMIT = ("raise", "fill")
+_STREAM_KEY = 0x5EED  # keeps the stream's order apart from TRL's sampler, which is seeded with the same `seed`
+
+
+def metric_values(
+    rewards_per_func: torch.Tensor, metric: str, reward_func_names: Sequence[str], reward_weights: torch.Tensor
+) -> torch.Tensor:
+    """
+    The value each completion's group is filtered on.
+
+    Args:
+        rewards_per_func (`torch.Tensor` of shape `(N, F)`):
+            One column per reward function, NaN where a function returned None (TRL's `_calculate_rewards`).
+        metric (`str`):
+            `"accuracy"`: 1 if the first reward function's value is > 0, else 0 (the official `acc` of the ±1 DAPO
+            scorer); `"reward"`: the weighted sum of all rewards (TRL's `reward`); otherwise the name of one reward
+            function, whose raw value is used.
+        reward_func_names (`Sequence[str]`): names of the `F` reward functions, in column order.
+        reward_weights (`torch.Tensor` of shape `(F,)`): TRL's `reward_weights`.
+
+    Returns:
+        `torch.Tensor` of shape `(N,)`, float, NaN for a completion that has no value.
+    """
+    if metric == "accuracy":
+        first = rewards_per_func[:, 0]
+        return torch.where(first.isnan(), first, (first > 0).to(first.dtype))
+    if metric == "reward":
+        total = (rewards_per_func * reward_weights.to(rewards_per_func)).nansum(dim=1)
+        return total.masked_fill(rewards_per_func.isnan().all(dim=1), float("nan"))
+    if metric not in reward_func_names:
+        raise ValueError(f"dynamic_sampling_metric={metric!r} is neither {METRICS} nor a reward function name")
+    return rewards_per_func[:, list(reward_func_names).index(metric)]
+
+
+class GroupFilter(NamedTuple):
+    """Per-group verdicts of `filter_groups`, each a bool tensor of shape `(N / G,)`."""
+
+    keep: torch.Tensor  # at least two different metric values: the group has signal
+    all_correct: torch.Tensor  # dropped, and every completion is correct (first reward > 0)
+    all_wrong: torch.Tensor  # dropped, and no completion is correct
+
+
+def filter_groups(values: torch.Tensor, correct: torch.Tensor, num_generations: int) -> GroupFilter:
+    """
+    Keep the groups whose metric is not constant (official: std of the group's `acc` > 0).
+
+    Args:
+        values (`torch.Tensor` of shape `(N,)`):
+            Metric per completion (see `metric_values`), groups as consecutive blocks of `num_generations`. NaN values
+            are ignored; a group with fewer than two distinct non-NaN values is dropped.
+        correct (`torch.Tensor` of shape `(N,)`, bool):
+            Correctness per completion (first reward > 0), only used to say why a group was dropped.
+        num_generations (`int`): G, completions per prompt.
+
+    Returns:
+        `GroupFilter` with tensors of shape `(N / G,)`.
+    """
+    grouped = values.view(-1, num_generations)
+    scored = ~grouped.isnan()
+    # "not all equal" as max > min: exact for any value, where a float std can come out as 1e-17 for equal values
+    highest = grouped.masked_fill(~scored, -float("inf")).amax(dim=1)
+    lowest = grouped.masked_fill(~scored, float("inf")).amin(dim=1)
+    keep = highest > lowest
+    correct = correct.view(-1, num_generations)
+    return GroupFilter(keep, ~keep & correct.all(dim=1), ~keep & ~correct.any(dim=1))
+
+
+def select_groups(keeps: Sequence[torch.Tensor], num_groups: int, fill: bool = False) -> list[tuple[int, int]]:
+    """
+    The groups of the training batch, as `(round, group)` pairs: the kept groups in generation order, truncated to
+    `num_groups` (official: `batch[:train_batch_size × n]`).
+
+    Args:
+        keeps (`Sequence[torch.Tensor]`): one bool tensor per round, `GroupFilter.keep`.
+        num_groups (`int`): groups the training batch holds.
+        fill (`bool`): when too few groups were kept, complete the batch with dropped groups, in generation order
+            (they have advantage 0, as without the filter), instead of returning fewer.
+    """
+    kept = [(r, g) for r, keep in enumerate(keeps) for g in keep.nonzero().flatten().tolist()]
+    chosen = kept[:num_groups]
+    if fill and len(chosen) < num_groups:
+        dropped = [(r, g) for r, keep in enumerate(keeps) for g in (~keep).nonzero().flatten().tolist()]
+        chosen += dropped[: num_groups - len(chosen)]
+    return chosen
+
+
+def row_sources(
+    groups: Sequence[tuple[int, int]], num_generations: int, rows_per_process: int
+) -> list[tuple[int, int, int]]:
+    """
+    Where each row of the training batch was generated: `(round, process, row on that process)`, in batch order.
+
+    A round's `prompts_per_round × G` rows are split over processes in contiguous slices of `rows_per_process`, as
+    TRL splits a generation batch; row `j` of the training batch then belongs to process `j // rows_per_rank` with
+    `rows_per_rank = len(groups) × G / processes`, again contiguous, so a group stays whole or is cut at a process
+    boundary exactly as TRL does it.
+    """
+    sources = []
+    for round_index, group in groups:
+        for row in range(group * num_generations, (group + 1) * num_generations):
+            sources.append((round_index, row // rows_per_process, row % rows_per_process))
+    return sources
+
+
+class PromptStream:
+    """
+    The prompts of the extra rounds: seeded passes over the dataset, each pass a fresh permutation, so that a prompt
+    comes back only after every other prompt of the dataset has been drawn once in the stream (like TRL's sampler
+    over its epochs). The state is two integers, saved with each checkpoint.
+
+    Args:
+        num_prompts (`int`): rows in the training dataset.
+        seed (`int`): the run's seed; pass `e` uses the permutation drawn from `(seed, e)`.
+    """
+
+    def __init__(self, num_prompts: int, seed: int):
+        if num_prompts < 1:
+            raise ValueError("the prompt stream needs a non-empty training dataset")
+        self.num_prompts, self.seed = num_prompts, seed
+        self.epoch, self.position = 0, 0
+        self._order = None  # (epoch, permutation) of the current pass, drawn once
+
+    def _permutation(self) -> np.ndarray:
+        if self._order is None or self._order[0] != self.epoch:
+            rng = np.random.default_rng([self.seed, _STREAM_KEY, self.epoch])
+            self._order = (self.epoch, rng.permutation(self.num_prompts))
+        return self._order[1]
+
+    def take(self, count: int) -> list[int]:
+        """The next `count` dataset indices (moving on to the next pass when this one is used up)."""
+        indices = []
+        while len(indices) < count:
+            chunk = self._permutation()[self.position : self.position + count - len(indices)]
+            indices += chunk.tolist()
+            self.position += len(chunk)
+            if self.position == self.num_prompts:
+                self.epoch, self.position = self.epoch + 1, 0
+        return indices
+
+    def state_dict(self) -> dict[str, int]:
+        return {"num_prompts": self.num_prompts, "seed": self.seed, "epoch": self.epoch, "position": self.position}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        if (state["num_prompts"], state["seed"]) != (self.num_prompts, self.seed):
+            raise ValueError(
+                f"the saved prompt stream was over {state['num_prompts']} prompts with seed {state['seed']}, this run "
+                f"has {self.num_prompts} prompts and seed {self.seed}: resume with the same dataset and seed"
+            )
+        self.epoch, self.position = state["epoch"], state["position"]
+
+
+def dynamic_sampling_summary(
+    args: Any, kept_groups: int, num_processes: int, optimizer_steps_per_generation: float
+) -> list[tuple[str, str]]:
+    """
+    What the dynamic-sampling fields of a recipe imply, as `(name, value)` rows for `fipo-trl check`.
+
+    Args:
+        args: anything with FIPOConfig's attributes `dynamic_sampling`, `dynamic_sampling_metric`,
+            `dynamic_sampling_prompts_per_round`, `max_num_gen_batches`, `dynamic_sampling_on_limit` and
+            `num_generations` (a parsed `FIPOConfig`; its batch geometry is not read).
+        kept_groups (`int`): prompts per generation batch at the real world size (`generation_batch_size / G`).
+        num_processes (`int`): training processes.
+        optimizer_steps_per_generation (`float`): optimizer steps fed by one generation batch.
+
+    Raises:
+        ValueError: when the fields are impossible at this geometry (the message names the field and the fix).
+    """
+    if not args.dynamic_sampling:
+        return [("dynamic sampling", "off: every generated group is trained on")]
+    group = args.num_generations
+    per_round = args.dynamic_sampling_prompts_per_round or kept_groups
+    check_round_geometry(per_round, kept_groups, group, num_processes)
+    rounds = args.max_num_gen_batches
+    metric = {
+        "accuracy": "accuracy (first reward > 0, official `acc`)",
+        "reward": "summed weighted reward",
+    }.get(args.dynamic_sampling_metric, f"reward function {args.dynamic_sampling_metric!r}")
+    rows = [
+        ("dynamic sampling", f"on: drop groups whose {metric} is the same for all {group} completions"),
+        ("prompts per round", f"{per_round} ({per_round * group} completions)"),
+        ("kept groups per generation batch", f"{kept_groups} ({kept_groups * group} completions)"),
+        ("max rounds per generation batch", str(rounds) if rounds > 0 else "unlimited (max_num_gen_batches <= 0)"),
+    ]
+    if rounds > 0:
+        worst = rounds * per_round * group
+        rows += [
+            ("worst-case completions per generation batch", f"{worst} ({rounds} rounds)"),
+            (
+                "worst-case completions per optimizer step",
+                f"{worst / optimizer_steps_per_generation:g} "
+                f"(filter off: {kept_groups * group / optimizer_steps_per_generation:g})",
+            ),
+            ("groups that must survive to stay under the limit", f"{kept_groups / (rounds * per_round):.1%}"),
+            (
+                "when the limit is hit",
+                "error (official)"
+                if args.dynamic_sampling_on_limit == "raise"
+                else "fill the batch with dropped groups (A = 0), warn and log",
+            ),
+        ]
+    return rows
+
+
+def check_round_geometry(prompts_per_round: int, kept_groups: int, num_generations: int, num_processes: int) -> None:
+    """Refuse a round size that cannot fill a generation batch or cannot be split evenly over the processes."""
+    if prompts_per_round < kept_groups:
+        raise ValueError(
+            f"dynamic_sampling_prompts_per_round={prompts_per_round} is smaller than the {kept_groups} groups a "
+            f"generation batch keeps (generation_batch_size / num_generations): set it to at least {kept_groups} "
+            "(official: 4 × 512 = 2048), or leave it unset to draw one generation batch per round."
+        )
+    if prompts_per_round * num_generations % num_processes:
+        raise ValueError(
+            f"dynamic_sampling_prompts_per_round={prompts_per_round} × num_generations={num_generations} completions "
+            f"per round do not split evenly over {num_processes} processes: choose a round size whose completions "
+            f"are a multiple of {num_processes}."
+        )

@@ -1,0 +1,193 @@
+"""
+Checks of what the user gave that can be made before a model loads: recipe files, data files, training settings.
+
+Each check raises [`UsageError`] with one line that names the file (and line or row) or the field, and the fix. They
+exist because the libraries underneath find these mistakes late or say them badly: PyYAML's parser error is a
+52-line traceback through TrlParser; `datasets` loads a JSON-lines file with non-UTF-8 bytes and fails only when the
+bad row is read, at some training step, and an empty file ends in an `IndexError`; a negative learning rate is found
+when the optimizer is built, after the model has loaded; an `output_dir` that cannot be written to fails at the first
+checkpoint.
+"""
+
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+
+from .errors import UsageError
+
+
+def format_yaml_error(path: str | os.PathLike, exc) -> str:
+    """
+    `path:line:column: what is wrong` for a PyYAML error; lines and columns count from 1, as editors do.
+
+    Example: `recipe.yaml:3:4: expected ',' or ']', but got ':' (in the flow sequence that starts at line 2)`.
+    """
+    import yaml
+
+    mark = getattr(exc, "problem_mark", None)
+    if not isinstance(exc, yaml.MarkedYAMLError) or mark is None:
+        return f"{path}: not valid YAML ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})"
+    where = f"{path}:{mark.line + 1}:{mark.column + 1}"
+    problem = exc.problem or "not valid YAML"
+    context_mark = exc.context_mark
+    if exc.context and context_mark is not None and context_mark.line != mark.line:
+        return f"{where}: {problem} ({exc.context}, which starts at line {context_mark.line + 1})"
+    return f"{where}: {problem}" + (f" ({exc.context})" if exc.context else "")
+
+
+def read_yaml_file(path: str | os.PathLike, what: str = "recipe") -> dict:
+    """
+    Read a YAML mapping of `field: value`, refusing a missing file, non-UTF-8 text, malformed YAML or a non-mapping.
+
+    Args:
+        path (`str` or `os.PathLike`):
+            The YAML file.
+        what (`str`, *optional*, defaults to `"recipe"`):
+            What the file is, for the messages ("recipe", "accelerate config").
+
+    Returns:
+        `dict`: the parsed mapping (empty for an empty file).
+
+    Raises:
+        UsageError: naming the file, and the line and column for a YAML error.
+    """
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"{what} file not found: {path}")
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        byte = raw[exc.start]
+        raise UsageError(f"{path}:{line}: byte 0x{byte:02x} is not UTF-8: save the {what} as UTF-8") from None
+    try:
+        content = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise UsageError(format_yaml_error(path, exc)) from None
+    if content is None:
+        return {}
+    if not isinstance(content, dict):
+        raise UsageError(f"{path}: the {what} must be 'field: value' lines, not a {type(content).__name__}")
+    return content
+
+
+def _row_error(path, row, line, problem):
+    where = f"{path}, row {row}" + (f" (line {line})" if line != row else "")
+    return UsageError(f"{where}: {problem}")
+
+
+def _check_json_lines(path: Path, raw: bytes) -> None:
+    row = 0
+    for line_number, line in enumerate(raw.split(b"\n"), start=1):
+        if not line.strip():
+            continue
+        row += 1
+        try:
+            text = line.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise _row_error(
+                path,
+                row,
+                line_number,
+                f"byte 0x{line[exc.start]:02x} at column {exc.start + 1} is not UTF-8: save the file as UTF-8",
+            ) from None
+        try:
+            value = json.loads(text)
+        except ValueError as exc:
+            raise _row_error(path, row, line_number, f"not valid JSON ({exc.msg} at column {exc.colno})") from None
+        if not isinstance(value, dict):
+            raise _row_error(path, row, line_number, f"a {type(value).__name__}, expected a JSON object per line")
+
+
+def _check_json(path: Path, raw: bytes) -> None:
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise UsageError(f"{path}:{line}: byte 0x{raw[exc.start]:02x} is not UTF-8: save the file as UTF-8") from None
+    try:
+        json.loads(text)
+    except ValueError as exc:
+        # a .json file may also hold one object per line, which `datasets` reads as JSON lines
+        if text.lstrip().startswith("{") and exc.msg == "Extra data":
+            _check_json_lines(path, raw)
+            return
+        raise UsageError(f"{path}:{exc.lineno}:{exc.colno}: not valid JSON ({exc.msg})") from None
+
+
+def check_data_file(path: str | os.PathLike) -> None:
+    """
+    Refuse a local data file that is empty, not UTF-8 or not valid JSON / parquet, naming the file and the row.
+
+    `.jsonl` files are checked row by row (a row is a non-blank line); `.json` files as one document; `.parquet`
+    files by their footer (row count). Other paths (folders, Hub ids) are left to `datasets`.
+
+    Raises:
+        UsageError: e.g. `data.jsonl, row 2: byte 0xff at column 13 is not UTF-8: save the file as UTF-8`.
+    """
+    path = Path(path)
+    if not path.is_file():
+        return
+    suffix = path.suffix.lower()
+    if suffix == ".parquet":
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        try:
+            num_rows = pq.ParquetFile(path).metadata.num_rows
+        except (pa.ArrowException, OSError) as exc:
+            raise UsageError(f"{path}: not a readable parquet file ({exc})") from None
+        if num_rows == 0:
+            raise UsageError(f"{path} has no rows: a dataset needs at least one row with 'prompt' and 'solution'")
+        return
+    if suffix not in (".json", ".jsonl"):
+        return
+    raw = path.read_bytes()
+    if not raw.strip():
+        raise UsageError(f"{path} is empty: a dataset needs at least one row with 'prompt' and 'solution'")
+    (_check_json_lines if suffix == ".jsonl" else _check_json)(path, raw)
+
+
+def check_prompts(dataset, source: str) -> None:
+    """Refuse rows whose `prompt` is missing or empty, naming the first such row (counted from 1)."""
+    for row, prompt in enumerate(dataset["prompt"], start=1):
+        if not prompt or (isinstance(prompt, str) and not prompt.strip()):
+            raise UsageError(f"{source}, row {row}: the prompt is empty; every row needs a prompt to generate from")
+
+
+def check_output_dir(output_dir: str | os.PathLike) -> None:
+    """
+    Refuse an `output_dir` that is a file or cannot be written to; create it otherwise.
+
+    Raises:
+        UsageError: `output_dir: ... is a file, not a folder` or `output_dir: cannot write to ...`.
+    """
+    path = Path(output_dir)
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"output_dir: {path} is a file, not a folder: choose another output_dir")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise UsageError(f"output_dir: cannot write to {path} ({reason}): choose a folder you can write to") from None
+
+
+def check_training_args(training_args) -> None:
+    """
+    Refuse training settings that would train nothing or diverge at once, before the model loads.
+
+    Raises:
+        UsageError: naming the field, e.g. `max_steps: 0 trains nothing; ...`.
+    """
+    if training_args.max_steps == 0:
+        raise UsageError("max_steps: 0 trains nothing; set max_steps > 0 (or -1 to train num_train_epochs epochs)")
+    learning_rate = training_args.learning_rate
+    if not math.isfinite(learning_rate) or learning_rate < 0:
+        raise UsageError(f"learning_rate: {learning_rate} must be a finite number >= 0 (the quickstart uses 5e-5)")

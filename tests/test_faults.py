@@ -1,0 +1,477 @@
+"""
+Bad inputs and faults, tried through the `fipo-trl` command as an unlucky user would: one table, one row per case.
+
+Each row gives the input (recipe fields, command-line flags, files), the exit status and the fragment of the one
+error line the user must see (it names the field or file and the fix), and every row checks that nothing already in
+`output_dir` was lost or overwritten. Rows that must train (a reward that breaks mid-run, Ctrl-C, a kill during a
+save) are marked slow; the others are refused before a model loads.
+"""
+
+import hashlib
+import json
+import math
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file, save_file
+
+from fipo_trl.cli import main as fipo_trl
+
+
+ROOT = Path(__file__).resolve().parents[1]
+RECIPE = ROOT / "configs" / "quickstart.yaml"
+SHIPPED_MODEL = ROOT / "fipo_trl" / "assets" / "tiny-qwen2-addition"
+# 16 completions per step (4 prompts × G=4), a new generation batch every 2 steps, a checkpoint at every step
+FAST = {
+    "per_device_train_batch_size": 16,
+    "num_generations": 4,
+    "steps_per_generation": 2,
+    "max_completion_length": 12,
+    "synthetic_train_size": 64,
+    "heldout_size": 0,
+    "logging_steps": 1,
+    "save_steps": 1,
+    "save_total_limit": None,
+    "max_steps": 2,
+    "report_to": ["none"],
+    "token_view": False,
+}
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    # the CPU is shared: OpenMP threads spinning against other processes make a step 10x slower
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def snapshot(path):
+    """`{relative path: sha256}` of every file under `path` (or of `path` itself when it is a file)."""
+    path = Path(path)
+    if path.is_file():
+        return {".": hashlib.sha256(path.read_bytes()).hexdigest()}
+    return {
+        str(file.relative_to(path)): hashlib.sha256(file.read_bytes()).hexdigest()
+        for file in sorted(path.rglob("*"))
+        if file.is_file()
+    }
+
+
+def assert_nothing_lost(before, after):
+    lost = [name for name in before if name not in after]
+    changed = [name for name in before if name in after and after[name] != before[name]]
+    assert not lost and not changed, f"lost {lost}, overwritten {changed}"
+
+
+# ---- inputs of the rows: each builds files under tmp_path and returns the extra flags ----------------------------
+
+
+def copy_model(tmp_path, change=None):
+    """A copy of the shipped model whose weights `change(state_dict)` may edit in place."""
+    model = tmp_path / "model"
+    model.mkdir()
+    for file in SHIPPED_MODEL.iterdir():
+        if file.is_file():
+            (model / file.name).write_bytes(file.read_bytes())
+    if change is not None:
+        weights = load_file(str(model / "model.safetensors"))
+        change(weights)
+        save_file(weights, str(model / "model.safetensors"), metadata={"format": "pt"})
+    return model
+
+
+def truncated_model(tmp_path):
+    model = copy_model(tmp_path)
+    weights = model / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])  # a copy that stopped half-way
+    return ["--model_name_or_path", str(model)]
+
+
+def nan_model(tmp_path):
+    def poison(weights):
+        weights["model.norm.weight"][:] = math.nan
+
+    return ["--model_name_or_path", str(copy_model(tmp_path, poison))]
+
+
+def data_file(content):
+    def make(tmp_path):
+        path = tmp_path / "data.jsonl"
+        path.write_bytes(content)
+        return ["--dataset_name", str(path)]
+
+    return make
+
+
+@dataclass
+class Case:
+    id: str
+    message: str  # a regex the one error line must match (after "fipo-trl <command>: error: ")
+    recipe: dict = field(default_factory=dict)  # recipe fields changed in the YAML file
+    flags: list = field(default_factory=list)  # command-line flags after the recipe
+    make: object = None  # callable(tmp_path) -> extra flags, for rows that need files
+    command: str = "train"
+    status: int = 2
+    recipe_text: str | None = None  # the recipe file's text as given, for malformed YAML
+
+
+def read_only_dir(tmp_path):
+    return ["--output_dir", "/sys/fipo-trl-run"]  # refuses new folders even to root, unlike a chmod-ed folder
+
+
+def output_dir_is_a_file(tmp_path):
+    return ["--output_dir", str(tmp_path / "out" / "sentinel.txt")]
+
+
+CASES = [
+    Case("max_steps_0", r"^max_steps: 0 trains nothing; set max_steps > 0", recipe={"max_steps": 0}),
+    Case(
+        "negative_lr_yaml", r"^learning_rate: -0\.0001 must be a finite number >= 0", recipe={"learning_rate": -1e-4}
+    ),
+    # `--learning_rate -1e-4` is a value, not a flag: the error is about the value
+    Case("negative_lr_flag", r"^learning_rate: -0\.0001 must be", flags=["--learning_rate", "-1e-4"]),
+    Case(
+        "bad_int_flag", r"^argument --max_steps/--max-steps: invalid int value: 'abc'$", flags=["--max_steps", "abc"]
+    ),
+    Case("unknown_field", r"^unknown recipe field\(s\): learning_rat", recipe={"learning_rat": 1e-5}),
+    Case(
+        "malformed_yaml",
+        r"recipe\.yaml:3:10: expected ',' or '\]', but got ':' \(while parsing a flow sequence, which starts at",
+        recipe_text="seed: 0\nlearning_rate: [1\nmax_steps: 2\n",
+    ),
+    Case(
+        "malformed_yaml_check",
+        r"recipe\.yaml:2:13: mapping values are not allowed here",
+        recipe_text="seed: 0\nmax_steps: 2: 3\n",
+        command="check",
+    ),
+    Case("check_zero_processes", r"^--num_processes 0: .*at least 1", flags=["--num_processes", "0"], command="check"),
+    Case("empty_data", r"data\.jsonl is empty: a dataset needs at least one row", make=data_file(b"")),
+    Case(
+        "non_utf8_data",
+        r"data\.jsonl, row 2: byte 0xff at column 13 is not UTF-8: save the file as UTF-8",
+        make=data_file(b'{"prompt": "1+1=?", "solution": "2"}\n{"prompt": "\xff+1=?", "solution": "3"}\n'),
+    ),
+    Case(
+        "missing_model_dir",
+        r"no such model directory: \./no-such-model \(model_name_or_path takes a model folder or a Hub id\)$",
+        flags=["--model_name_or_path", "./no-such-model"],
+    ),
+    # "models/x" could be a Hub id too: offline and not cached, it is neither
+    Case(
+        "missing_model_dir_like_hub_id",
+        r"no such model directory: models/no-such-model \(and no Hub model of that id is cached, which HF_HUB_OFFLINE",
+        flags=["--model_name_or_path", "models/no-such-model"],
+    ),
+    Case("output_dir_is_a_file", r"^output_dir: .*sentinel\.txt is a file, not a folder", make=output_dir_is_a_file),
+    Case("output_dir_read_only", r"^output_dir: cannot write to /sys/fipo-trl-run", make=read_only_dir),
+    Case(
+        "truncated_weights", r"model/model\.safetensors: cannot be read .*truncated or corrupt", make=truncated_model
+    ),
+    Case(
+        "nan_weights", r"model/model\.safetensors: tensor 'model\.norm\.weight' has \d+ NaN/inf values", make=nan_model
+    ),
+    Case(
+        "eval_truncated_weights",
+        r"^.*model/model\.safetensors: cannot be read .*truncated or corrupt",
+        flags=["--dataset", "synthetic", "--k", "1", "--max_tokens", "4"],
+        make=truncated_model,
+        command="eval",
+    ),
+    Case(
+        "malformed_accelerate_config",
+        r"zero\.yaml:3:1: could not find expected ':' \(while scanning a simple key, which starts at line 2\)$",
+        make=lambda tmp_path: ["--config_file", str(write_file(tmp_path / "zero.yaml", BROKEN_ACCELERATE_CONFIG))],
+        command="check",
+    ),
+    # the issue's spelling: the dashed flag of earlier versions, still accepted
+    Case("check_zero_processes_dashed", r"^--num_processes 0: ", flags=["--num-processes", "0"], command="check"),
+    Case(
+        "resume_from_incomplete_folder",
+        r"^resume_from_checkpoint='.*checkpoint-9' is incomplete \(no trainer_state\.json\); the newest complete one "
+        r"is .*checkpoint-7$",
+        make=lambda tmp_path: ["--resume_from_checkpoint", str(empty_folder(tmp_path / "out" / "checkpoint-9"))],
+    ),
+    # checkpoint-7 of the seeded output_dir has a model.safetensors of 128 zero bytes
+    Case(
+        "resume_with_corrupt_weights",
+        r"^.*out/checkpoint-7/model\.safetensors: cannot be read \(.*\): the file is truncated or corrupt",
+        flags=["--resume_from_checkpoint", "last"],
+    ),
+]
+
+
+BROKEN_ACCELERATE_CONFIG = "distributed_type: DEEPSPEED\nnum_processes 2\nmixed_precision: bf16\n"  # a lost ':'
+
+
+def write_file(path, text):
+    path.write_text(text)
+    return path
+
+
+def empty_folder(path):
+    path.mkdir()
+    return path
+
+
+def write_recipe(tmp_path, case, out):
+    path = tmp_path / "recipe.yaml"
+    if case.recipe_text is not None:
+        path.write_text(case.recipe_text)
+        return path
+    recipe = yaml.safe_load(RECIPE.read_text())
+    recipe.update(FAST, output_dir=str(out), **case.recipe)
+    path.write_text(yaml.safe_dump(recipe))
+    return path
+
+
+def seed_output_dir(out):
+    """An output_dir that already holds a file and a checkpoint of an earlier run."""
+    (out / "checkpoint-7").mkdir(parents=True)
+    (out / "sentinel.txt").write_text("an earlier run's notes")
+    (out / "checkpoint-7" / "trainer_state.json").write_text(json.dumps({"global_step": 7}))
+    (out / "checkpoint-7" / "model.safetensors").write_bytes(b"\0" * 128)
+
+
+def run_cli(capsys, argv):
+    status = fipo_trl(argv)
+    captured = capsys.readouterr()
+    errors = [line for line in captured.err.splitlines() if ": error: " in line]
+    assert "Traceback" not in captured.err, captured.err
+    return status, errors, captured
+
+
+@pytest.mark.parametrize("case", CASES, ids=[case.id for case in CASES])
+def test_bad_input_is_one_line_and_loses_nothing(case, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "out"
+    seed_output_dir(out)
+    before = snapshot(out)
+    extra = case.make(tmp_path) if case.make else []
+    recipe = [] if case.command == "eval" else [str(write_recipe(tmp_path, case, out))]
+    argv = [case.command, *recipe, *case.flags, *extra]
+    status, errors, captured = run_cli(capsys, argv)
+    assert status == case.status, captured.err
+    assert len(errors) == 1, captured.err
+    prefix = f"fipo-trl {case.command}: error: "
+    assert errors[0].startswith(prefix) and errors[0].count("error:") == 1, errors[0]
+    assert_nothing_lost(before, snapshot(out))
+    assert re.search(case.message, errors[0][len(prefix) :]), errors[0]
+
+
+# ---- faults during training: each row trains a few steps ---------------------------------------------------------
+
+
+@dataclass
+class RunCase:
+    id: str
+    message: str  # regex for the one line on stderr; "" for a run that must succeed
+    recipe: dict = field(default_factory=dict)
+    status: int = 2
+    stdout: str = ""  # regex the standard output must match
+
+
+RUN_CASES = [
+    RunCase(
+        "nan_reward",
+        r"^fipo-trl train: error: reward 'fault_rewards\.nan_reward' returned NaN for every completion of 3 batches "
+        r"in a row: .* \(at step 5; last checkpoint: .*checkpoint-4; resume with --resume_from_checkpoint last\)$",
+        recipe={"reward_funcs": ["fault_rewards.nan_reward"], "max_steps": 10},
+    ),
+    RunCase(
+        "none_reward",
+        r"^fipo-trl train: error: reward 'fault_rewards\.none_reward' returned None or NaN for every completion of 3 "
+        r"batches in a row: .*checkpoint-4",
+        recipe={"reward_funcs": ["fault_rewards.none_reward"], "max_steps": 10},
+    ),
+    RunCase(
+        "raising_reward",
+        r"^fipo-trl train: error: reward 'fault_rewards\.raising_reward' raised ValueError: cannot parse the "
+        r"completion \(at step 3; last checkpoint: .*checkpoint-2; resume with --resume_from_checkpoint last\)$",
+        recipe={"reward_funcs": ["dapo_accuracy", "fault_rewards.raising_reward"], "max_steps": 4},
+    ),
+    RunCase(
+        "ctrl_c_before_the_first_checkpoint",
+        r"^fipo-trl train: interrupted at step 1; no checkpoint yet \(save_steps=1\)$",  # no resume command to offer
+        recipe={"reward_funcs": ["fault_rewards.interrupting_reward"]},
+        status=130,
+    ),
+    # a reward without scores for one batch logs a NaN reward: the run goes on and the summary still prints
+    RunCase(
+        "summary_with_nan_reward_log",
+        "",
+        recipe={"reward_funcs": ["fault_rewards.none_at_first_reward"], "max_steps": 4},
+        status=0,
+        stdout=r"FIPO run finished: 4 optimizer steps.*\nMean training reward: first log [+-]\d\.\d{3} \(step 3\)",
+    ),
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", RUN_CASES, ids=[case.id for case in RUN_CASES])
+def test_fault_during_training_is_one_line_with_the_last_checkpoint(case, tmp_path, capsys, monkeypatch):
+    monkeypatch.syspath_prepend(str(Path(__file__).parent))  # the recipe names rewards of tests/fault_rewards.py
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "sentinel.txt").write_text("an earlier run's notes")
+    before = snapshot(out)
+    recipe = write_recipe(tmp_path, Case(case.id, "", recipe=case.recipe), out)
+    status, errors, captured = run_cli(capsys, ["train", str(recipe)])
+    assert status == case.status, captured.err
+    assert_nothing_lost(before, snapshot(out))
+    if case.message:
+        lines = [line for line in captured.err.splitlines() if line.startswith("fipo-trl train:")]
+        assert len(lines) == 1 and re.search(case.message, lines[0]), captured.err
+    else:
+        assert not errors, captured.err
+    assert re.search(case.stdout, captured.out, re.DOTALL), captured.out
+
+
+@pytest.fixture(scope="module")
+def two_checkpoints(tmp_path_factory):
+    """output_dir of a 2-step run: checkpoint-1 and checkpoint-2, both complete."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    out = tmp_path_factory.mktemp("two-steps") / "out"
+    recipe = write_recipe(out.parent, Case("base", ""), out)
+    try:
+        assert fipo_trl(["train", str(recipe)]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    return recipe, out
+
+
+def copy_run(two_checkpoints, tmp_path):
+    import shutil
+
+    recipe, out = two_checkpoints
+    shutil.copytree(out, tmp_path / "out")
+    return recipe, tmp_path / "out"
+
+
+def resume(capsys, recipe, out, max_steps=3):
+    argv = ["train", str(recipe), "--output_dir", str(out), "--max_steps", str(max_steps)]
+    return run_cli(capsys, [*argv, "--resume_from_checkpoint", "last"])
+
+
+def global_step(checkpoint):
+    return json.loads((checkpoint / "trainer_state.json").read_text())["global_step"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("damage", "reason"),
+    [
+        (lambda folder: (folder / "trainer_state.json").unlink(), "trainer_state.json is missing"),
+        (lambda folder: [file.unlink() for file in folder.iterdir()], "no trainer_state.json"),
+        (lambda folder: (folder / "model.safetensors").write_bytes(b"\0" * 64), "model.safetensors has 64 bytes"),
+        (lambda folder: (folder / "checkpoint_complete.json").unlink(), "no checkpoint_complete.json"),
+    ],
+    ids=["no_trainer_state", "empty", "truncated_weights", "no_marker"],
+)
+def test_resume_skips_an_incomplete_newest_checkpoint(two_checkpoints, tmp_path, capsys, caplog, damage, reason):
+    recipe, out = copy_run(two_checkpoints, tmp_path)
+    damage(out / "checkpoint-2")
+    kept = snapshot(out / "checkpoint-1")
+    status, errors, captured = resume(capsys, recipe, out)
+    assert status == 0 and not errors, captured.err
+    assert f"checkpoint-2: {reason}" in caplog.text and "Using " + str(out / "checkpoint-1") in caplog.text
+    # resumed from step 1: steps 2 and 3 were trained again and saved complete
+    assert global_step(out / "checkpoint-3") == 3 and global_step(out / "checkpoint-2") == 2
+    assert_nothing_lost(kept, snapshot(out / "checkpoint-1"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "interrupted",
+    ["transformers.trainer.Trainer._save_rng_state", "transformers.trainer.rotate_checkpoints"],
+    ids=["before_trainer_state", "after_trainer_state"],
+)
+def test_save_interrupted_by_a_kill_never_looks_complete(tmp_path, capsys, caplog, monkeypatch, interrupted):
+    # the save of checkpoint-2 stops half-way, as a kill would stop it: before or after trainer_state.json is written
+    import transformers.trainer
+
+    owner, name = interrupted.rsplit(".", 1)
+    target = transformers.trainer.Trainer if owner.endswith("Trainer") else transformers.trainer
+    original = getattr(target, name)
+
+    def killed(*args, **kwargs):
+        if (tmp_path / "out" / "checkpoint-2").is_dir():
+            raise KeyboardInterrupt
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(target, name, killed)
+    out = tmp_path / "out"
+    recipe = write_recipe(tmp_path, Case("kill", ""), out)
+    status, errors, captured = run_cli(capsys, ["train", str(recipe)])
+    assert status == 130, captured.err
+    assert (out / "checkpoint-2" / "model.safetensors").is_file()  # the save had begun
+    monkeypatch.setattr(target, name, original)
+    status, errors, captured = resume(capsys, recipe, out)
+    assert status == 0, captured.err
+    assert "checkpoint-2: no" in caplog.text and "Using " + str(out / "checkpoint-1") in caplog.text
+
+
+@pytest.mark.slow
+def test_ctrl_c_exits_quietly_and_says_how_to_resume(tmp_path):
+    out = tmp_path / "out"
+    recipe = write_recipe(tmp_path, Case("ctrl_c", "", recipe={"max_steps": 500}), out)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "fipo_trl", "train", str(recipe)], stderr=subprocess.PIPE, text=True, env=env
+    )
+    deadline = time.monotonic() + 300
+    while not (out / "checkpoint-2" / "checkpoint_complete.json").is_file():
+        assert process.poll() is None and time.monotonic() < deadline, "the run ended before its second checkpoint"
+        time.sleep(0.2)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr
+    assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr, stderr
+    lines = [line for line in stderr.splitlines() if line.startswith("fipo-trl train:")]
+    assert len(lines) == 1, stderr
+    assert re.match(
+        r"fipo-trl train: interrupted at step \d+; last checkpoint: .*checkpoint-\d+; "
+        r"resume with: fipo-trl train .*recipe\.yaml --resume_from_checkpoint last$",
+        lines[0],
+    ), lines[0]
+
+
+def readme_console_examples():
+    """`(setup, argv, expected line)` of each `$ command` in the README's "When things go wrong" console block."""
+    import shlex
+
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("## When things go wrong") :]
+    block = section[
+        section.index("```console") + len("```console") : section.index("```\n", section.index("```console") + 3)
+    ]
+    examples, lines = [], block.strip().splitlines()
+    for command, expected in zip(lines[::2], lines[1::2], strict=True):
+        assert command.startswith("$ ") and not expected.startswith("$ "), (command, expected)
+        setup, _, call = command[2:].rpartition("fipo-trl ")
+        examples.append((setup.removesuffix(" && "), shlex.split(call), expected))
+    return examples
+
+
+def test_readme_failure_examples_print_what_the_readme_shows(tmp_path, capsys, monkeypatch):
+    # in order, in one folder, as a reader would type them (a later command may use an earlier one's file)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "configs").symlink_to(ROOT / "configs")
+    (tmp_path / "README.md").write_text("a file in the working directory")
+    for setup, argv, expected in readme_console_examples():
+        if setup:
+            subprocess.run(["bash", "-c", setup], check=True)
+        status, errors, captured = run_cli(capsys, argv)
+        assert status == 2 and errors == [expected], captured.err

@@ -1,0 +1,154 @@
+"""The reward guard: errors name the reward, mismatched columns name both lengths, a reward without signal stops."""
+
+import asyncio
+import logging
+import math
+import pickle
+
+import pytest
+
+from fipo_trl.reward_guard import (
+    MAX_BATCHES_WITHOUT_SIGNAL,
+    AsyncRewardGuard,
+    RewardError,
+    check_same_length,
+    guard_reward,
+)
+from fipo_trl.rewards import dapo_accuracy_reward
+
+
+def constant(value):
+    def reward(completions, **kwargs):
+        return [value] * len(completions)
+
+    return reward
+
+
+def test_guarded_reward_scores_like_the_reward_and_keeps_its_name():
+    guarded = guard_reward(dapo_accuracy_reward, name="dapo_accuracy")
+    assert guarded(["Answer: 2", "Answer: 3"], solution=["2", "2"]) == [1.0, -1.0]
+    assert guarded.__name__ == "dapo_accuracy_reward"  # TRL's metric name is unchanged
+    assert pickle.loads(pickle.dumps(guarded))(["Answer: 2"], solution=["2"]) == [1.0]
+
+
+def test_exception_names_the_reward_and_keeps_the_cause():
+    def flaky(completions, **kwargs):
+        raise ValueError("cannot parse\nsecond line")
+
+    with pytest.raises(RewardError, match=r"^reward 'my_pkg\.flaky' raised ValueError: cannot parse$") as info:
+        guard_reward(flaky, name="my_pkg.flaky")(["a"])
+    assert isinstance(info.value.__cause__, ValueError)
+
+
+def test_length_mismatch_names_both_arguments_and_lengths():
+    with pytest.raises(ValueError, match="completions has 2 items but solution has 1"):
+        check_same_length(completions=["a", "b"], solution=["1"])
+    message = "reward 'dapo_accuracy_reward' called with completions has 3 items but solution has 2"
+    with pytest.raises(RewardError, match=message):
+        guard_reward(dapo_accuracy_reward)(["a", "b", "c"], solution=["1", "2"])
+
+
+@pytest.mark.parametrize(
+    ("output", "message"),
+    [
+        ((1.0 for _ in range(2)), "returned generator, expected a list"),
+        ([1.0], "returned 1 rewards for 2 completions"),
+        ([1.0, "high"], r"returned 'high' \(str\) for completion 1"),
+    ],
+)
+def test_malformed_output_is_refused(output, message):
+    with pytest.raises(RewardError, match=message):
+        guard_reward(lambda completions, **kwargs: output, name="r")(["a", "b"])
+
+
+@pytest.mark.parametrize("value", [None, math.nan])
+def test_reward_without_signal_warns_then_stops_after_the_bound(value, caplog):
+    guarded = guard_reward(constant(value), name="broken")
+    with caplog.at_level(logging.WARNING, logger="fipo_trl.reward_guard"):
+        for _ in range(MAX_BATCHES_WITHOUT_SIGNAL - 1):
+            guarded(["a", "b"])
+    assert "Reward 'broken' returned" in caplog.text and "no learning signal" in caplog.text
+    message = rf"reward 'broken' returned .*NaN for every completion of {MAX_BATCHES_WITHOUT_SIGNAL} batches"
+    with pytest.raises(RewardError, match=message):
+        guarded(["a", "b"])
+
+
+def test_one_scored_completion_resets_the_count():
+    values = iter([[None, None], [None, 1.0], [None, None], [None, None], [None, None]])
+    guarded = guard_reward(lambda completions, **kwargs: next(values), name="sparse", max_batches_without_signal=3)
+    for _ in range(4):
+        guarded(["a", "b"])  # calls 3 and 4 are only the first two of a new run of empty batches
+    with pytest.raises(RewardError):
+        guarded(["a", "b"])
+
+
+def test_partial_nan_is_reported_once(caplog):
+    guarded = guard_reward(lambda completions, **kwargs: [1.0, math.nan], name="half")
+    with caplog.at_level(logging.WARNING, logger="fipo_trl.reward_guard"):
+        guarded(["a", "b"])
+        guarded(["a", "b"])
+    assert caplog.text.count("returned NaN for 1 of 2 completions") == 1
+
+
+def test_async_reward_stays_async():
+    async def remote(completions, **kwargs):
+        raise TimeoutError("judge did not answer")
+
+    guarded = guard_reward(remote, name="judge")
+    assert isinstance(guarded, AsyncRewardGuard)
+    with pytest.raises(RewardError, match="reward 'judge' raised TimeoutError: judge did not answer"):
+        asyncio.run(guarded(["a"]))
+
+
+@pytest.mark.parametrize("reward", ["dapo_accuracy", "math_verify"])
+def test_shipped_rewards_name_both_arguments_of_different_lengths(reward):
+    from fipo_trl.rewards import dapo_accuracy_reward, get_math_verify_reward
+
+    func = dapo_accuracy_reward if reward == "dapo_accuracy" else get_math_verify_reward(num_workers=1)
+    # the same wording for both rewards and both directions (zip's own message named whichever ran out first)
+    with pytest.raises(
+        ValueError, match="^completions has 3 items but solution has 2: pass one solution per completion"
+    ):
+        func(["a", "b", "c"], solution=["1", "2"])
+    with pytest.raises(ValueError, match="^completions has 1 item but solution has 2"):
+        func(["a"], solution=["1", "2"])
+
+
+def test_a_call_without_completions_is_no_batch_without_signal():
+    guarded = guard_reward(constant(None), name="r", max_batches_without_signal=1)
+    assert guarded([]) == []
+    with pytest.raises(RewardError):
+        guarded(["a"])
+
+
+def _two_process_worker(rank, port, results):
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    # rank 0 never scores; rank 1 scores its completions in the first batch only
+    batches = iter(
+        [[None, None], [None, None], [None, None]] if rank == 0 else [[1.0, None], [None, None], [None, None]]
+    )
+    guarded = guard_reward(lambda completions, **kwargs: next(batches), name="r", max_batches_without_signal=2)
+    guarded(["a", "b"])  # scored on rank 1: no batch without signal on either process
+    guarded(["a", "b"])
+    try:
+        guarded(["a", "b"])
+        results[rank] = "went on"
+    except RewardError:
+        results[rank] = "stopped"
+    dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_processes_decide_together_whether_a_batch_had_a_signal():
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    results = mp.Manager().dict()
+    mp.spawn(_two_process_worker, args=(port, results), nprocs=2)
+    assert dict(results) == {0: "stopped", 1: "stopped"}  # both stop at the same call, so neither waits on the other
