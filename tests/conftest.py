@@ -1,4 +1,4 @@
-"""Shared offline fixtures: a tiny Qwen2 policy with a character tokenizer, built locally (no hub access)."""
+"""Shared offline fixtures: a tiny Qwen2 policy (`fipo_trl.tiny_model`) and a locally trained BPE tokenizer."""
 
 import os
 
@@ -8,22 +8,44 @@ os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import pytest  # noqa: E402
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers  # noqa: E402
+from transformers import PreTrainedTokenizerFast  # noqa: E402
 
 from fipo_trl import tiny_model  # noqa: E402
 
 
-def build_tiny_model(path, seed=0):
+CORPUS = [
+    "Solve the following math problem step by step. The last line of your response should be of the form Answer: 42",
+    "What is 12 + 30? Let us add the numbers. Answer: 42",
+    "The quick brown fox jumps over the lazy dog 0123456789 + - * / = ( ) { } \\frac \\boxed",
+    "Beautiful is better than ugly. Explicit is better than implicit. Simple is better than complex.",
+]
+
+
+def build_bpe_tokenizer():
     """
-    Save a 2-layer Qwen2 (d=32, untied head) and a character tokenizer over every byte, with a ChatML chat template,
-    to `path`; return `path` as a string. Any text encodes (one token per byte), so benchmark-style prompts work.
+    A ~300-token byte-level BPE trained on `CORPUS`, with a ChatML template. Unlike the character tokenizer of
+    `fipo_trl.tiny_model`, its tokens are 1 to many characters long, so a completion's length in characters varies
+    with its tokens: some tests' rewards depend on that (test_dynamic_sampling's `reward_mostly_degenerate`).
     """
-    tokenizer = tiny_model.build_tokenizer(
-        None,
-        special_tokens=("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|pad|>", "<unk>"),
-        eos_token="<|im_end|>",
-        model_max_length=512,
-        chat_template=tiny_model.CHAT_TEMPLATE,
+    tok = Tokenizer(models.BPE(unk_token=None))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    special = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|pad|>"]
+    trainer = trainers.BpeTrainer(
+        vocab_size=320, special_tokens=special, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
     )
+    tok.train_from_iterator(CORPUS * 4, trainer=trainer)
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|pad|>", padding_side="left"
+    )
+    tokenizer.chat_template = tiny_model.CHAT_TEMPLATE
+    return tokenizer
+
+
+def build_tiny_model(path, seed=0):
+    """Save a 2-layer Qwen2 (d=32, untied head) and the BPE tokenizer to `path`; return `path` as a string."""
+    tokenizer = build_bpe_tokenizer()
     model = tiny_model.build_model(
         tokenizer,
         seed,
