@@ -276,6 +276,7 @@ def run_slurm_script(folder, *args):
     return result, log.read_text().splitlines() if log.exists() else []
 
 
+@pytest.mark.slow  # the launcher starts a python process per step: ~11 s each on 2 busy cores
 def test_slurm_script_puts_vllm_on_first_node_and_ranks_the_others(tmp_path):
     # Slurm, vLLM and accelerate are stubs that log their command lines; fipo-trl check runs for real
     overrides = ["--gradient_accumulation_steps", "64", "--steps_per_generation", "512"]  # 16 processes, 1024/step
@@ -292,6 +293,7 @@ def test_slurm_script_puts_vllm_on_first_node_and_ranks_the_others(tmp_path):
         assert line.endswith(f"--vllm_server_host node0 --vllm_server_port 8000 {' '.join(overrides)}")
 
 
+@pytest.mark.slow  # the launcher starts a python process per step: ~11 s each on 2 busy cores
 def test_slurm_script_refuses_an_impossible_recipe_before_starting_anything(tmp_path):
     # 1 per device × 16 processes × 64 steps = 1024 completions: not whole groups of 48
     result, calls = run_slurm_script(tmp_path, "--num_generations", "48")
