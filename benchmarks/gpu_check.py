@@ -28,12 +28,11 @@ os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # rollout_func is flagge
 
 import torch  # noqa: E402
 from datasets import Dataset  # noqa: E402
-from tokenizers import Tokenizer, models, pre_tokenizers  # noqa: E402
-from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM, TrainerCallback  # noqa: E402
+from transformers import TrainerCallback  # noqa: E402
 from transformers.trainer_callback import PrinterCallback  # noqa: E402
 from trl import GRPOConfig, GRPOTrainer  # noqa: E402
 
-from fipo_trl import FIPOConfig, FIPOTrainer, discounted_future_sum  # noqa: E402
+from fipo_trl import FIPOConfig, FIPOTrainer, discounted_future_sum, tiny_model  # noqa: E402
 
 
 GAMMA = 2 ** (-1 / 32)  # FIPO's discount at the official τ = 32
@@ -113,29 +112,19 @@ def bench_future_sum(sizes, device):
 
 
 def build_model(path, sizes, dtype):
-    """A randomly initialised Qwen2 and a word-level tokenizer covering its whole vocabulary, saved to `path`."""
-    vocab = {f"t{i}": i for i in range(sizes["vocab_size"] - 2)}
-    vocab.update({"<|endoftext|>": sizes["vocab_size"] - 2, "<|pad|>": sizes["vocab_size"] - 1})
-    backend = Tokenizer(models.WordLevel(vocab, unk_token="<|endoftext|>"))
-    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=backend, eos_token="<|endoftext|>", pad_token="<|pad|>", padding_side="left"
-    )
-    shapes = sizes["model"]
-    config = Qwen2Config(
-        vocab_size=sizes["vocab_size"],
+    """A randomly initialised Qwen2 and a character tokenizer over every byte (`fipo_trl.tiny_model`), in `path`."""
+    tokenizer = tiny_model.build_tokenizer(None, model_max_length=32768)
+    model = tiny_model.build_model(
+        tokenizer,
+        seed=0,
         num_key_value_heads=2,
         max_position_embeddings=32768,
         rope_theta=1_000_000.0,
         tie_word_embeddings=True,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        **shapes,
-    )
-    torch.manual_seed(0)
-    model = Qwen2ForCausalLM(config).to(dtype)
-    model.save_pretrained(path)
-    tokenizer.save_pretrained(path)
+        vocab_size=sizes["vocab_size"],  # Qwen2.5's: the logits cost what a real model's do
+        **sizes["model"],
+    ).to(dtype)
+    tiny_model.save_tiny_model(path, tokenizer, model)
     return sum(p.numel() for p in model.parameters())
 
 
@@ -144,9 +133,10 @@ def random_rollout(sizes):
     generator = torch.Generator().manual_seed(1)
 
     def rollout(prompts, trainer):
-        high = sizes["vocab_size"] - 2  # never EOS or pad: every completion runs to the full length
-        prompt_ids = torch.randint(0, high, (len(prompts), sizes["prompt_length"]), generator=generator)
-        completion_ids = torch.randint(0, high, (len(prompts), sizes["completion_length"]), generator=generator)
+        # byte tokens only: never EOS or pad, so every completion runs to the full length, and every id decodes
+        low, high = len(tiny_model.SPECIAL_TOKENS), len(trainer.processing_class)
+        prompt_ids = torch.randint(low, high, (len(prompts), sizes["prompt_length"]), generator=generator)
+        completion_ids = torch.randint(low, high, (len(prompts), sizes["completion_length"]), generator=generator)
         return {"prompt_ids": prompt_ids.tolist(), "completion_ids": completion_ids.tolist(), "logprobs": None}
 
     return rollout

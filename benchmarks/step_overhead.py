@@ -21,25 +21,26 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch  # noqa: E402
 from datasets import Dataset  # noqa: E402
 from peak_memory import ensure_exact_peaks, peak_growth  # noqa: E402
-from tokenizers import Tokenizer, models  # noqa: E402
-from transformers import GenerationConfig, PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM  # noqa: E402
 from trl import GRPOConfig, GRPOTrainer  # noqa: E402
 
-from fipo_trl import FIPOConfig, FIPOTrainer  # noqa: E402
+from fipo_trl import FIPOConfig, FIPOTrainer, tiny_model  # noqa: E402
 
 
 VOCAB = 1024
 
 
 def build_model(path):
-    torch.manual_seed(0)
-    config = Qwen2Config(
-        vocab_size=VOCAB, hidden_size=128, intermediate_size=384, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=8192, pad_token_id=0, eos_token_id=1,
-    )  # fmt: skip
-    model = Qwen2ForCausalLM(config)
-    model.generation_config = GenerationConfig(eos_token_id=1, pad_token_id=0)
-    model.save_pretrained(path)
+    """Qwen2 2x128 with a 1024-token vocabulary (ids past the byte tokenizer's 259 only appear in the random batch)."""
+    tokenizer = tiny_model.build_tokenizer(None, model_max_length=8192)
+    model = tiny_model.build_model(
+        tokenizer,
+        seed=0,
+        num_hidden_layers=2,
+        max_position_embeddings=8192,
+        tie_word_embeddings=False,
+        vocab_size=VOCAB,
+    )
+    tiny_model.save_tiny_model(path, tokenizer, model)
 
 
 def build_trainer(kind, model_dir, out_dir):
@@ -53,14 +54,9 @@ def build_trainer(kind, model_dir, out_dir):
             args, cls = FIPOConfig(**common), FIPOTrainer
         else:
             args, cls = GRPOConfig(loss_type="dapo", delta=10.0, epsilon_high=0.28, **common), GRPOTrainer
-        # a tokenizer is only needed for generation, which this benchmark skips: a word-level one over the ids
-        tok = PreTrainedTokenizerFast(
-            tokenizer_object=Tokenizer(models.WordLevel({str(i): i for i in range(VOCAB)}, unk_token="2")),
-            pad_token="0", eos_token="1",
-        )  # fmt: skip
         trainer = cls(
             model=model_dir, reward_funcs=lambda completions, **kw: [0.0] * len(completions), args=args,
-            train_dataset=Dataset.from_dict({"prompt": ["x"] * 8}), processing_class=tok,
+            train_dataset=Dataset.from_dict({"prompt": ["x"] * 8}),
         )  # fmt: skip
     trainer.model.train()
     trainer.current_gradient_accumulation_steps = 1

@@ -6,6 +6,7 @@ Every subcommand reports a user mistake ([`~fipo_trl.errors.UsageError`]) here, 
 """
 
 import importlib
+import os
 import sys
 
 from .errors import UsageError
@@ -25,6 +26,17 @@ def usage() -> str:
     return "usage: fipo-trl {" + ",".join(COMMANDS) + "} ...\n\ncommands:\n" + "\n".join(lines)
 
 
+def use_one_cpu_thread_per_process():
+    """
+    Default `OMP_NUM_THREADS` to 1 (torch's CPU thread count) when the user has not set it, before torch is imported.
+
+    torch otherwise starts one OpenMP thread per core, and when other processes keep the cores busy its threads wait
+    on each other at every small op: the quickstart trained 5-10x slower with 2 threads than with 1 on 2 busy cores
+    (README, "Quickstart"). torchrun and `accelerate launch` also give each worker one thread by default.
+    """
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
 def main(argv=None) -> int:
     """Entry point of the `fipo-trl` console script; returns the exit status."""
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -35,6 +47,7 @@ def main(argv=None) -> int:
     if command not in COMMANDS:
         print(f"fipo-trl: unknown command {command!r}\n{usage()}", file=sys.stderr)
         return USAGE_ERROR_STATUS
+    use_one_cpu_thread_per_process()
     module_name, function_name, _ = COMMANDS[command]
     entry = getattr(importlib.import_module(module_name), function_name)
     try:

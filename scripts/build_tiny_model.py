@@ -23,61 +23,23 @@ import random
 from pathlib import Path
 
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-from transformers import GenerationConfig, PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
 
+from fipo_trl import tiny_model
 from fipo_trl.synthetic import format_answer, generate_problems, train_and_heldout
 
 
 DEFAULT_OUTPUT = Path(__file__).resolve().parents[1] / "fipo_trl" / "assets" / "tiny-qwen2-addition"
 QUICKSTART_TRAIN_SIZE, QUICKSTART_HELDOUT_SIZE = 4096, 256  # configs/quickstart.yaml
-SPECIAL_TOKENS = ["<|endoftext|>", "<|pad|>", "<unk>"]
-CHARACTERS = list("0123456789+-*=x?, :\n") + sorted(set("Answer"))
 
 
-def build_tokenizer():
-    """
-    A character tokenizer written as a byte-level BPE without merges: one token per character, decoded back to plain
-    text, and loaded unchanged by `AutoTokenizer` (which maps Qwen2 checkpoints to `Qwen2Tokenizer`, a byte-level BPE).
-    """
-    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    symbols = [byte_level.pre_tokenize_str(char)[0][0] for char in CHARACTERS]  # " " -> "Ġ", "\n" -> "Ċ"
-    vocab = {token: i for i, token in enumerate(SPECIAL_TOKENS + symbols)}
-    tok = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
-    tok.pre_tokenizer = byte_level
-    tok.decoder = decoders.ByteLevel()
-    # pad must differ from eos, or TRL's completion mask would cut every completion at its first pad/eos
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        eos_token="<|endoftext|>",
-        pad_token="<|pad|>",
-        unk_token="<unk>",
-        padding_side="left",
-        model_max_length=64,
-    )
+def build_tokenizer(model_max_length=64):
+    """The quickstart's character tokenizer (`fipo_trl.tiny_model`): digits, `+-*=x?, :` and newline, "Answer"."""
+    return tiny_model.build_tokenizer(model_max_length=model_max_length)
 
 
-def build_model(tokenizer, seed):
-    torch.manual_seed(seed)
-    config = Qwen2Config(
-        vocab_size=len(tokenizer),
-        hidden_size=128,
-        intermediate_size=384,
-        num_hidden_layers=4,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-        tie_word_embeddings=True,
-        pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        bos_token_id=None,
-    )
-    model = Qwen2ForCausalLM(config)
-    # TRL and `generate` read eos/pad from here, not from the tokenizer
-    model.generation_config = GenerationConfig(
-        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, bos_token_id=None
-    )
-    return model
+def build_model(tokenizer, seed, max_position_embeddings=64):
+    """The quickstart's shapes (d=128, 4 layers, tied embeddings), randomly initialised from `seed`."""
+    return tiny_model.build_model(tokenizer, seed, max_position_embeddings=max_position_embeddings)
 
 
 def noisy_answer(rng, answer, noise):

@@ -1,4 +1,4 @@
-"""Shared offline fixtures: a tiny Qwen2 policy and a locally trained BPE tokenizer (no hub access)."""
+"""Shared offline fixtures: a tiny Qwen2 policy (`fipo_trl.tiny_model`) and a locally trained BPE tokenizer."""
 
 import os
 
@@ -8,15 +8,12 @@ os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import pytest  # noqa: E402
-import torch  # noqa: E402
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers  # noqa: E402
-from transformers import GenerationConfig, PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM  # noqa: E402
+from transformers import PreTrainedTokenizerFast  # noqa: E402
+
+from fipo_trl import tiny_model  # noqa: E402
 
 
-CHAT_TEMPLATE = (
-    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
-    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
 CORPUS = [
     "Solve the following math problem step by step. The last line of your response should be of the form Answer: 42",
     "What is 12 + 30? Let us add the numbers. Answer: 42",
@@ -25,8 +22,12 @@ CORPUS = [
 ]
 
 
-def build_tiny_model(path, seed=0):
-    """Save a 2-layer Qwen2 and a ~300-token byte-level BPE tokenizer to `path`; return `path` as a string."""
+def build_bpe_tokenizer():
+    """
+    A ~300-token byte-level BPE trained on `CORPUS`, with a ChatML template. Unlike the character tokenizer of
+    `fipo_trl.tiny_model`, its tokens are 1 to many characters long, so a completion's length in characters varies
+    with its tokens: some tests' rewards depend on that (test_dynamic_sampling's `reward_mostly_degenerate`).
+    """
     tok = Tokenizer(models.BPE(unk_token=None))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
@@ -38,27 +39,23 @@ def build_tiny_model(path, seed=0):
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|pad|>", padding_side="left"
     )
-    tokenizer.chat_template = CHAT_TEMPLATE
-    torch.manual_seed(seed)
-    config = Qwen2Config(
-        vocab_size=len(tokenizer),
+    tokenizer.chat_template = tiny_model.CHAT_TEMPLATE
+    return tokenizer
+
+
+def build_tiny_model(path, seed=0):
+    """Save a 2-layer Qwen2 (d=32, untied head) and the BPE tokenizer to `path`; return `path` as a string."""
+    tokenizer = build_bpe_tokenizer()
+    model = tiny_model.build_model(
+        tokenizer,
+        seed,
         hidden_size=32,
         intermediate_size=64,
         num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
         max_position_embeddings=512,
-        pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id,
         tie_word_embeddings=False,
     )
-    model = Qwen2ForCausalLM(config)
-    model.generation_config = GenerationConfig(
-        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id
-    )
-    model.save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return str(path)
+    return tiny_model.save_tiny_model(path, tokenizer, model)
 
 
 @pytest.fixture(scope="session")

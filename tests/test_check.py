@@ -191,7 +191,7 @@ def test_geometry_follows_trl_rules_for_n_processes():
     default = resolve_geometry({**BASE, "gradient_accumulation_steps": 2}, num_processes=4)
     assert default.steps_per_generation == 16 and default.completions_per_generation == 512
     assert default.prompts_per_generation == 64 and default.steps_per_generation_batch == 8
-    with pytest.raises(UsageError):
+    with pytest.raises(UsageError, match=r"per_device_train_batch_size, .* must be >= 1"):
         resolve_geometry({**BASE, "per_device_train_batch_size": 0}, num_processes=1)
 
 
@@ -287,8 +287,11 @@ def test_bf16_weights_without_master_copy_are_flagged_only_outside_deepspeed(cap
 def test_cli_override_is_judged_like_the_yaml(capsys):
     # A prompt-count batch size given on the command line is flagged as it would be in the recipe
     recipe = "configs/recipes/fipo_qwen2.5_math_1.5b_1node.yaml"
-    code, out, _ = run_check(capsys, recipe, "--num_processes", 8, "--generation_batch_size", 512)
-    assert code == 2  # the recipe already sets steps_per_generation: TRL refuses both
+    code, out, err = run_check(capsys, recipe, "--num_processes", 8, "--generation_batch_size", 512)
+    # the recipe already sets steps_per_generation: TRL refuses both, whichever of the two came from the command line
+    assert code == 2 and out == ""
+    both = "steps_per_generation and generation_batch_size are both set: TRL accepts only one of them"
+    assert err == f"fipo-trl check: error: {both}\n"
     code, out, _ = run_check(capsys, recipe, "--per_device_train_batch_size", 64, "--steps_per_generation", 8)
     assert code == 0 and "per_device_train_batch_size=64 looks like a count of prompts" in out
 

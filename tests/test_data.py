@@ -232,11 +232,18 @@ def test_truncation_of_plain_text_and_short_prompts(tokenizer):
 
 
 def test_loader_truncates_when_given_a_tokenizer(dapo_parquet, tokenizer):
-    # the loaders apply the same left truncation to every row
-    dataset = load_dapo_math(dapo_parquet, tokenizer=tokenizer, max_prompt_length=40)
-    for prompt in dataset["prompt"]:
+    # the loaders apply the same left truncation to every row: each prompt is longer than the budget before, fits
+    # it after, and keeps its end (the answer instruction)
+    def length(prompt):
         rendered = tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
-        assert len(tokenizer(rendered, add_special_tokens=False)["input_ids"]) <= 40
+        return len(tokenizer(rendered, add_special_tokens=False)["input_ids"])
+
+    full = load_dapo_math(dapo_parquet)
+    truncated = load_dapo_math(dapo_parquet, tokenizer=tokenizer, max_prompt_length=40)
+    assert len(full) == len(truncated) == 3
+    for before, after in zip(full["prompt"], truncated["prompt"], strict=True):
+        assert length(before) > 40 >= length(after)
+        assert before[0]["content"].endswith(after[0]["content"]) and after[0]["content"].endswith('"Answer:".')
 
 
 def test_dapo_math_reward_model_without_ground_truth(tmp_path):

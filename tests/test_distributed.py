@@ -160,6 +160,7 @@ def ddp_run(tiny_model_dir, tmp_path_factory):
     return launch_torchrun(tiny_model_dir, out), out
 
 
+@pytest.mark.slow  # 2 processes
 def test_ddp_both_ranks_train_in_sync(ddp_run):
     ranks, _ = ddp_run
     summaries = [r["summary"] for r in ranks]
@@ -171,6 +172,7 @@ def test_ddp_both_ranks_train_in_sync(ddp_run):
     assert len(summaries[0]["losses"]) == MAX_STEPS
 
 
+@pytest.mark.slow  # 2 processes
 def test_ddp_fipo_metrics_equal_single_process_computation_on_both_ranks_data(ddp_run):
     from fipo_trl.core import FIPOWeights, weight_bounds
     from fipo_trl.diagnostics import fipo_diagnostics
@@ -211,6 +213,7 @@ def test_ddp_fipo_metrics_equal_single_process_computation_on_both_ranks_data(dd
     assert off_policy_seen, "no off-policy micro-step: steps_per_generation=2 should make step 1 stale"
 
 
+@pytest.mark.slow  # 2 processes
 def test_ddp_checkpoint_is_written_once(ddp_run):
     _, out = ddp_run
     checkpoints = sorted(p.name for p in out.glob("checkpoint-*"))
@@ -229,6 +232,7 @@ def test_ddp_checkpoint_is_written_once(ddp_run):
     assert incomplete_reason(out / f"checkpoint-{MAX_STEPS}", marker_required=True) is None
 
 
+@pytest.mark.slow  # 2 processes
 @pytest.mark.parametrize("stage", [2, 3])
 def test_deepspeed_zero_two_processes_on_cpu_matches_ddp(stage, ddp_run, tiny_model_dir, tmp_path):
     ranks = launch_deepspeed(tiny_model_dir, tmp_path, f"configs/accelerate/zero{stage}.yaml")
@@ -272,6 +276,7 @@ def run_slurm_script(folder, *args):
     return result, log.read_text().splitlines() if log.exists() else []
 
 
+@pytest.mark.slow  # the launcher starts a python process per step: ~11 s each on 2 busy cores
 def test_slurm_script_puts_vllm_on_first_node_and_ranks_the_others(tmp_path):
     # Slurm, vLLM and accelerate are stubs that log their command lines; fipo-trl check runs for real
     overrides = ["--gradient_accumulation_steps", "64", "--steps_per_generation", "512"]  # 16 processes, 1024/step
@@ -288,6 +293,7 @@ def test_slurm_script_puts_vllm_on_first_node_and_ranks_the_others(tmp_path):
         assert line.endswith(f"--vllm_server_host node0 --vllm_server_port 8000 {' '.join(overrides)}")
 
 
+@pytest.mark.slow  # the launcher starts a python process per step: ~11 s each on 2 busy cores
 def test_slurm_script_refuses_an_impossible_recipe_before_starting_anything(tmp_path):
     # 1 per device × 16 processes × 64 steps = 1024 completions: not whole groups of 48
     result, calls = run_slurm_script(tmp_path, "--num_generations", "48")

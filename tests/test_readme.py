@@ -4,7 +4,12 @@ import json
 import shlex
 from pathlib import Path
 
+import pytest
+
 from fipo_trl.cli import main as fipo_trl
+
+
+pytestmark = pytest.mark.slow  # each test trains or evaluates the shipped model as a user would (tens of seconds)
 
 
 ROOT = Path(__file__).resolve().parents[1]

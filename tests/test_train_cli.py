@@ -1,6 +1,8 @@
 """`fipo-trl train`: a short CPU run from the shipped model, resuming it, and one-line errors for bad recipes."""
 
 import json
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -78,10 +80,13 @@ def test_model_card_names_the_model_trained_from(two_step_run):
     assert "huggingface.co/datasets/synthetic" not in card  # the generator is no Hub dataset
 
 
-def test_resume_continues_the_step_count(two_step_run):
-    argv = ["train", str(RECIPE), *FAST, "--max_steps", "3", "--output_dir", str(two_step_run)]
+def test_resume_continues_the_step_count(two_step_run, tmp_path):
+    # a copy: the shared run stays as the other tests expect it, whatever order they run in
+    out = shutil.copytree(two_step_run, tmp_path / "run")
+    assert not (out / "checkpoint-3").exists()
+    argv = ["train", str(RECIPE), *FAST, "--max_steps", "3", "--output_dir", str(out)]
     assert cli_main([*argv, "--resume_from_checkpoint", "last", "--report_to", "none"]) == 0
-    state = json.loads((two_step_run / "checkpoint-3" / "trainer_state.json").read_text())
+    state = json.loads((out / "checkpoint-3" / "trainer_state.json").read_text())
     assert state["global_step"] == 3
     # the resumed run logged only step 3; steps 1-2 come from the checkpoint it started from
     assert [entry["step"] for entry in state["log_history"] if "loss" in entry] == [1, 2, 3]
@@ -158,14 +163,21 @@ def test_shipped_model_path_resolves_outside_the_repository(tmp_path, monkeypatc
     assert resolve_model_path("Qwen/Qwen2.5-7B") == "Qwen/Qwen2.5-7B"  # Hub ids pass through
 
 
-def test_without_wandb_the_recipe_falls_back_to_console_logging(monkeypatch):
+def test_without_wandb_the_recipe_falls_back_to_console_logging(monkeypatch, tmp_path, caplog):
+    # wandb is a dependency, so its absence is simulated: the same recipe keeps wandb when it imports
     from fipo_trl.train import set_up_wandb
 
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))  # else set_up_wandb would set it for the rest of the session
+    _, training_args, _ = parse_recipe([str(RECIPE), "--output_dir", str(tmp_path / "with")])
+    set_up_wandb(training_args)
+    assert training_args.report_to == ["wandb"] and (tmp_path / "with").is_dir()
+
     monkeypatch.setitem(sys.modules, "wandb", None)  # `import wandb` now raises ImportError
-    _, training_args, _ = parse_recipe([str(RECIPE)])
+    _, training_args, _ = parse_recipe([str(RECIPE), "--output_dir", str(tmp_path / "without")])
     assert training_args.report_to == ["wandb"]
     set_up_wandb(training_args)
     assert training_args.report_to == []
+    assert "wandb is not installed (pip install wandb): logging to the console only." in caplog.text
 
 
 def test_first_reward_also_logs_accuracy_and_unknown_names_are_errors():
@@ -209,6 +221,26 @@ def test_help_shows_the_call_and_the_recipe_fields_without_importing_torch():
     for name in ("--dataset_name", "--reward_funcs", "--heldout_size", "--fipo_decay_rate", "--fipo_clip_range"):
         assert name in out
     assert "--help-all" in out and len(out.splitlines()) < 60
+
+
+@pytest.mark.parametrize(("user_setting", "threads"), [(None, 1), ("2", 2)])
+def test_commands_run_torch_on_one_cpu_thread_unless_the_user_chose(user_setting, threads):
+    # a fresh interpreter, as the console script starts: the rule must act before torch is imported. The command's
+    # module is a probe that reports the thread count torch starts with (the real ones import torch the same way)
+    code = (
+        "import sys, types; from fipo_trl import cli\n"
+        "assert 'torch' not in sys.modules\n"
+        "probe = types.ModuleType('probe')\n"
+        "def report(args):\n"
+        "    import torch; print('THREADS', torch.get_num_threads()); return 0\n"
+        "probe.cli = report; sys.modules['probe'] = probe; cli.COMMANDS['train'] = ('probe', 'cli', '')\n"
+        "sys.exit(cli.main(['train']))\n"
+    )
+    env = {key: value for key, value in os.environ.items() if key != "OMP_NUM_THREADS"}
+    if user_setting is not None:
+        env["OMP_NUM_THREADS"] = user_setting
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert result.stdout.split() == ["THREADS", str(threads)]
 
 
 def test_help_all_lists_every_grpo_field(capsys):
