@@ -35,10 +35,11 @@ SPECIAL_TOKENS = ["<|endoftext|>", "<|pad|>", "<unk>"]
 CHARACTERS = list("0123456789+-*=x?, :\n") + sorted(set("Answer"))
 
 
-def build_tokenizer():
+def build_tokenizer(model_max_length=64):
     """
     A character tokenizer written as a byte-level BPE without merges: one token per character, decoded back to plain
     text, and loaded unchanged by `AutoTokenizer` (which maps Qwen2 checkpoints to `Qwen2Tokenizer`, a byte-level BPE).
+    Shared with `scripts/build_reasoning_model.py`, which passes a longer `model_max_length`.
     """
     byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False)
     symbols = [byte_level.pre_tokenize_str(char)[0][0] for char in CHARACTERS]  # " " -> "Ġ", "\n" -> "Ċ"
@@ -53,11 +54,12 @@ def build_tokenizer():
         pad_token="<|pad|>",
         unk_token="<unk>",
         padding_side="left",
-        model_max_length=64,
+        model_max_length=model_max_length,
     )
 
 
-def build_model(tokenizer, seed):
+def build_model(tokenizer, seed, max_position_embeddings=64):
+    """The untrained character-level Qwen2 (d=128, 4 layers, ~0.79M parameters), initialised from `seed`."""
     torch.manual_seed(seed)
     config = Qwen2Config(
         vocab_size=len(tokenizer),
@@ -66,7 +68,7 @@ def build_model(tokenizer, seed):
         num_hidden_layers=4,
         num_attention_heads=4,
         num_key_value_heads=2,
-        max_position_embeddings=64,
+        max_position_embeddings=max_position_embeddings,
         tie_word_embeddings=True,
         pad_token_id=tokenizer.pad_token_id,
         eos_token_id=tokenizer.eos_token_id,
@@ -88,11 +90,16 @@ def noisy_answer(rng, answer, noise):
 
 
 def encode_batch(tokenizer, rows, answers):
-    """Prompt + completion + eos, right-padded; labels are -100 on the prompt and padding (loss on the answer)."""
+    """Prompt + "Answer: <n>" + eos, right-padded; labels are -100 on the prompt and padding (loss on the answer)."""
+    return encode_completions(tokenizer, [row["prompt"] for row in rows], [format_answer(a) for a in answers])
+
+
+def encode_completions(tokenizer, prompts, completions):
+    """Prompt + completion + eos, right-padded; labels are -100 on the prompt and padding (loss on the completion)."""
     ids, labels = [], []
-    for row, answer in zip(rows, answers, strict=True):
-        prompt = tokenizer(row["prompt"], add_special_tokens=False)["input_ids"]
-        completion = tokenizer(format_answer(answer), add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    for prompt_text, completion_text in zip(prompts, completions, strict=True):
+        prompt = tokenizer(prompt_text, add_special_tokens=False)["input_ids"]
+        completion = tokenizer(completion_text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
         ids.append(prompt + completion)
         labels.append([-100] * len(prompt) + completion)
     width = max(len(x) for x in ids)
