@@ -2,7 +2,7 @@
 Build the reasoning testbed's policy: the quickstart's character-level Qwen2, pre-trained (supervised) on sums of 3-6
 two-digit numbers answered either directly (short, mostly wrong) or step by step (longer, usually right).
 
-    python scripts/build_reasoning_model.py                 # ~15-30 min on 1 thread; writes fipo_trl/assets/tiny-qwen2-long-sum
+    python scripts/build_reasoning_model.py       # ~20-30 min on 1 thread; writes fipo_trl/assets/tiny-qwen2-long-sum
     python scripts/build_reasoning_model.py --output_dir /tmp/ls --skill_checkpoint /tmp/ls-skill.pt   # to explore
 
 What the model is and is not:
@@ -13,9 +13,9 @@ What the model is and is not:
 2. Direct answers are trained with label noise (`--direct_noise` of them replaced by the true sum ± 1..30), and a
    model this small cannot add 3-6 numbers in one go anyway: sampled direct answers are almost always wrong. The
    step-by-step labels are always right, and each line is a single two-number addition the model learns.
-3. Two phases, because the skill arrives abruptly and only on a step-heavy mix (measured in
-   `docs/testbed-feasibility.md`, a prototype): phase 1 ("skill") trains on `--skill_step_share` (80%) step-by-step
-   answers until greedy decoding is right `--skill_threshold` of the time. Phase 2 ("prior") keeps the skill but
+3. Two phases, because the skill arrives abruptly and only on a step-heavy mix (measured on a
+   prototype): phase 1 ("skill") trains on `--skill_step_share` (80%) step-by-step answers until the greedy
+   step-by-step answers are right `--skill_threshold` of the time. Phase 2 ("prior") keeps the skill but
    makes step by step rare, the rarer the more operands (`--prior_step_shares`), at a low learning rate, until the
    model samples step by step at most `--target_step_share` of the time. RL then has a reason to lengthen answers, and
    room to do it gradually: one operand count after the other, from 3 (~35 tokens) to 6 (~66 tokens).
@@ -129,7 +129,9 @@ def main(argv=None):
     parser.add_argument("--direct_noise", type=float, default=0.5, help="share of direct labels off by 1..30")
     parser.add_argument("--skill_step_share", type=float, default=0.8, help="phase 1: share of step-by-step labels")
     parser.add_argument("--skill_learning_rate", type=float, default=2e-3)
-    parser.add_argument("--skill_threshold", type=float, default=0.85, help="greedy accuracy that ends phase 1")
+    parser.add_argument(
+        "--skill_threshold", type=float, default=0.85, help="greedy step-by-step accuracy that ends phase 1"
+    )
     parser.add_argument("--max_skill_steps", type=int, default=2000)
     parser.add_argument("--check_every", type=int, default=100, help="phase 1: steps between greedy checks")
     parser.add_argument(
@@ -209,7 +211,8 @@ def main(argv=None):
             loss = train_step(args.skill_step_share)
             skill_steps += 1
             if skill_steps % args.check_every == 0:
-                if report("skill", skill_steps, loss, do_sample=False)["accuracy"] >= args.skill_threshold:
+                # greedy picks direct for some prompts: the skill is the accuracy of the step-by-step answers
+                if (report("skill", skill_steps, loss, do_sample=False)["step_accuracy"] or 0) >= args.skill_threshold:
                     break
         if args.skill_checkpoint:
             state = {
@@ -227,7 +230,7 @@ def main(argv=None):
     for group in optimizer.param_groups:
         group["lr"] = group["initial_lr"] = args.prior_learning_rate
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
-    shares = {n: share for n, share in zip(range(LONG_SUM_OPERANDS[0], 99), args.prior_step_shares)}
+    shares = dict(zip(range(LONG_SUM_OPERANDS[0], LONG_SUM_OPERANDS[1] + 1), args.prior_step_shares, strict=True))
     prior_steps = 0
     while prior_steps < args.max_prior_steps:
         loss = train_step(shares)
