@@ -146,6 +146,7 @@ def main(argv=None):
     parser.add_argument("--max_prior_steps", type=int, default=400)
     parser.add_argument("--prior_check_every", type=int, default=25, help="phase 2: steps between sampled checks")
     parser.add_argument("--check_size", type=int, default=128, help="held-out prompts read by the stopping rules")
+    parser.add_argument("--final_size", type=int, default=RECIPE_HELDOUT_SIZE, help="held-out prompts of build_stats")
     parser.add_argument("--skill_checkpoint", type=Path, help="save the end of phase 1 here, or resume from it")
     args = parser.parse_args(argv)
     if len(args.prior_step_shares) != LONG_SUM_OPERANDS[1] - LONG_SUM_OPERANDS[0] + 1:
@@ -240,6 +241,7 @@ def main(argv=None):
                 break
 
     # What RL starts from: the recipe's whole held-out set, sampled as the recipe's check samples it
+    heldout = heldout[: args.final_size]
     texts, lengths = sample(model, tokenizer, [r["prompt"] for r in heldout], do_sample=True, seed=0)
     final = describe(heldout, texts, lengths)
     greedy_texts, greedy_lengths = sample(model, tokenizer, [r["prompt"] for r in heldout], do_sample=False, seed=0)
