@@ -130,9 +130,9 @@ def main(argv=None):
     parser.add_argument("--skill_step_share", type=float, default=0.8, help="phase 1: share of step-by-step labels")
     parser.add_argument("--skill_learning_rate", type=float, default=2e-3)
     parser.add_argument(
-        "--skill_threshold", type=float, default=0.85, help="greedy step-by-step accuracy that ends phase 1"
+        "--skill_threshold", type=float, default=0.7, help="greedy step-by-step accuracy that ends phase 1"
     )
-    parser.add_argument("--max_skill_steps", type=int, default=2000)
+    parser.add_argument("--max_skill_steps", type=int, default=1000)
     parser.add_argument("--check_every", type=int, default=100, help="phase 1: steps between greedy checks")
     parser.add_argument(
         "--prior_step_shares",
@@ -143,7 +143,7 @@ def main(argv=None):
     )
     parser.add_argument("--prior_learning_rate", type=float, default=5e-4)
     parser.add_argument("--target_step_share", type=float, default=0.3, help="sampled share that ends phase 2")
-    parser.add_argument("--max_prior_steps", type=int, default=400)
+    parser.add_argument("--max_prior_steps", type=int, default=200)
     parser.add_argument("--prior_check_every", type=int, default=25, help="phase 2: steps between sampled checks")
     parser.add_argument("--check_size", type=int, default=128, help="held-out prompts read by the stopping rules")
     parser.add_argument("--final_size", type=int, default=RECIPE_HELDOUT_SIZE, help="held-out prompts of build_stats")
@@ -152,7 +152,6 @@ def main(argv=None):
     if len(args.prior_step_shares) != LONG_SUM_OPERANDS[1] - LONG_SUM_OPERANDS[0] + 1:
         raise ValueError("--prior_step_shares needs one share per operand count (3, 4, 5, 6).")
 
-    settings = {k: v for k, v in vars(args).items() if k not in ("output_dir", "skill_checkpoint")}
     torch.set_num_threads(1)  # one thread: reproducible float reductions, and no OpenMP spin on a busy CPU
     tokenizer = build_tokenizer(model_max_length=MAX_POSITIONS)
     model = build_model(tokenizer, args.seed, max_position_embeddings=MAX_POSITIONS)
@@ -246,6 +245,7 @@ def main(argv=None):
     final = describe(heldout, texts, lengths)
     greedy_texts, greedy_lengths = sample(model, tokenizer, [r["prompt"] for r in heldout], do_sample=False, seed=0)
     final["greedy_accuracy"] = describe(heldout, greedy_texts, greedy_lengths)["accuracy"]
+    settings = {k: v for k, v in vars(args).items() if k not in ("output_dir", "skill_checkpoint")}
     stats = {
         **settings,
         "skill_steps": skill_steps,

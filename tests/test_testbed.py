@@ -1,4 +1,4 @@
-"""The reasoning testbed: the `long_sum` task and its step-by-step detector, the seeded model builder, and the recipe."""
+"""The reasoning testbed: the `long_sum` task and its step detector, the seeded model builder, and the recipe."""
 
 import hashlib
 import importlib.util
