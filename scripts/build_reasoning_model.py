@@ -132,7 +132,7 @@ def main(argv=None):
     parser.add_argument(
         "--skill_threshold", type=float, default=0.7, help="greedy step-by-step accuracy that ends phase 1"
     )
-    parser.add_argument("--max_skill_steps", type=int, default=1000)
+    parser.add_argument("--max_skill_steps", type=int, default=1400)
     parser.add_argument("--check_every", type=int, default=100, help="phase 1: steps between greedy checks")
     parser.add_argument(
         "--prior_step_shares",
@@ -206,25 +206,27 @@ def main(argv=None):
         torch.set_rng_state(state["torch_rng"])
         skill_steps, history = state["skill_steps"], state["history"]
         print(f"Resumed phase 1 from {args.skill_checkpoint} ({skill_steps} steps)")
-    else:
-        while skill_steps < args.max_skill_steps:
-            loss = train_step(args.skill_step_share)
-            skill_steps += 1
-            if skill_steps % args.check_every == 0:
-                # greedy picks direct for some prompts: the skill is the accuracy of the step-by-step answers
-                if (report("skill", skill_steps, loss, do_sample=False)["step_accuracy"] or 0) >= args.skill_threshold:
-                    break
-        if args.skill_checkpoint:
-            state = {
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "schedule": schedule.state_dict(),
-                "rng": rng.getstate(),
-                "torch_rng": torch.get_rng_state(),
-                "skill_steps": skill_steps,
-                "history": history,
-            }
-            torch.save(state, args.skill_checkpoint)
+    # a resumed phase 1 goes on where it stopped if its rule allows (e.g. a higher --max_skill_steps)
+    skilled = any(h["phase"] == "skill" and (h["step_accuracy"] or 0) >= args.skill_threshold for h in history)
+    resumed_at = skill_steps
+    while not skilled and skill_steps < args.max_skill_steps:
+        loss = train_step(args.skill_step_share)
+        skill_steps += 1
+        if skill_steps % args.check_every == 0:
+            # greedy picks direct for some prompts: the skill is the accuracy of the step-by-step answers
+            stats = report("skill", skill_steps, loss, do_sample=False)
+            skilled = (stats["step_accuracy"] or 0) >= args.skill_threshold
+    if args.skill_checkpoint and skill_steps > resumed_at:
+        state = {
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "schedule": schedule.state_dict(),
+            "rng": rng.getstate(),
+            "torch_rng": torch.get_rng_state(),
+            "skill_steps": skill_steps,
+            "history": history,
+        }
+        torch.save(state, args.skill_checkpoint)
 
     # Phase 2: a low rate on a direct-heavy mix moves the prior (which format to start) more than the skill
     for group in optimizer.param_groups:
