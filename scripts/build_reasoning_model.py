@@ -2,7 +2,7 @@
 Build the reasoning testbed's policy: the quickstart's character-level Qwen2, pre-trained (supervised) on sums of 3-6
 two-digit numbers answered either directly (short, mostly wrong) or step by step (longer, usually right).
 
-    python scripts/build_reasoning_model.py       # ~35 min on 1 idle thread; writes fipo_trl/assets/tiny-qwen2-long-sum
+    python scripts/build_reasoning_model.py      # ~35 min on an idle core; writes fipo_trl/assets/tiny-qwen2-long-sum
     python scripts/build_reasoning_model.py --output_dir /tmp/ls --skill_checkpoint /tmp/ls-skill.pt   # to explore
 
 What the model is and is not:
