@@ -249,6 +249,10 @@ def train_one(lib, method, seed, argv):
         }
         for (bucket, sign), (total, count) in sorted((trainer.position_weights or {}).items())
     ]
+    weights_moved = any(row["weight_min"] is not None and row["weight_min"] < 1 for row in rows)
+    if weights_moved and not positions:
+        # FIPOTrainer._log_fipo_metrics is the hook; a renamed hook would silently empty the curve
+        raise RuntimeError("no FIPO weights were recorded by position: did FIPOTrainer._log_fipo_metrics change?")
     return {
         "rows": rows,
         "positions": positions,
