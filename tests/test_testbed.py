@@ -1,5 +1,6 @@
 """The reasoning testbed: the `long_sum` task and its step detector, the seeded model builder, and the recipe."""
 
+import argparse
 import hashlib
 import importlib.util
 import json
@@ -174,3 +175,33 @@ def test_recipe_trains_the_shipped_model_off_policy(tmp_path):
     assert any(not torch.equal(before[name], after[name]) for name in before if name in after)
     page = (tmp_path / "run" / "token_view" / "latest.html").read_text()
     assert "↵<br>" in page or "Answer" in page  # a rendered completion, line breaks kept
+
+
+# ---- the comparison script: it must fail before training, not after ------------------------------------------------
+
+
+def load_compare():
+    spec = importlib.util.spec_from_file_location("compare_dapo_fipo", ROOT / "examples" / "compare_dapo_fipo.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def compare_argv(*extra):
+    return ["--config", str(RECIPE), "--report_to", "none", "--output_dir", "unused", *extra]
+
+
+def test_compare_stops_at_start_without_matplotlib(monkeypatch):
+    compare = load_compare()
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # `import matplotlib` now raises ImportError
+    cli = argparse.Namespace(heldout_size=256)
+    with pytest.raises(SystemExit, match="pip install matplotlib"):
+        compare.check_start(cli, compare.library(), compare_argv())
+
+
+def test_compare_stops_at_start_when_no_step_would_be_logged():
+    compare = load_compare()
+    cli = argparse.Namespace(heldout_size=256)
+    with pytest.raises(SystemExit, match="--max_steps 5 < logging_steps 10"):
+        compare.check_start(cli, compare.library(), compare_argv("--max_steps", "5"))
+    compare.check_start(cli, compare.library(), compare_argv("--max_steps", "10"))  # enough steps: no error
