@@ -50,11 +50,16 @@ def noisy_answer(rng, answer, noise):
 
 
 def encode_batch(tokenizer, rows, answers):
-    """Prompt + completion + eos, right-padded; labels are -100 on the prompt and padding (loss on the answer)."""
+    """Prompt + "Answer: <n>" + eos, right-padded; labels are -100 on the prompt and padding (loss on the answer)."""
+    return encode_completions(tokenizer, [row["prompt"] for row in rows], [format_answer(a) for a in answers])
+
+
+def encode_completions(tokenizer, prompts, completions):
+    """Prompt + completion + eos, right-padded; labels are -100 on the prompt and padding (loss on the completion)."""
     ids, labels = [], []
-    for row, answer in zip(rows, answers, strict=True):
-        prompt = tokenizer(row["prompt"], add_special_tokens=False)["input_ids"]
-        completion = tokenizer(format_answer(answer), add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    for prompt_text, completion_text in zip(prompts, completions, strict=True):
+        prompt = tokenizer(prompt_text, add_special_tokens=False)["input_ids"]
+        completion = tokenizer(completion_text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
         ids.append(prompt + completion)
         labels.append([-100] * len(prompt) + completion)
     width = max(len(x) for x in ids)
