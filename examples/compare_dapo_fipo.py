@@ -72,17 +72,29 @@ CURVES = {  # CSV column: logged key (None when a method does not log it)
 
 def library():
     """
-    Every `fipo_trl` name this script needs beyond the trainer, in one place (the recipe parser, the job preparation
-    that builds datasets and rewards from a recipe, and the sampler of the held-out check), so that a move of those
-    helpers between modules is a change here only.
+    Every `fipo_trl` name this script needs beyond the trainer, in one place: the recipe parser, a `prepare` that
+    builds the tokenizer, datasets and rewards of a recipe as `fipo-trl train` does, and the held-out sampler.
     """
-    from fipo_trl.evaluate import generate_with_transformers, tokenize_prompts
-    from fipo_trl.train import FIPOScriptArguments, parse_recipe, prepare
+    from fipo_trl import data, models, rewards
+    from fipo_trl.generation import generate_with_transformers, tokenize_prompts
+    from fipo_trl.recipe import FIPOScriptArguments, parse_recipe
+
+    def prepare(script_args, training_args, model_args):
+        model_args.model_name_or_path = models.resolve_model_path(model_args.model_name_or_path)
+        tokenizer = models.load_tokenizer(model_args.model_name_or_path, model_args.model_revision)
+        train_dataset, heldout_dataset = data.get_dataset(script_args, tokenizer)
+        training_args.model_init_kwargs = {"dtype": model_args.dtype}
+        return SimpleNamespace(
+            tokenizer=tokenizer,
+            train_dataset=train_dataset,
+            heldout_dataset=heldout_dataset,
+            reward_funcs=rewards.get_reward_funcs(script_args, training_args),
+        )
 
     return SimpleNamespace(
         FIPOScriptArguments=FIPOScriptArguments,
         parse_recipe=parse_recipe,
-        prepare=prepare,  # -> job with .tokenizer, .train_dataset, .heldout_dataset, .reward_funcs
+        prepare=prepare,
         generate=generate_with_transformers,
         tokenize_prompts=tokenize_prompts,
     )

@@ -44,7 +44,7 @@ class FIPOScriptArguments(ScriptArguments):
             Prompts longer than this many tokens lose their beginning (left truncation, official: 2048). `None`
             keeps prompts whole.
         synthetic_task (`str`, *optional*, defaults to `"addition"`):
-            Task of the synthetic generator: `"addition"` or `"linear"`.
+            Task of the synthetic generator: `"addition"`, `"linear"` or `"long_sum"` (the reasoning testbed).
         synthetic_digits (`int`, *optional*, defaults to `2`):
             Digits per operand of the synthetic problems.
         synthetic_train_size (`int`, *optional*, defaults to `4096`):
@@ -81,7 +81,9 @@ class FIPOScriptArguments(ScriptArguments):
     max_prompt_length: int | None = field(
         default=None, metadata={"help": "Left-truncate prompts to this many tokens (official: 2048); None keeps all."}
     )
-    synthetic_task: str = field(default="addition", metadata={"help": "Synthetic task: 'addition' or 'linear'."})
+    synthetic_task: str = field(
+        default="addition", metadata={"help": "Synthetic task: 'addition', 'linear' or 'long_sum'."}
+    )
     synthetic_digits: int = field(default=2, metadata={"help": "Digits per operand of the synthetic problems."})
     synthetic_train_size: int = field(default=4096, metadata={"help": "Number of synthetic training problems."})
     synthetic_seed: int = field(default=0, metadata={"help": "Seed of the synthetic training/held-out problems."})
