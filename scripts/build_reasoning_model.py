@@ -36,7 +36,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the shared builder, when imported from elsewhere
 
-from build_tiny_model import build_model, build_tokenizer, encode_completions, save  # noqa: E402
+from build_tiny_model import build_model, build_tokenizer, encode_completions, save, supervised_step  # noqa: E402
 
 from fipo_trl.rewards import dapo_accuracy_reward  # noqa: E402
 from fipo_trl.synthetic import (  # noqa: E402
@@ -177,14 +177,8 @@ def main(argv=None):
             completions = [
                 completion_for(rng, row, step_share[operand_count(row["prompt"])], args.direct_noise) for row in rows
             ]
-        input_ids, attention_mask, labels = encode_completions(tokenizer, [r["prompt"] for r in rows], completions)
-        loss = model(input_ids=input_ids, attention_mask=attention_mask, labels=labels).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        schedule.step()
-        optimizer.zero_grad(set_to_none=True)
-        return loss.item()
+        batch = encode_completions(tokenizer, [r["prompt"] for r in rows], completions)
+        return supervised_step(model, optimizer, schedule, batch)
 
     def report(phase, step, loss, do_sample):
         texts, lengths = sample(model, tokenizer, [r["prompt"] for r in check], do_sample, seed=0)

@@ -72,6 +72,18 @@ def encode_completions(tokenizer, prompts, completions):
     return input_ids, attention_mask, label_ids
 
 
+def supervised_step(model, optimizer, schedule, batch):
+    """One step on `(input_ids, attention_mask, labels)`: the loss, gradients clipped at 1, AdamW; returns the loss."""
+    input_ids, attention_mask, labels = batch
+    loss = model(input_ids=input_ids, attention_mask=attention_mask, labels=labels).loss
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    optimizer.step()
+    schedule.step()
+    optimizer.zero_grad(set_to_none=True)
+    return loss.item()
+
+
 @torch.no_grad()
 def accuracy(model, tokenizer, rows, do_sample, seed=0):
     """Fraction of `rows` answered exactly right, with one greedy or T=1 sampled completion each."""
@@ -124,14 +136,7 @@ def main():
     def train_step(noise):
         rows = rng.sample(train, args.batch_size)
         answers = [noisy_answer(rng, int(row["solution"]), noise) for row in rows]
-        input_ids, attention_mask, labels = encode_batch(tokenizer, rows, answers)
-        loss = model(input_ids=input_ids, attention_mask=attention_mask, labels=labels).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        schedule.step()
-        optimizer.zero_grad(set_to_none=True)
-        return loss.item()
+        return supervised_step(model, optimizer, schedule, encode_batch(tokenizer, rows, answers))
 
     def report(phase, step, loss):
         stats = {
