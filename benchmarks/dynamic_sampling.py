@@ -29,8 +29,8 @@ import yaml  # noqa: E402
 from transformers import PrinterCallback  # noqa: E402
 
 from fipo_trl import FIPOConfig, FIPOTrainer  # noqa: E402
+from fipo_trl.data.synthetic import synthetic_dataset  # noqa: E402
 from fipo_trl.rewards import dapo_accuracy_reward  # noqa: E402
-from fipo_trl.synthetic import synthetic_dataset  # noqa: E402
 
 
 ROOT = Path(__file__).resolve().parents[1]

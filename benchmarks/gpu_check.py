@@ -32,7 +32,8 @@ from transformers import TrainerCallback  # noqa: E402
 from transformers.trainer_callback import PrinterCallback  # noqa: E402
 from trl import GRPOConfig, GRPOTrainer  # noqa: E402
 
-from fipo_trl import FIPOConfig, FIPOTrainer, discounted_future_sum, tiny_model  # noqa: E402
+from fipo_trl import FIPOConfig, FIPOTrainer, discounted_future_sum  # noqa: E402
+from fipo_trl.testing import tiny_model  # noqa: E402
 
 
 GAMMA = 2 ** (-1 / 32)  # FIPO's discount at the official τ = 32
@@ -112,7 +113,7 @@ def bench_future_sum(sizes, device):
 
 
 def build_model(path, sizes, dtype):
-    """A randomly initialised Qwen2 and a character tokenizer over every byte (`fipo_trl.tiny_model`), in `path`."""
+    """A randomly initialised Qwen2 and a character tokenizer over every byte (`fipo_trl.testing.tiny_model`)."""
     tokenizer = tiny_model.build_tokenizer(None, model_max_length=32768)
     model = tiny_model.build_model(
         tokenizer,

@@ -23,7 +23,8 @@ from datasets import Dataset  # noqa: E402
 from peak_memory import ensure_exact_peaks, peak_growth  # noqa: E402
 from trl import GRPOConfig, GRPOTrainer  # noqa: E402
 
-from fipo_trl import FIPOConfig, FIPOTrainer, tiny_model  # noqa: E402
+from fipo_trl import FIPOConfig, FIPOTrainer  # noqa: E402
+from fipo_trl.testing import tiny_model  # noqa: E402
 
 
 VOCAB = 1024

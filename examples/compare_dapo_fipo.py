@@ -16,7 +16,7 @@ What is compared:
 2. Same seed, same start: the runs of one seed start from the same model and sample the same first generation batch
    (the summary's `first_batch` column is a hash of its completions, to check it).
 3. Both trainers carry the same read-only measurements (`Measured`): quantiles of the response length, the share of
-   step-by-step answers ([`fipo_trl.synthetic.reasoning_steps`]) and the policy's drift |log π_θ − log π_old| per
+   step-by-step answers ([`fipo_trl.data.synthetic.reasoning_steps`]) and the policy's drift |log π_θ − log π_old| per
    token; FIPO also records its influence weight by token position. None of them changes an update.
 
 Each run is saved to `OUTPUT_DIR/runs/<method>-seed<seed>.json` as it finishes, and a run already there is not
@@ -43,7 +43,7 @@ import torch  # noqa: E402
 from trl import GRPOConfig, GRPOTrainer, ModelConfig, TrlParser  # noqa: E402
 
 from fipo_trl import FIPOTrainer  # noqa: E402
-from fipo_trl.synthetic import reasoning_steps  # noqa: E402
+from fipo_trl.data.synthetic import reasoning_steps  # noqa: E402
 
 
 RECIPE = Path(__file__).resolve().parents[1] / "configs" / "quickstart.yaml"
@@ -76,8 +76,8 @@ def library():
     builds the tokenizer, datasets and rewards of a recipe as `fipo-trl train` does, and the held-out sampler.
     """
     from fipo_trl import data, models, rewards
-    from fipo_trl.generation import generate_with_transformers, tokenize_prompts
-    from fipo_trl.recipe import FIPOScriptArguments, parse_recipe
+    from fipo_trl.evaluation.generation import generate_with_transformers, tokenize_prompts
+    from fipo_trl.scripts.recipe import FIPOScriptArguments, parse_recipe
 
     def prepare(script_args, training_args, model_args):
         model_args.model_name_or_path = models.resolve_model_path(model_args.model_name_or_path)

@@ -18,10 +18,10 @@ from transformers import AutoTokenizer  # noqa: E402
 
 from fipo_trl import FIPOConfig, FIPOTrainer  # noqa: E402
 from fipo_trl.callbacks import TokenViewCallback  # noqa: E402
-from fipo_trl.evaluation import heldout_check  # noqa: E402
+from fipo_trl.data.synthetic import train_and_heldout  # noqa: E402
+from fipo_trl.evaluation.evaluate import heldout_check  # noqa: E402
 from fipo_trl.models import ASSETS_DIR  # noqa: E402
 from fipo_trl.rewards import dapo_accuracy_reward  # noqa: E402
-from fipo_trl.synthetic import train_and_heldout  # noqa: E402
 
 
 def main():

@@ -11,7 +11,7 @@ _EXPORTS = {
     "FIPOConfig": "config",
     "FIPOTrainer": "trainer",
     "FIPOWeights": "core",
-    "DynamicSamplingMixin": "sampling",
+    "DynamicSamplingMixin": "dynamic_sampling.mixin",
     "discounted_future_sum": "core",
     "fipo_advantages": "core",
     "fipo_weights": "core",
@@ -29,7 +29,7 @@ __all__ = [
 if TYPE_CHECKING:
     from .config import FIPOConfig
     from .core import FIPOWeights, discounted_future_sum, fipo_advantages, fipo_weights
-    from .sampling import DynamicSamplingMixin
+    from .dynamic_sampling.mixin import DynamicSamplingMixin
     from .trainer import FIPOTrainer
 
 

@@ -12,30 +12,30 @@ from pathlib import Path
 from datasets import Dataset
 from transformers import Trainer, TrainerCallback
 
-from . import evaluation
-from .checkpoints import CheckpointMarkerCallback
 from .core import UNCLIPPED_WEIGHT_MAX, weight_bounds
 from .errors import UsageError
-from .generation import generate_with_transformers, tokenize_prompts
+from .evaluation import evaluate as evaluation
+from .evaluation.generation import generate_with_transformers, tokenize_prompts
+from .run.checkpoints import CheckpointMarkerCallback
 from .token_view import render_token_view
 
 
 def get_callbacks(script_args, training_args, trainer, eval_datasets=None) -> list[TrainerCallback]:
     """
     The callbacks of a recipe: [`TokenViewCallback`] when `token_view` is on, [`MathEvalCallback`] when
-    `math_eval_datasets` names benchmarks, and always, last, [`~fipo_trl.checkpoints.CheckpointMarkerCallback`]
+    `math_eval_datasets` names benchmarks, and always, last, [`~fipo_trl.run.checkpoints.CheckpointMarkerCallback`]
     (a checkpoint looks complete only once its save has finished).
 
     Args:
-        script_args ([`~fipo_trl.recipe.FIPOScriptArguments`]):
+        script_args ([`~fipo_trl.scripts.recipe.FIPOScriptArguments`]):
             `token_view`, `math_eval_steps`, `math_eval_k`.
         training_args ([`~fipo_trl.FIPOConfig`]):
             `max_completion_length` bounds the evaluation's completions.
         trainer ([`FIPOTrainer`]):
             The trainer the callbacks read from and log through.
         eval_datasets (`dict[str, Dataset]`, *optional*):
-            The loaded `math_eval_datasets` ([`~fipo_trl.evaluation.load_eval_datasets`], called before the model
-            loads so that a bad name fails at once).
+            The loaded `math_eval_datasets` ([`~fipo_trl.evaluation.evaluate.load_eval_datasets`], called before
+            the model loads so that a bad name fails at once).
     """
     callbacks = []
     if script_args.token_view:
@@ -129,7 +129,7 @@ class MathEvalCallback(TrainerCallback):
         trainer ([`~transformers.Trainer`]):
             The trainer whose model is evaluated and through which the metrics are logged.
         eval_datasets (`dict[str, Dataset]`):
-            Name → dataset with `prompt` and `solution` columns (e.g. from `fipo_trl.data`).
+            Name → dataset with `prompt` and `solution` columns (e.g. from `fipo_trl.data.math_datasets`).
         eval_steps (`int`):
             Evaluate every this many global steps. Official: every 5 steps (`test_freq`, docs/fipo.md §3.1).
         k (`int`, *optional*, defaults to `32`):

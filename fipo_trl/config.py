@@ -3,7 +3,7 @@ from dataclasses import dataclass, field
 
 from trl import GRPOConfig
 
-from .dynamic_sampling import METRICS, ON_LIMIT, check_round_geometry
+from .dynamic_sampling.group_filter import METRICS, ON_LIMIT, check_round_geometry
 
 
 # Official 32B script: ppo_mini_batch_size 64 of train_batch_size 512 prompts, i.e. 8 optimizer steps per rollout

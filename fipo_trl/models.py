@@ -28,7 +28,7 @@ def resolve_model_path(model_name_or_path: str) -> str:
     Raises:
         UsageError: for a local path that does not exist or holds no model.
     """
-    from .checkpoints import last_complete_checkpoint
+    from .run.checkpoints import last_complete_checkpoint
 
     if not model_name_or_path:
         raise UsageError("model_name_or_path is not set")
@@ -109,7 +109,7 @@ def load_model_and_tokenizer(model_path: str, dtype: str = "auto"):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from .model_files import check_weight_files
+    from .run.weight_files import check_weight_files
 
     adapter = read_adapter_config(model_path)
     base_path = model_path if adapter is None else adapter["base_model_name_or_path"]

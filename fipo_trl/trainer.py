@@ -7,7 +7,7 @@ from trl.trainer.utils import get_config_model_id
 from .config import FIPOConfig
 from .core import LOG_RATIO_CLAMP, fipo_weights, weight_bounds
 from .diagnostics import fipo_diagnostics
-from .sampling import DynamicSamplingMixin
+from .dynamic_sampling.mixin import DynamicSamplingMixin
 
 
 class FIPOTrainer(DynamicSamplingMixin, GRPOTrainer):

@@ -7,7 +7,7 @@ two-digit numbers answered either directly (short, mostly wrong) or step by step
 
 What the model is and is not:
 1. The architecture and tokenizer of `scripts/build_tiny_model.py` (d=128, 4 layers, ~0.79M parameters, one token per
-   character) with 128 positions, trained from scratch on `fipo_trl.synthetic`'s `long_sum` task: the prompt
+   character) with 128 positions, trained from scratch on `fipo_trl.data.synthetic`'s `long_sum` task: the prompt
    `"23+45+17+88=?\\n"` is completed either by `"Answer: 173"` (direct) or by
    `"23+45=68\\n68+17=85\\n85+88=173\\nAnswer: 173"` (step by step, one running sum per line).
 2. Direct answers are trained with label noise (`--direct_noise` of them replaced by the true sum ± 1..30), and a
@@ -38,8 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # the shared builder, 
 
 from build_tiny_model import build_model, build_tokenizer, encode_completions, save, supervised_step  # noqa: E402
 
-from fipo_trl.rewards import dapo_accuracy_reward  # noqa: E402
-from fipo_trl.synthetic import (  # noqa: E402
+from fipo_trl.data.synthetic import (  # noqa: E402
     LONG_SUM_OPERANDS,
     format_answer,
     generate_problems,
@@ -47,6 +46,7 @@ from fipo_trl.synthetic import (  # noqa: E402
     step_by_step_answer,
     train_and_heldout,
 )
+from fipo_trl.rewards import dapo_accuracy_reward  # noqa: E402
 
 
 DEFAULT_OUTPUT = Path(__file__).resolve().parents[1] / "fipo_trl" / "assets" / "tiny-qwen2-long-sum"

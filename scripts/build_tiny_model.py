@@ -24,8 +24,8 @@ from pathlib import Path
 
 import torch
 
-from fipo_trl import tiny_model
-from fipo_trl.synthetic import format_answer, generate_problems, train_and_heldout
+from fipo_trl.data.synthetic import format_answer, generate_problems, train_and_heldout
+from fipo_trl.testing import tiny_model
 
 
 DEFAULT_OUTPUT = Path(__file__).resolve().parents[1] / "fipo_trl" / "assets" / "tiny-qwen2-addition"
@@ -33,7 +33,7 @@ QUICKSTART_TRAIN_SIZE, QUICKSTART_HELDOUT_SIZE = 4096, 256  # configs/quickstart
 
 
 def build_tokenizer(model_max_length=64):
-    """The quickstart's character tokenizer (`fipo_trl.tiny_model`): digits, `+-*=x?, :` and newline, "Answer"."""
+    """The quickstart's character tokenizer (`fipo_trl.testing.tiny_model`): digits, `+-*=x?, :`, newline, "Answer"."""
     return tiny_model.build_tokenizer(model_max_length=model_max_length)
 
 

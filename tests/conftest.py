@@ -1,4 +1,4 @@
-"""Shared offline fixtures: a tiny Qwen2 policy (`fipo_trl.tiny_model`) and a locally trained BPE tokenizer."""
+"""Shared offline fixtures: a tiny Qwen2 policy (`fipo_trl.testing.tiny_model`) and a locally trained BPE tokenizer."""
 
 import os
 
@@ -11,7 +11,7 @@ import pytest  # noqa: E402
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers  # noqa: E402
 from transformers import PreTrainedTokenizerFast  # noqa: E402
 
-from fipo_trl import tiny_model  # noqa: E402
+from fipo_trl.testing import tiny_model  # noqa: E402
 
 
 CORPUS = [
@@ -25,8 +25,8 @@ CORPUS = [
 def build_bpe_tokenizer():
     """
     A ~300-token byte-level BPE trained on `CORPUS`, with a ChatML template. Unlike the character tokenizer of
-    `fipo_trl.tiny_model`, its tokens are 1 to many characters long, so a completion's length in characters varies
-    with its tokens: some tests' rewards depend on that (test_dynamic_sampling's `reward_mostly_degenerate`).
+    `fipo_trl.testing.tiny_model`, its tokens are 1 to many characters long, so a completion's length in characters
+    varies with its tokens: some tests' rewards depend on that (test_dynamic_sampling's `reward_mostly_degenerate`).
     """
     tok = Tokenizer(models.BPE(unk_token=None))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)

@@ -11,7 +11,9 @@ from accelerate.commands.config.config_args import load_config_from_file
 from accelerate.utils import DeepSpeedPlugin
 from transformers import AutoModelForCausalLM
 
-from fipo_trl.check import (
+from fipo_trl.cli import main as cli_main
+from fipo_trl.errors import UsageError
+from fipo_trl.scripts.check import (
     Sharding,
     make_parser,
     memory_per_gpu,
@@ -20,8 +22,6 @@ from fipo_trl.check import (
     read_accelerate_config,
     resolve_geometry,
 )
-from fipo_trl.cli import main as cli_main
-from fipo_trl.errors import UsageError
 
 
 ROOT = Path(__file__).resolve().parents[1]

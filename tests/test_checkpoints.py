@@ -4,7 +4,7 @@ import json
 import logging
 from types import SimpleNamespace
 
-from fipo_trl.checkpoints import (
+from fipo_trl.run.checkpoints import (
     MARKER_NAME,
     CheckpointMarkerCallback,
     checkpoint_folders,
@@ -61,7 +61,7 @@ def test_resume_falls_back_to_the_newest_complete_checkpoint_with_a_warning(tmp_
     save(tmp_path, 200)
     save(tmp_path, 300, marker=False)  # killed after trainer_state.json, before the save finished
     (tmp_path / "checkpoint-400").mkdir()  # killed right after the folder was made
-    with caplog.at_level(logging.WARNING, logger="fipo_trl.checkpoints"):
+    with caplog.at_level(logging.WARNING, logger="fipo_trl.run.checkpoints"):
         assert last_complete_checkpoint(tmp_path) == str(tmp_path / "checkpoint-200")
     assert "checkpoint-400: no trainer_state.json" in caplog.text
     assert "checkpoint-300: no checkpoint_complete.json" in caplog.text
@@ -69,7 +69,7 @@ def test_resume_falls_back_to_the_newest_complete_checkpoint_with_a_warning(tmp_
 
 def test_without_any_complete_checkpoint_there_is_none(tmp_path, caplog):
     (tmp_path / "checkpoint-1").mkdir()
-    with caplog.at_level(logging.WARNING, logger="fipo_trl.checkpoints"):
+    with caplog.at_level(logging.WARNING, logger="fipo_trl.run.checkpoints"):
         assert last_complete_checkpoint(tmp_path) is None
     assert "No complete checkpoint" in caplog.text
     assert last_complete_checkpoint(tmp_path / "empty") is None

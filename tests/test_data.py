@@ -8,8 +8,8 @@ import pyarrow as pa
 import pytest
 from transformers import AutoTokenizer
 
-from fipo_trl import data
-from fipo_trl.data import (
+from fipo_trl.data import math_datasets as data
+from fipo_trl.data.math_datasets import (
     DAPO_PROMPT_TEMPLATE,
     apply_dapo_template,
     gsm8k_final_answer,

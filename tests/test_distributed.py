@@ -92,7 +92,7 @@ def worker(model_dir, out_dir, mode):
     )
     dataset = Dataset.from_dict({"prompt": [f"What is {i} + {i}?" for i in range(32)]})
     trainer = RecordingFIPOTrainer(model, reward_funcs=reward_digits, args=config, train_dataset=dataset)
-    from fipo_trl.checkpoints import CheckpointMarkerCallback
+    from fipo_trl.run.checkpoints import CheckpointMarkerCallback
 
     trainer.add_callback(CheckpointMarkerCallback())  # as `fipo-trl train` adds it
     trainer.train()
@@ -225,7 +225,7 @@ def test_ddp_checkpoint_is_written_once(ddp_run):
     state = json.loads((out / f"checkpoint-{MAX_STEPS}" / "trainer_state.json").read_text())
     assert state["global_step"] == MAX_STEPS
     # the completion marker, written once both ranks had saved, lists the other rank's RNG state at its full size
-    from fipo_trl.checkpoints import MARKER_NAME, incomplete_reason
+    from fipo_trl.run.checkpoints import MARKER_NAME, incomplete_reason
 
     marker = json.loads((out / f"checkpoint-{MAX_STEPS}" / MARKER_NAME).read_text())["files"]
     assert {"rng_state_0.pth", "rng_state_1.pth", "trainer_state.json", "model.safetensors"} <= set(marker)

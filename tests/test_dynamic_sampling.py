@@ -16,7 +16,7 @@ from transformers import Trainer
 from trl import GRPOTrainer
 
 from fipo_trl import FIPOConfig, FIPOTrainer
-from fipo_trl.dynamic_sampling import (
+from fipo_trl.dynamic_sampling.group_filter import (
     PromptStream,
     check_round_geometry,
     dynamic_sampling_summary,
@@ -25,7 +25,7 @@ from fipo_trl.dynamic_sampling import (
     row_sources,
     select_groups,
 )
-from fipo_trl.sampling import DynamicSamplingMixin
+from fipo_trl.dynamic_sampling.mixin import DynamicSamplingMixin
 
 
 ROOT = Path(__file__).resolve().parents[1]

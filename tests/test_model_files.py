@@ -7,7 +7,7 @@ import torch
 from safetensors.torch import save_file
 
 from fipo_trl.errors import UsageError
-from fipo_trl.model_files import check_weight_files, weight_files
+from fipo_trl.run.weight_files import check_weight_files, weight_files
 
 
 def write_weights(folder, name="model.safetensors", **tensors):

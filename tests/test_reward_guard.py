@@ -7,14 +7,14 @@ import pickle
 
 import pytest
 
-from fipo_trl.reward_guard import (
+from fipo_trl.rewards import dapo_accuracy_reward
+from fipo_trl.rewards.guard import (
     MAX_BATCHES_WITHOUT_SIGNAL,
     AsyncRewardGuard,
     RewardError,
     check_same_length,
     guard_reward,
 )
-from fipo_trl.rewards import dapo_accuracy_reward
 
 
 def constant(value):
@@ -64,7 +64,7 @@ def test_malformed_output_is_refused(output, message):
 @pytest.mark.parametrize("value", [None, math.nan])
 def test_reward_without_signal_warns_then_stops_after_the_bound(value, caplog):
     guarded = guard_reward(constant(value), name="broken")
-    with caplog.at_level(logging.WARNING, logger="fipo_trl.reward_guard"):
+    with caplog.at_level(logging.WARNING, logger="fipo_trl.rewards.guard"):
         for _ in range(MAX_BATCHES_WITHOUT_SIGNAL - 1):
             guarded(["a", "b"])
     assert "Reward 'broken' returned" in caplog.text and "no learning signal" in caplog.text
@@ -84,7 +84,7 @@ def test_one_scored_completion_resets_the_count():
 
 def test_partial_nan_is_reported_once(caplog):
     guarded = guard_reward(lambda completions, **kwargs: [1.0, math.nan], name="half")
-    with caplog.at_level(logging.WARNING, logger="fipo_trl.reward_guard"):
+    with caplog.at_level(logging.WARNING, logger="fipo_trl.rewards.guard"):
         guarded(["a", "b"])
         guarded(["a", "b"])
     assert caplog.text.count("returned NaN for 1 of 2 completions") == 1

@@ -429,7 +429,7 @@ def test_math_verify_reward_pickles(verifier):
 
 def test_math_verify_worker_that_cannot_start_raises(monkeypatch):
     # a broken worker environment is an error, not an endless respawn
-    monkeypatch.setattr("fipo_trl.math_verify_pool._WORKER_BOOT", "raise SystemExit(3)")
+    monkeypatch.setattr("fipo_trl.rewards.math_verify_pool._WORKER_BOOT", "raise SystemExit(3)")
     reward = get_math_verify_reward(timeout_s=1.0, num_workers=1)
     with pytest.raises(RuntimeError, match="failed to start"):
         reward([r"\boxed{1}"], solution=["1"])
@@ -462,7 +462,7 @@ def test_importing_the_rewards_starts_no_pool_and_imports_no_trl():
     code = (
         "import sys, fipo_trl.rewards as r; "
         "print(r.math_verify_reward._pool, r.math_verify_reward._hooks_registered, "
-        "'fipo_trl.math_verify_pool' in sys.modules, 'trl' in sys.modules)"
+        "'fipo_trl.rewards.math_verify_pool' in sys.modules, 'trl' in sys.modules)"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.split() == ["None", "False", "False", "False"]

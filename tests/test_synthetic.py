@@ -4,8 +4,8 @@ import re
 
 import pytest
 
+from fipo_trl.data.synthetic import format_answer, generate_problems, synthetic_dataset, train_and_heldout
 from fipo_trl.rewards import dapo_accuracy_reward
-from fipo_trl.synthetic import format_answer, generate_problems, synthetic_dataset, train_and_heldout
 
 
 def test_same_seed_same_rows_other_seed_other_rows():

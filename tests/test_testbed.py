@@ -14,8 +14,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from fipo_trl.rewards import dapo_accuracy_reward
-from fipo_trl.synthetic import (
+from fipo_trl.data.synthetic import (
     LONG_SUM_OPERANDS,
     format_answer,
     generate_problems,
@@ -24,6 +23,7 @@ from fipo_trl.synthetic import (
     step_by_step_answer,
     train_and_heldout,
 )
+from fipo_trl.rewards import dapo_accuracy_reward
 
 
 ROOT = Path(__file__).resolve().parents[1]

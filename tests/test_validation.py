@@ -6,7 +6,7 @@ from types import SimpleNamespace
 import pytest
 
 from fipo_trl.errors import UsageError
-from fipo_trl.validation import (
+from fipo_trl.run.preflight import (
     check_data_file,
     check_output_dir,
     check_prompts,

@@ -15,8 +15,8 @@ from pathlib import Path
 
 from trl import ModelConfig, ScriptArguments
 
-from .errors import UsageError
-from .validation import read_yaml_file
+from ..errors import UsageError
+from ..run.preflight import read_yaml_file
 
 
 USAGE = "usage: fipo-trl train RECIPE.yaml [--field value ...]   (e.g. fipo-trl train configs/quickstart.yaml)"
@@ -29,10 +29,10 @@ class FIPOScriptArguments(ScriptArguments):
 
     Parameters:
         dataset_name (`str`, *optional*, defaults to `"synthetic"`):
-            `"synthetic"` for the built-in generator ([`fipo_trl.synthetic`]), DAPO-Math-17k (its Hub id or a local
-            copy whose name contains "dapo-math", read by [`fipo_trl.data.load_dapo_math`]), or any local file
-            (`.json`, `.jsonl`, `.parquet`), folder or Hub dataset whose rows have a `prompt` (string or chat
-            messages) and a `solution` (the reference answer) column.
+            `"synthetic"` for the built-in generator ([`fipo_trl.data.synthetic`]), DAPO-Math-17k (its Hub id or a
+            local copy whose name contains "dapo-math", read by [`fipo_trl.data.math_datasets.load_dapo_math`]), or any
+            local file (`.json`, `.jsonl`, `.parquet`), folder or Hub dataset whose rows have a `prompt` (string or
+            chat messages) and a `solution` (the reference answer) column.
         reward_funcs (`list[str]`, *optional*, defaults to `["dapo_accuracy"]`):
             Reward functions, by name (`dapo_accuracy`, `math_verify`, `soft_overlong`) or dotted import path
             (`my_pkg.rewards.my_reward`). `soft_overlong` is TRL's DAPO overlong penalty with
@@ -105,7 +105,7 @@ def make_parser():
     """The `TrlParser` of a recipe: (FIPOScriptArguments, FIPOConfig, ModelConfig)."""
     from trl import TrlParser
 
-    from .config import FIPOConfig
+    from ..config import FIPOConfig
 
     return TrlParser((FIPOScriptArguments, FIPOConfig, ModelConfig), prog="fipo-trl train")
 
@@ -182,7 +182,7 @@ def fipo_config_fields():
     GRPOConfig defaults it changes), read from the source of `config.py`: importing it would import TRL's
     GRPOConfig and torch, seconds that `--help` should not take.
     """
-    tree = ast.parse((Path(__file__).parent / "config.py").read_text())
+    tree = ast.parse((Path(__file__).parents[1] / "config.py").read_text())
     config = next(node for node in tree.body if isinstance(node, ast.ClassDef) and node.name == "FIPOConfig")
     fields = []
     for node in config.body:

@@ -3,9 +3,9 @@
 1. [`load_eval_dataset`]: a benchmark (`aime2024`, `aime2025`, `math500`, `gsm8k`), the quickstart's held-out
    problems (`synthetic`), or a local file with `problem`/`answer` columns (given the DAPO template) or with
    `prompt`/`solution` columns (used as they are, plain text or chat messages).
-2. Generation through [`fipo_trl.generation`] (transformers or vLLM, the same token ids for both).
+2. Generation through [`fipo_trl.evaluation.generation`] (transformers or vLLM, the same token ids for both).
 3. [`score_completions`]: answers scored by the training rewards, `dapo_accuracy_reward` on the "Answer:" line, as
-   the official validation does, or `math_verify_reward` on `\\boxed{}`; metrics from [`fipo_trl.eval_metrics`].
+   the official validation does, or `math_verify_reward` on `\\boxed{}`; metrics from [`fipo_trl.evaluation.metrics`].
 4. [`write_results`] / [`format_table`]: per-problem results with every sample to
    `<output_dir>/<dataset>.samples.jsonl`, the summary to `<output_dir>/<dataset>.summary.json`, a one-screen table to
    the console.
@@ -22,8 +22,8 @@ from pathlib import Path
 
 from datasets import Dataset
 
-from .errors import UsageError
-from .eval_metrics import aggregate_metrics, length_metrics, majority_vote, problem_metrics
+from ..errors import UsageError
+from .metrics import aggregate_metrics, length_metrics, majority_vote, problem_metrics
 
 
 # the usual instruction of the \boxed{} convention (Qwen2.5-Math, DeepSeek-R1 evaluations)
@@ -50,8 +50,8 @@ def check_sampling_arguments(k: int, temperature: float, top_p: float, max_token
 
 
 def boxed_prompt(prompt: str | list[dict]) -> str | list[dict]:
-    """A prompt in the DAPO template of `fipo_trl.data` rewritten to ask for `\\boxed{}` instead of "Answer:"."""
-    from .data import DAPO_PROMPT_TEMPLATE
+    """A prompt in the DAPO template of `fipo_trl.data.math_datasets`, asking for `\\boxed{}` instead of "Answer:"."""
+    from ..data.math_datasets import DAPO_PROMPT_TEMPLATE
 
     prefix, suffix = DAPO_PROMPT_TEMPLATE.split("{problem}")
     text = prompt if isinstance(prompt, str) else prompt[-1]["content"]
@@ -76,10 +76,10 @@ def load_eval_dataset(name_or_path: str, answer_format: str = "dapo") -> tuple[D
 
     Args:
         name_or_path (`str`):
-            `aime2024`, `aime2025`, `math500` or `gsm8k` (from the Hub, through `fipo_trl.data`; chat prompts in the
-            DAPO template), `synthetic` (the 256 held-out additions of the quickstart recipe, plain-text prompts), or
-            a local `.parquet` / `.jsonl` / `.json` file with `problem` and `answer` columns (given the DAPO
-            template) or with `prompt` and `solution` columns (used as they are).
+            `aime2024`, `aime2025`, `math500` or `gsm8k` (from the Hub, through `fipo_trl.data.math_datasets`; chat
+            prompts in the DAPO template), `synthetic` (the 256 held-out additions of the quickstart recipe, plain-text
+            prompts), or a local `.parquet` / `.jsonl` / `.json` file with `problem` and `answer` columns (given the
+            DAPO template) or with `prompt` and `solution` columns (used as they are).
         answer_format (`str`, *optional*, defaults to `"dapo"`):
             `"dapo"` keeps the prompts ("Answer:" line); `"boxed"` rewrites DAPO-template prompts to ask for
             `\\boxed{}` instead.
@@ -88,7 +88,7 @@ def load_eval_dataset(name_or_path: str, answer_format: str = "dapo") -> tuple[D
         `tuple[Dataset, str]`: the dataset (one row per problem) and its short name for file names and metric keys
         (the file stem for a local file).
     """
-    from . import data
+    from ..data import math_datasets as data
 
     loaders = {
         "aime2024": data.load_aime_2024,
@@ -120,14 +120,14 @@ def load_eval_dataset(name_or_path: str, answer_format: str = "dapo") -> tuple[D
 
 def synthetic_heldout() -> Dataset:
     """The quickstart recipe's held-out additions (plain-text prompts such as `"37+48=?\\n"`)."""
-    from .synthetic import train_and_heldout
+    from ..data.synthetic import train_and_heldout
 
     return train_and_heldout(**SYNTHETIC_HELDOUT)[1]
 
 
 def load_local_problems(path: str) -> Dataset:
     """A local file's `prompt`/`solution` rows as they are, or its `problem`/`answer` rows in the DAPO template."""
-    from . import data
+    from ..data import math_datasets as data
 
     rows = data.read_dataset(path)
     if {"prompt", "solution"} <= set(rows.column_names):
@@ -179,10 +179,10 @@ def score_completions(
 
     Returns:
         `list[dict]`: one record per problem: `index`, `prompt`, `solution`, `majority_answer`, `num_correct`,
-        `metrics` (from [`~fipo_trl.eval_metrics.problem_metrics`]) and `samples` (completion, extracted answer,
+        `metrics` (from [`~fipo_trl.evaluation.metrics.problem_metrics`]) and `samples` (completion, extracted answer,
         reward, correct, num_tokens, truncated).
     """
-    from .rewards import (
+    from ..rewards import (
         INVALID_ANSWER,
         dapo_accuracy_reward,
         extract_boxed_answer,
@@ -290,14 +290,14 @@ def evaluate(args) -> dict:
     Run `fipo-trl eval` end to end: load, generate, score, write the JSONL and summary files, print the table.
 
     Args:
-        args ([`~fipo_trl.evaluate.EvalArguments`]):
+        args ([`~fipo_trl.scripts.eval.EvalArguments`]):
             Parsed arguments (any object with its fields).
 
     Returns:
         `dict`: the summary written to `<output_dir>/<dataset>.summary.json` (run settings and `metrics`).
     """
+    from ..models import load_model_and_tokenizer, load_tokenizer, resolve_model_path
     from .generation import generate_with_transformers, generate_with_vllm, tokenize_prompts, vllm_usable
-    from .models import load_model_and_tokenizer, load_tokenizer, resolve_model_path
 
     model_path = resolve_model_path(args.model_name_or_path)
     dataset, name = load_eval_dataset(args.dataset, args.answer_format)

@@ -1,16 +1,16 @@
 """
 `fipo-trl train RECIPE.yaml [--field value ...]`: train FIPO from a YAML recipe, the open-r1 way.
 
-The recipe ([`fipo_trl.recipe`]) fills three dataclasses: [`~fipo_trl.recipe.FIPOScriptArguments`] (data, rewards,
-the held-out check), [`~fipo_trl.FIPOConfig`] and `trl.ModelConfig`. CLI flags override the YAML. The same command
-runs on one CPU or under `accelerate launch`:
+The recipe ([`fipo_trl.scripts.recipe`]) fills three dataclasses: [`~fipo_trl.scripts.recipe.FIPOScriptArguments`]
+(data, rewards, the held-out check), [`~fipo_trl.FIPOConfig`] and `trl.ModelConfig`. CLI flags override the YAML. The
+same command runs on one CPU or under `accelerate launch`:
 
     fipo-trl train configs/quickstart.yaml
     accelerate launch --config_file zero3.yaml --num_processes 8 -m fipo_trl train RECIPE.yaml --use_vllm
     fipo-trl train configs/quickstart.yaml --resume_from_checkpoint last   # continue from output_dir
 
 This module only calls the library and reports: data from [`fipo_trl.data`], rewards from [`fipo_trl.rewards`],
-callbacks from [`fipo_trl.callbacks`], the held-out check from [`fipo_trl.evaluation`].
+callbacks from [`fipo_trl.callbacks`], the held-out check from [`fipo_trl.evaluation.evaluate`].
 """
 
 import logging
@@ -21,7 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-from .errors import UsageError
+from ..errors import UsageError
 from .recipe import make_parser, parse_recipe, short_help
 
 
@@ -37,14 +37,14 @@ def main(script_args, training_args, model_args):
     """
     from trl import get_peft_config, get_quantization_config
 
-    from .callbacks import get_callbacks
-    from .data import get_dataset
-    from .evaluation import heldout_check, load_eval_datasets
-    from .model_files import check_weight_files
-    from .models import load_tokenizer, resolve_model_path
-    from .rewards import get_reward_funcs
-    from .trainer import FIPOTrainer
-    from .validation import check_output_dir, check_training_args
+    from ..callbacks import get_callbacks
+    from ..data.math_datasets import get_dataset
+    from ..evaluation.evaluate import heldout_check, load_eval_datasets
+    from ..models import load_tokenizer, resolve_model_path
+    from ..rewards import get_reward_funcs
+    from ..run.preflight import check_output_dir, check_training_args
+    from ..run.weight_files import check_weight_files
+    from ..trainer import FIPOTrainer
 
     check_training_args(training_args)
     check_output_dir(training_args.output_dir)
@@ -137,8 +137,8 @@ def resolve_resume(training_args):
     `resume_from_checkpoint: last` becomes `output_dir`'s newest complete `checkpoint-*` (newer, incomplete ones are
     skipped with a warning); a given folder must be a complete checkpoint with readable weights.
     """
-    from .checkpoints import incomplete_reason, last_complete_checkpoint
-    from .model_files import check_weight_files
+    from ..run.checkpoints import incomplete_reason, last_complete_checkpoint
+    from ..run.weight_files import check_weight_files
 
     resume = training_args.resume_from_checkpoint
     if resume is None:
@@ -175,7 +175,7 @@ def stopped_at(trainer):
     `("at step N; last checkpoint: ...", checkpoint)` for the one line that reports a run stopped during training;
     `checkpoint` is `None` before the first save.
     """
-    from .checkpoints import last_complete_checkpoint
+    from ..run.checkpoints import last_complete_checkpoint
 
     checkpoint = last_complete_checkpoint(trainer.args.output_dir, quiet=True)
     saved = (
@@ -209,7 +209,7 @@ def write_model_card(trainer, model_name, dataset_name):
 
 def print_summary(trainer, before, after, seconds, heldout_size):
     """One screen at the end: held-out accuracy and length before → after; where the model, checkpoints, logs are."""
-    from .checkpoints import last_complete_checkpoint
+    from ..run.checkpoints import last_complete_checkpoint
 
     args = trainer.args
     out = Path(args.output_dir)
@@ -285,6 +285,6 @@ def without_resume_flag(argv):
 
 
 if __name__ == "__main__":
-    from .cli import main as fipo_trl
+    from ..cli import main as fipo_trl
 
     sys.exit(fipo_trl(["train", *sys.argv[1:]]))

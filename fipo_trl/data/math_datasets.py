@@ -20,8 +20,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from datasets import Dataset, load_dataset
 
-from .errors import UsageError
-from .validation import check_data_file, check_prompts
+from ..errors import UsageError
+from ..run.preflight import check_data_file, check_prompts
 
 
 DAPO_MATH_ID = "BytedTsinghua-SIA/DAPO-Math-17k"
@@ -410,9 +410,9 @@ def load_gsm8k(
 
 def get_dataset(script_args, tokenizer=None) -> tuple[Dataset, Dataset | None]:
     """
-    The `(train, heldout)` datasets of a recipe's [`~fipo_trl.recipe.FIPOScriptArguments`].
+    The `(train, heldout)` datasets of a recipe's [`~fipo_trl.scripts.recipe.FIPOScriptArguments`].
 
-    `dataset_name` selects the source: `"synthetic"` (the generator of [`fipo_trl.synthetic`], with a disjoint
+    `dataset_name` selects the source: `"synthetic"` (the generator of [`fipo_trl.data.synthetic`], with a disjoint
     held-out set), DAPO-Math-17k (its Hub id, or a local copy whose name contains "dapo-math", read by
     [`load_dapo_math`]), or any local file, folder or Hub dataset with `prompt` and `solution` columns (held-out rows
     from `dataset_test_split`). Both datasets are checked for those columns; with a `tokenizer` and

@@ -5,15 +5,15 @@
     fipo-trl eval --model_name_or_path fipo_trl/assets/tiny-qwen2-addition --dataset synthetic --k 4 --max_tokens 16
 
 This module parses the arguments; loading, generation, scoring and the result files are
-[`fipo_trl.evaluation.evaluate`]'s.
+[`fipo_trl.evaluation.evaluate.evaluate`]'s.
 """
 
 import sys
 from dataclasses import dataclass, field
 from typing import Literal
 
-from .errors import UsageError
-from .evaluation import check_sampling_arguments, evaluate
+from ..errors import UsageError
+from ..evaluation.evaluate import check_sampling_arguments, evaluate
 
 
 @dataclass
@@ -26,9 +26,9 @@ class EvalArguments:
             Model directory, Hub id, training checkpoint (`checkpoint-N`, LoRA adapters included) or training output
             directory (its last `checkpoint-N` is used).
         dataset (`str`, *optional*, defaults to `"aime2024"`):
-            `aime2024`, `aime2025`, `math500`, `gsm8k` (the loaders of `fipo_trl.data`), `synthetic` (the quickstart's
-            held-out additions), or a local `.parquet`, `.jsonl` or `.json` file with `problem` and `answer` columns
-            (given the DAPO template) or `prompt` and `solution` columns (used as they are).
+            `aime2024`, `aime2025`, `math500`, `gsm8k` (the loaders of `fipo_trl.data.math_datasets`), `synthetic` (the
+            quickstart's held-out additions), or a local `.parquet`, `.jsonl` or `.json` file with `problem` and
+            `answer` columns (given the DAPO template) or `prompt` and `solution` columns (used as they are).
         k (`int`, *optional*, defaults to `32`):
             Samples per problem. Paper: 32 (docs/fipo.md §3.5).
         temperature (`float`, *optional*, defaults to `1.0`):
@@ -99,6 +99,6 @@ def cli(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from .cli import main
+    from ..cli import main
 
     sys.exit(main(["eval", *sys.argv[1:]]))

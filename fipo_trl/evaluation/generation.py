@@ -13,8 +13,8 @@ import torch
 from tqdm.auto import tqdm
 from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
 
-from .errors import UsageError
-from .models import read_adapter_config, tokenizer_path
+from ..errors import UsageError
+from ..models import read_adapter_config, tokenizer_path
 
 
 def tokenize_prompts(prompts: list, tokenizer: PreTrainedTokenizerBase) -> list[list[int]]:

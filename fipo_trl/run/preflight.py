@@ -15,7 +15,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from .errors import UsageError
+from ..errors import UsageError
 
 
 def format_yaml_error(path: str | os.PathLike, exc) -> str:

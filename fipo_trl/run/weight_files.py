@@ -12,7 +12,7 @@ Only safetensors files are checked: reading a pickled `pytorch_model.bin` would 
 import json
 from pathlib import Path
 
-from .errors import UsageError
+from ..errors import UsageError
 
 
 # scan tensors in pieces of this many elements, so that a large embedding needs no full-size boolean copy

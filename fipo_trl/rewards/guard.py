@@ -17,7 +17,7 @@ loss 0 and grad norm 0 for as long as it is left running. [`guard_reward`] wraps
 import logging
 import math
 
-from .errors import UsageError
+from ..errors import UsageError
 
 
 logger = logging.getLogger(__name__)
