@@ -24,6 +24,8 @@ import warnings
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# transformers >= 5.2x loads hub kernels by default on CUDA; offline, with none cached, from_pretrained fails
+os.environ.setdefault("USE_HUB_KERNELS", "0")
 os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # rollout_func is flagged experimental in TRL 1.16
 
 import torch  # noqa: E402
