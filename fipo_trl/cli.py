@@ -32,7 +32,7 @@ def use_one_cpu_thread_per_process():
 
     torch otherwise starts one OpenMP thread per core, and when other processes keep the cores busy its threads wait
     on each other at every small op: the quickstart trained 5-10x slower with 2 threads than with 1 on 2 busy cores
-    (README, "Quickstart"). torchrun and `accelerate launch` also give each worker one thread by default.
+    (`docs/quickstart.md`, CPU threads). torchrun and `accelerate launch` also give each worker one thread by default.
     """
     os.environ.setdefault("OMP_NUM_THREADS", "1")
 

@@ -129,5 +129,28 @@ def test_the_checks_catch_each_kind_of_dangling_reference():
 
 def test_headings_are_read_with_their_numbers():
     fipo = headings(ROOT / "docs" / "fipo.md")
-    assert {"1", "2", "2.5", "2.12", "3.1", "6.10"} <= fipo
+    assert {"1", "2", "2.5", "2.12", "3.1", "4.3", "6.8"} <= fipo
     assert "3" in headings(ROOT / "docs" / "trl.md")
+
+
+def numbering_gaps(text: str) -> list[str]:
+    """Headings whose number does not follow the one before in reading order (`## 3.`, `### 3.1`, `### 3.2`, ...)."""
+    gaps, previous = [], []
+    prose = re.sub(r"^```.*?^```", "", text, flags=re.MULTILINE | re.DOTALL)  # a `# 2 processes` comment is no heading
+    for number in _HEADING.findall(prose):
+        parts = [int(part) for part in number.split(".")]
+        expected = previous[: len(parts) - 1] + [previous[len(parts) - 1] + 1 if len(previous) >= len(parts) else 1]
+        if parts != expected:
+            gaps.append(f"{number} after {'.'.join(map(str, previous)) or 'the start'}")
+        previous = parts
+    return gaps
+
+
+def test_sections_are_numbered_in_reading_order():
+    sample = "## 1. A\n### 1.1 B\n### 1.3 C\n## 2. D\n```\n# 7 not a heading\n```\n### 2.1 E\n## 4. F\n"
+    assert numbering_gaps(sample) == [
+        "1.3 after 1.1",
+        "4 after 2.1",
+    ]
+    for doc in sorted((ROOT / "docs").glob("*.md")):
+        assert not numbering_gaps(doc.read_text(encoding="utf-8")), (doc.name, numbering_gaps(doc.read_text()))

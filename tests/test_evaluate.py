@@ -29,7 +29,7 @@ def main(argv):
     return cli_main(["eval", *argv])
 
 
-# --- pure metrics (docs/fipo.md §3.5) --------------------------------------------------------------------------------
+# --- pure metrics (docs/fipo.md §3.4) --------------------------------------------------------------------------------
 
 
 def test_pass_at_k_matches_the_combinatorial_definition():

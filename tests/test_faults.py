@@ -448,12 +448,12 @@ def test_ctrl_c_exits_quietly_and_says_how_to_resume(tmp_path):
     ), lines[0]
 
 
-def readme_console_examples():
-    """`(setup, argv, expected line)` of each `$ command` in the README's "When things go wrong" console block."""
+def troubleshooting_console_examples():
+    """`(setup, argv, expected line)` of each `$ command` in the console block of docs/troubleshooting.md."""
     import shlex
 
-    readme = (ROOT / "README.md").read_text()
-    section = readme[readme.index("## When things go wrong") :]
+    page = (ROOT / "docs" / "troubleshooting.md").read_text()
+    section = page[page.index("## Refused before anything loads") :]
     block = section[
         section.index("```console") + len("```console") : section.index("```\n", section.index("```console") + 3)
     ]
@@ -465,12 +465,12 @@ def readme_console_examples():
     return examples
 
 
-def test_readme_failure_examples_print_what_the_readme_shows(tmp_path, capsys, monkeypatch):
+def test_troubleshooting_examples_print_what_the_page_shows(tmp_path, capsys, monkeypatch):
     # in order, in one folder, as a reader would type them (a later command may use an earlier one's file)
     monkeypatch.chdir(tmp_path)
     (tmp_path / "configs").symlink_to(ROOT / "configs")
     (tmp_path / "README.md").write_text("a file in the working directory")
-    for setup, argv, expected in readme_console_examples():
+    for setup, argv, expected in troubleshooting_console_examples():
         if setup:
             subprocess.run(["bash", "-c", setup], check=True)
         status, errors, captured = run_cli(capsys, argv)

@@ -1,6 +1,8 @@
-"""The README's Python usage example and its eval command run as written (on the shipped tiny model, offline)."""
+"""The README's Python usage example and its eval command, and the example of docs/rewards-and-data.md, run as written
+(on the shipped tiny model, offline)."""
 
 import json
+import re
 import shlex
 from pathlib import Path
 
@@ -38,3 +40,15 @@ def test_readme_eval_command_runs_on_the_shipped_model(tmp_path, monkeypatch):
     assert fipo_trl(command[1:]) == 0
     summary = json.loads((tmp_path / "eval_results" / "synthetic.summary.json").read_text())
     assert summary["num_problems"] == 256 and 0 < summary["metrics"][f"avg@{summary['k']}"] < 1
+
+
+def test_rewards_page_example_prints_what_its_comments_say(tmp_path, monkeypatch, capsys):
+    page = (ROOT / "docs" / "rewards-and-data.md").read_text()
+    example = page[page.index("## Example") :]
+    start = example.index("```python") + len("```python")
+    code = example[start : example.index("```", start)]
+    expected = [match[1] for match in re.finditer(r"^print\(.*\)  # (.*)$", code, re.MULTILINE)]
+    assert len(expected) == 5, "each print of the example says what it prints"
+    monkeypatch.chdir(tmp_path)  # the example writes its small data files in the working directory
+    exec(compile(code, "docs/rewards-and-data.md (Example)", "exec"), {})
+    assert capsys.readouterr().out.splitlines() == expected

@@ -1,4 +1,4 @@
-"""Avg@k, Cons@k and Pass@k of sampled answers: pure functions on Python lists, no model, no TRL (docs/fipo.md §3.5).
+"""Avg@k, Cons@k and Pass@k of sampled answers: pure functions on Python lists, no model, no TRL (docs/fipo.md §3.4).
 
 1. Avg@k is the mean accuracy of the k samples of a problem (the paper's "Avg@32", verl's `acc/mean@32`).
 2. Cons@k scores the majority answer. Every sample votes with its normalised extracted answer, the "[INVALID]" of a

@@ -1,6 +1,6 @@
 """`fipo-trl eval`: Avg@k, Cons@k and Pass@k of a model on a math dataset, measured the way the paper reports AIME.
 
-    fipo-trl eval --model_name_or_path QwenPilot/FIPO_32B --dataset aime2024  # paper protocol (docs/fipo.md §3.5)
+    fipo-trl eval --model_name_or_path QwenPilot/FIPO_32B --dataset aime2024  # paper protocol (docs/fipo.md §3.4)
     fipo-trl eval --model_name_or_path outputs/checkpoint-500 --dataset problems.jsonl --k 4 --max_tokens 1024
     fipo-trl eval --model_name_or_path fipo_trl/assets/tiny-qwen2-addition --dataset synthetic --k 4 --max_tokens 16
 
@@ -30,11 +30,11 @@ class EvalArguments:
             quickstart's held-out additions), or a local `.parquet`, `.jsonl` or `.json` file with `problem` and
             `answer` columns (given the DAPO template) or `prompt` and `solution` columns (used as they are).
         k (`int`, *optional*, defaults to `32`):
-            Samples per problem. Paper: 32 (docs/fipo.md §3.5).
+            Samples per problem. Paper: 32 (docs/fipo.md §3.4).
         temperature (`float`, *optional*, defaults to `1.0`):
-            Sampling temperature. Paper: 1.0 (docs/fipo.md §3.5).
+            Sampling temperature. Paper: 1.0 (docs/fipo.md §3.4).
         top_p (`float`, *optional*, defaults to `0.7`):
-            Nucleus sampling threshold. Paper: 0.7 (docs/fipo.md §3.5, official `val_kwargs.top_p`).
+            Nucleus sampling threshold. Paper: 0.7 (docs/fipo.md §3.4, official `val_kwargs.top_p`).
         max_tokens (`int`, *optional*, defaults to `20480`):
             Maximum completion length in tokens. Default: the official 32B max response length (docs/fipo.md §3.1).
         answer_format (`str`, *optional*, defaults to `"dapo"`):
