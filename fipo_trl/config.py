@@ -3,12 +3,20 @@ from dataclasses import dataclass, field
 
 from trl import GRPOConfig
 
-from .dynamic_sampling.group_filter import METRICS, ON_LIMIT, check_round_geometry
+from .dynamic_sampling.group_filter import METRICS, ON_LIMIT, round_sizes
 
 
 # Official 32B script: ppo_mini_batch_size 64 of train_batch_size 512 prompts, i.e. 8 optimizer steps per rollout
 OFFICIAL_STEPS_PER_ROLLOUT = 8
 FIPO_LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo")
+
+
+def default_steps_per_generation(gradient_accumulation_steps: int) -> int:
+    """
+    FIPOConfig's `steps_per_generation` when neither it nor `generation_batch_size` is set: one generation batch
+    feeds the official 8 optimizer steps (`8 × gradient_accumulation_steps` micro-steps).
+    """
+    return OFFICIAL_STEPS_PER_ROLLOUT * gradient_accumulation_steps
 
 
 def is_on_policy(gradient_accumulation_steps: int, steps_per_generation: int, num_iterations: int) -> bool:
@@ -140,7 +148,7 @@ class FIPOConfig(GRPOConfig):
 
     def __post_init__(self):
         if self.steps_per_generation is None and self.generation_batch_size is None:
-            self.steps_per_generation = OFFICIAL_STEPS_PER_ROLLOUT * self.gradient_accumulation_steps
+            self.steps_per_generation = default_steps_per_generation(self.gradient_accumulation_steps)
         super().__post_init__()
 
         if self.loss_type not in FIPO_LOSS_TYPES:
@@ -203,7 +211,9 @@ class FIPOConfig(GRPOConfig):
                 "for one generation batch per round (official: 2048)."
             )
         if self.dynamic_sampling:
-            kept = self.generation_batch_size // self.num_generations
-            check_round_geometry(
-                self.dynamic_sampling_prompts_per_round or kept, kept, self.num_generations, self.world_size
+            round_sizes(
+                self.generation_batch_size,
+                self.num_generations,
+                self.dynamic_sampling_prompts_per_round,
+                self.world_size,
             )

@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import OFFICIAL_STEPS_PER_ROLLOUT, is_on_policy
+from .config import default_steps_per_generation, is_on_policy
 from .errors import UsageError
 from .run.preflight import read_yaml_file
 
@@ -119,7 +119,7 @@ def resolve_geometry(raw, num_processes, num_nodes=1):
             )
         steps = generation_batch // global_batch
     elif steps is None:
-        steps = OFFICIAL_STEPS_PER_ROLLOUT * accumulation  # FIPOConfig's default: the official 8 steps per batch
+        steps = default_steps_per_generation(accumulation)
     geometry = Geometry(num_processes, num_nodes, per_device, accumulation, steps, num_generations, num_iterations)
     if geometry.completions_per_generation % num_generations:
         raise UsageError(

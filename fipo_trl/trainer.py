@@ -40,6 +40,8 @@ class FIPOTrainer(DynamicSamplingMixin, GRPOTrainer):
             }"""),
     }
 
+    _forward_cache = None  # class-level, so `_get_per_token_logps_and_entropies` defers to TRL without `__init__`
+
     def __init__(self, model, reward_funcs=None, args=None, **kwargs):
         if args is None:
             model_name = model if isinstance(model, str) else get_config_model_id(model.config)

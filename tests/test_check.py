@@ -2,6 +2,7 @@
 
 import json
 import re
+import warnings
 from pathlib import Path
 
 import pytest
@@ -9,8 +10,10 @@ import torch
 import yaml
 from accelerate.commands.config.config_args import load_config_from_file
 from accelerate.utils import DeepSpeedPlugin
+from datasets import Dataset
 from transformers import AutoModelForCausalLM
 
+from fipo_trl import FIPOConfig, FIPOTrainer
 from fipo_trl.cli import main as cli_main
 from fipo_trl.errors import UsageError
 from fipo_trl.scripts.check import (
@@ -207,7 +210,7 @@ def test_geometry_follows_trl_rules_for_n_processes():
         (8, 64, 1, (7, 8)),  # official 32B
     ],
 )
-def test_off_policy_steps_match_trl_old_logprob_rule(accumulation, steps, iterations, expected):
+def test_off_policy_steps_match_trls_old_logprobs(accumulation, steps, iterations, expected, tiny_model_dir, tmp_path):
     raw = {
         **BASE,
         "gradient_accumulation_steps": accumulation,
@@ -217,8 +220,21 @@ def test_off_policy_steps_match_trl_old_logprob_rule(accumulation, steps, iterat
     }
     geometry = resolve_geometry(raw, num_processes=1)
     assert geometry.off_policy_steps == expected
-    # TRL computes old log-probs exactly when GA % (S·μ) != 0; that must coincide with "some step is stale"
-    assert geometry.off_policy == (expected[0] > 0)
+    # A real trainer with this geometry: TRL computes old log-probs exactly when some step trains on stale data
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # FIPOConfig's on-policy warning
+        args = FIPOConfig(
+            output_dir=str(tmp_path), use_cpu=True, bf16=False, report_to="none", per_device_train_batch_size=2,
+            gradient_accumulation_steps=accumulation, steps_per_generation=steps, num_iterations=iterations,
+            num_generations=2, max_completion_length=4,
+        )  # fmt: skip
+        trainer = FIPOTrainer(
+            model=tiny_model_dir, reward_funcs=lambda completions, **kwargs: [float(len(c)) for c in completions],
+            args=args, train_dataset=Dataset.from_dict({"prompt": ["1 + 1 ="] * 2}),
+        )  # fmt: skip
+    trainer.model.train()
+    batch = trainer._generate_and_score_completions([{"prompt": "1 + 1 ="}] * 2)
+    assert ("old_per_token_logps" in batch) == geometry.off_policy == (expected[0] > 0)
 
 
 def test_parameter_count_matches_a_built_model(tiny_model_dir):
@@ -296,27 +312,18 @@ def test_cli_override_is_judged_like_the_yaml(capsys):
     assert code == 0 and "per_device_train_batch_size=64 looks like a count of prompts" in out
 
 
-def test_accelerate_flag_names_and_the_old_dashed_ones_hidden(capsys):
-    # accelerate launch's --num_processes / --num_machines / --config_file; the dashed spellings still work, unlisted
+def test_accelerate_flag_names_and_no_other_spellings(capsys):
+    # accelerate launch's --num_processes / --num_machines / --config_file, and nothing else
     recipe = "configs/recipes/fipo_qwen2.5_32b.yaml"
-    new = run_check(
+    code, out, _ = run_check(
         capsys, recipe, "--num_processes", 128, "--num_machines", 16, "--config_file", "configs/accelerate/zero3.yaml"
     )
-    old = run_check(
-        capsys,
-        recipe,
-        "--num-processes",
-        128,
-        "--num-nodes",
-        16,
-        "--accelerate-config",
-        "configs/accelerate/zero3.yaml",
-    )
-    assert new[0] == old[0] == 0 and new[1] == old[1]
-    assert "128 training process(es) on 16 node(s) (8 per node), DeepSpeed ZeRO-3" in new[1]
+    assert code == 0 and "128 training process(es) on 16 node(s) (8 per node), DeepSpeed ZeRO-3" in out
     usage = make_parser().format_help()
-    assert "--num_processes" in usage and "--config_file" in usage
-    assert "--num-processes" not in usage and "--accelerate-config" not in usage and "--num-nodes" not in usage
+    assert "--num_processes" in usage and "--num_machines" in usage and "--config_file" in usage
+    for flag in ("--num-processes", "--num-nodes", "--accelerate-config"):  # spellings of a pre-release version
+        code, out, err = run_check(capsys, recipe, flag, 8)
+        assert code == 2 and out == "" and err.count("\n") == 1, err
 
 
 def test_tiny_model_size_and_wide_rows_line_up(capsys):
@@ -340,6 +347,9 @@ def test_dynamic_sampling_rows_show_the_official_rounds(capsys):
     assert re.search(r"prompts per round +2048 \(32768 completions\)", out)
     assert re.search(r"kept groups per generation batch +512 \(8192 completions\)", out)
     assert re.search(r"worst-case completions per optimizer step +40960 \(filter off: 1024\)", out)
+    # an epoch is one pass of the dataloader (512 kept prompts per batch); the rounds generate 4 to 40 times as many
+    assert re.search(r"one epoch \(num_train_epochs\) +one pass of the dataloader: dataset prompts / 512 ", out)
+    assert re.search(r"prompts generated per epoch +4× to 40× the dataset", out)
 
 
 def test_dynamic_sampling_round_that_cannot_be_split_exits_2(tmp_path, capsys):

@@ -1,5 +1,6 @@
 """Dynamic sampling: the pure filter and prompt stream against plain references, then real FIPOTrainer runs."""
 
+import inspect
 import math
 import shutil
 import warnings
@@ -16,16 +17,22 @@ from transformers import Trainer
 from trl import GRPOTrainer
 
 from fipo_trl import FIPOConfig, FIPOTrainer
+from fipo_trl.cli import main as fipo_trl
 from fipo_trl.dynamic_sampling.group_filter import (
+    ROUND_LENGTH_METRICS,
     PromptStream,
-    check_round_geometry,
+    RoundLimitError,
+    check_dynamic_sampling_metric,
     dynamic_sampling_summary,
     filter_groups,
+    merge_round_metrics,
     metric_values,
+    round_sizes,
     row_sources,
     select_groups,
 )
-from fipo_trl.dynamic_sampling.mixin import DynamicSamplingMixin
+from fipo_trl.dynamic_sampling.mixin import DynamicSamplingMixin, GenerateOutput
+from fipo_trl.errors import UsageError
 
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -115,12 +122,51 @@ def test_prompt_stream_state_resumes_the_same_sequence():
         PromptStream(11, seed=0).load_state_dict(state)
 
 
-def test_round_geometry_refusals_name_the_field():
-    check_round_geometry(2048, 512, 16, 128)
+def test_prompt_stream_without_shuffle_takes_the_dataset_in_order():
+    # shuffle_dataset=False: every pass in dataset order, like TRL's sampler without shuffling
+    stream = PromptStream(5, seed=3, shuffle=False, start=2)
+    assert stream.take(3) + stream.take(9) == [2, 3, 4, 0, 1, 2, 3, 4, 0, 1, 2, 3]
+
+
+def test_round_sizes_and_refusals_name_the_field():
+    assert round_sizes(512 * 16, 16, 2048, 128) == (512, 2048)  # official: 512 kept of 2048 per round
+    assert round_sizes(8, 4, None, 1) == (2, 2)  # unset: one generation batch per round
     with pytest.raises(ValueError, match="dynamic_sampling_prompts_per_round=100 is smaller than the 512"):
-        check_round_geometry(100, 512, 16, 128)
+        round_sizes(512 * 16, 16, 100, 128)
     with pytest.raises(ValueError, match="do not split evenly over 3 processes"):
-        check_round_geometry(5, 4, 2, 3)
+        round_sizes(8, 2, 5, 3)
+
+
+def test_metric_check_refuses_an_unknown_name_only_with_the_filter_on():
+    on = SimpleNamespace(dynamic_sampling=True, dynamic_sampling_metric="dapo_accuracy")
+    with pytest.raises(UsageError, match=r"'dapo_accuracy' is not 'accuracy', 'reward' or .*\(dapo_accuracy_reward\)"):
+        check_dynamic_sampling_metric(on, ["dapo_accuracy_reward"])
+    check_dynamic_sampling_metric(on, ["dapo_accuracy"])
+    check_dynamic_sampling_metric(SimpleNamespace(dynamic_sampling=True, dynamic_sampling_metric="reward"), [])
+    check_dynamic_sampling_metric(SimpleNamespace(dynamic_sampling=False, dynamic_sampling_metric="nope"), ["a"])
+
+
+def test_merged_length_metrics_are_those_of_all_completions_together():
+    # three rounds of 8 completions (lengths 1-20, 0 = "truncated"): TRL's per-round values merged vs the pooled values
+    g = torch.Generator().manual_seed(1)
+    rounds = [torch.randint(1, 21, (8,), generator=g) for _ in range(3)]
+    truncated = [torch.rand(8, generator=g) < 0.4 for _ in range(3)]
+    truncated[1][:] = True  # a round where nothing terminated: TRL logs 0 for its terminated lengths
+
+    def trl_metrics(lengths, cut):  # what TRL's `_generate` logs for one call
+        ended = lengths[~cut] if (~cut).any() else torch.zeros(1)
+        values = [lengths.float().mean(), lengths.min(), lengths.max(), cut.float().mean()]
+        values += [ended.float().mean(), ended.min(), ended.max()]
+        return dict(zip(ROUND_LENGTH_METRICS, (float(v) for v in values), strict=True))
+
+    logged = [trl_metrics(lengths, cut) for lengths, cut in zip(rounds, truncated, strict=True)]
+    per_round = {name: [values[name] for values in logged] for name in ROUND_LENGTH_METRICS}
+    merged = merge_round_metrics(per_round, 8)
+    pooled = trl_metrics(torch.cat(rounds), torch.cat(truncated))
+    assert merged == pytest.approx(pooled)
+    assert merged["completions/min_length"] < sum(per_round["completions/min_length"]) / 3  # not a mean of minima
+    nothing_ended = merge_round_metrics({**per_round, "completions/clipped_ratio": [1.0] * 3}, 8)
+    assert [nothing_ended[name] for name in ROUND_LENGTH_METRICS[4:]] == [0.0, 0.0, 0.0]
 
 
 def test_summary_of_the_official_32b_numbers():
@@ -128,7 +174,9 @@ def test_summary_of_the_official_32b_numbers():
         output_dir="unused", use_cpu=True, bf16=False, num_generations=16, per_device_train_batch_size=16,
         steps_per_generation=2, dynamic_sampling=True, dynamic_sampling_prompts_per_round=2048,
     )  # fmt: skip
-    rows = dict(dynamic_sampling_summary(args, kept_groups=512, num_processes=128, optimizer_steps_per_generation=8))
+    rows = dict(
+        dynamic_sampling_summary(args, generation_batch_size=8192, num_processes=128, optimizer_steps_per_generation=8)
+    )
     assert rows["prompts per round"] == "2048 (32768 completions)"
     assert rows["kept groups per generation batch"] == "512 (8192 completions)"
     assert rows["max rounds per generation batch"] == "10"
@@ -137,13 +185,16 @@ def test_summary_of_the_official_32b_numbers():
     assert rows["groups that must survive to stay under the limit"] == "2.5%"
     assert rows["when the limit is hit"] == "error (official)"
     assert rows["dynamic sampling"].startswith("on: drop groups whose accuracy")
+    # an epoch is one pass of the dataloader (kept prompts); the rounds generate 2048/512 = 4 to 10 × 4 times as many
+    assert rows["one epoch (num_train_epochs)"].startswith("one pass of the dataloader: dataset prompts / 512 ")
+    assert rows["prompts generated per epoch"].startswith("4× to 40× the dataset")
     args.dynamic_sampling = False
-    assert dynamic_sampling_summary(args, 512, 128, 8) == [
+    assert dynamic_sampling_summary(args, 8192, 128, 8) == [
         ("dynamic sampling", "off: every generated group is trained on")
     ]
     args.dynamic_sampling, args.dynamic_sampling_prompts_per_round = True, 100
     with pytest.raises(ValueError, match="dynamic_sampling_prompts_per_round=100"):
-        dynamic_sampling_summary(args, 512, 128, 8)
+        dynamic_sampling_summary(args, 8192, 128, 8)
 
 
 @pytest.mark.parametrize(
@@ -158,7 +209,7 @@ def test_shipped_recipes_turn_the_filter_on_at_their_process_count(recipe, proce
     fields = yaml.safe_load((ROOT / "configs" / "recipes" / recipe).read_text())
     geometry = fields["per_device_train_batch_size"] * processes * fields["steps_per_generation"]
     assert geometry // fields["num_generations"] == kept
-    rows = dict(dynamic_sampling_summary(SimpleNamespace(**fields), kept, processes, 8))
+    rows = dict(dynamic_sampling_summary(SimpleNamespace(**fields), geometry, processes, 8))
     assert rows["prompts per round"].startswith(f"{per_round} (")
     assert rows["max rounds per generation batch"] == "10" and rows["when the limit is hit"] == "error (official)"
     assert fields["dynamic_sampling_metric"] == "accuracy"
@@ -223,9 +274,12 @@ class RecordingTrainer(FIPOTrainer):
             self.prompt_stream.take = lambda count: self.stream_draws.append(take(count)) or self.stream_draws[-1]
 
     def _generate_round(self, rows):
-        generated, rewards = super()._generate_round(rows)
-        self.rounds.append({"prompts": [row["prompt"] for row in rows], "rewards": rewards.clone()})
-        return generated, rewards
+        round_ = super()._generate_round(rows)
+        lengths = [len(row["completion_ids"]) for row in round_.rows]
+        self.rounds.append(
+            {"prompts": [row["prompt"] for row in rows], "rewards": round_.rewards.clone(), "lengths": lengths}
+        )
+        return round_
 
     def _generate_and_score_completions(self, inputs):
         first_round = len(self.rounds)
@@ -299,6 +353,7 @@ def test_every_trained_group_has_signal_and_the_batch_is_full(tiny_model_dir, tm
 def test_rounds_metrics_match_a_reference_over_the_recorded_rounds(tiny_model_dir, tmp_path):
     trainer = make_trainer(tiny_model_dir, tmp_path)
     trainer.train()
+    assert len(trainer.batches) == 2  # generation at steps 0 and 2: the loop below checks both
     for batch, rounds_logged, filtered, correct, wrong, consumed in zip(
         trainer.batches,
         logged(trainer, "num_gen_batches"),
@@ -331,6 +386,8 @@ def test_extra_rounds_come_from_the_seeded_stream(tiny_model_dir, tmp_path):
     trainer = make_trainer(tiny_model_dir, tmp_path)
     trainer.train()
     reference = PromptStream(len(PROMPTS), seed=0)
+    rounds = [round_ for batch in trainer.batches for round_ in batch["rounds"]]
+    assert len(trainer.batches) == 2 and len(rounds) > 2  # both batches, and later rounds as well as first ones
     for batch in trainer.batches:
         for index, round_ in enumerate(batch["rounds"]):
             drawn = reference.take(2 if index == 0 else 4)  # round 1: 2 dataloader prompts + 2 from the stream
@@ -338,11 +395,70 @@ def test_extra_rounds_come_from_the_seeded_stream(tiny_model_dir, tmp_path):
             assert stream_prompts == [PROMPTS[i] for i in drawn for _ in range(G)]
 
 
+def test_without_shuffling_the_rounds_take_the_dataset_in_order(tiny_model_dir, tmp_path):
+    # shuffle_dataset=False: the first batch's rounds are prompts 0, 1, 2, ... (dataloader 0-1, then the stream)
+    trainer = make_trainer(tiny_model_dir, tmp_path, shuffle_dataset=False, max_steps=2)
+    trainer.train()
+    rounds = trainer.batches[0]["rounds"]
+    prompts = [prompt for round_ in rounds for prompt in round_["prompts"][::G]]
+    assert len(rounds) > 1 and prompts == PROMPTS[: len(prompts)]
+
+
+def test_length_metrics_are_extremes_over_all_rounds(tiny_model_dir, tmp_path):
+    # TRL logs completion lengths once per `_generate` call; several rounds must still log one min and one max
+    trainer = make_trainer(tiny_model_dir, tmp_path, max_steps=2)
+    trainer.train()
+    rounds = trainer.batches[0]["rounds"]
+    lengths = [length for round_ in rounds for length in round_["lengths"]]
+    extremes = [(min(round_["lengths"]), max(round_["lengths"])) for round_ in rounds]
+    assert len(rounds) > 1 and len(set(extremes)) > 1  # a mean of per-round extremes would differ
+    log = trainer.state.log_history[0]
+    assert (log["completions/min_length"], log["completions/max_length"]) == (min(lengths), max(lengths))
+    assert log["completions/mean_length"] == pytest.approx(sum(lengths) / len(lengths))
+
+
 def test_round_limit_raises_as_official(tiny_model_dir, tmp_path):
     trainer = make_trainer(tiny_model_dir, tmp_path, reward=reward_always_wrong, max_num_gen_batches=3)
-    with pytest.raises(ValueError, match=r"kept 0 of the 2 groups .* after max_num_gen_batches=3 rounds"):
+    with pytest.raises(RoundLimitError, match=r"kept 0 of the 2 groups .* after max_num_gen_batches=3 rounds"):
         trainer.train()
     assert len(trainer.rounds) == 3
+
+
+QUICKSTART = ROOT / "configs" / "quickstart.yaml"
+SMALL_RUN = {  # the quickstart model, 4 prompts × G=4 per step, a checkpoint at every step
+    "per_device_train_batch_size": 16, "num_generations": 4, "steps_per_generation": 2, "max_completion_length": 8,
+    "synthetic_train_size": 64, "heldout_size": 0, "save_steps": 1, "max_steps": 4, "report_to": ["none"],
+    "token_view": False, "logging_steps": 1, "dynamic_sampling": True,
+}  # fmt: skip
+
+
+def train_cli(tmp_path, capsys, **fields):
+    """`fipo-trl train` on the quickstart recipe with `fields`: (exit status, the lines it wrote to stderr)."""
+    recipe = {**yaml.safe_load(QUICKSTART.read_text()), **SMALL_RUN, "output_dir": str(tmp_path / "out"), **fields}
+    (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(recipe))
+    status = fipo_trl(["train", str(tmp_path / "recipe.yaml")])
+    return status, capsys.readouterr().err.strip().splitlines()
+
+
+def test_round_limit_stops_the_cli_with_one_line_and_the_step(tiny_model_dir, tmp_path, capsys, monkeypatch):
+    # like a failing reward: one line with the step and the checkpoint to resume from, no traceback
+    monkeypatch.syspath_prepend(str(Path(__file__).parent))  # the recipe names this file's always-wrong reward
+    status, err = train_cli(
+        tmp_path, capsys, reward_funcs=["test_dynamic_sampling.reward_always_wrong"], max_num_gen_batches=2
+    )
+    assert status == 2 and err[-1].startswith("fipo-trl train: error: dynamic sampling kept 0 of the 8 groups")
+    assert err[-1].endswith("(at step 1; no checkpoint yet (save_steps=1))")
+    assert not any("Traceback" in line for line in err)
+
+
+def test_unknown_metric_is_refused_in_one_line_before_training(tmp_path, capsys):
+    # the recipe names the reward `dapo_accuracy`; TRL and the metric know it by its function's name. Checked in
+    # `fipo-trl train` before the trainer loads the model (the trainer's own check raised with a traceback)
+    status, err = train_cli(tmp_path, capsys, dynamic_sampling_metric="dapo_accuracy")
+    assert status == 2 and err == [
+        "fipo-trl train: error: dynamic_sampling_metric='dapo_accuracy' is not 'accuracy', 'reward' or a reward "
+        "function of this run (dapo_accuracy_reward)."
+    ]
 
 
 def test_round_limit_fill_trains_on_a_full_batch_and_says_so(tiny_model_dir, tmp_path):
@@ -565,6 +681,45 @@ def test_trainer_refuses_what_the_rounds_cannot_replay(tiny_model_dir, tmp_path,
     setattr(trainer, attribute, value)
     with pytest.raises(ValueError, match=f"dynamic_sampling=True does not support {what} yet"):
         trainer._check_dynamic_sampling_support()
+
+
+# ------------------------------------------------------------------------- drop-in: trainers built without __init__
+def test_replayed_tuple_is_the_one_trls_generate_returns():
+    # GenerateOutput mirrors the names and order of TRL's `return` in `GRPOTrainer._generate`
+    source = inspect.getsource(GRPOTrainer._generate)
+    returned = source.rstrip().splitlines()[-1].strip()
+    assert returned == "return " + ", ".join(GenerateOutput._fields)
+    with pytest.raises(RuntimeError, match="returned 7 values, fipo_trl replays the 8 of TRL 1.16"):
+        GenerateOutput.of(tuple(range(7)))
+
+
+def test_overrides_defer_to_trl_on_a_trainer_built_without_init(tiny_model_dir, tmp_path):
+    # TRL's own tests build trainers with `object.__new__` and set the attributes they need: with FIPOTrainer's
+    # mixins in the MRO, every override must then behave exactly as GRPOTrainer's (dynamic_sampling=True in args)
+    grpo = make_trainer(tiny_model_dir, tmp_path, trainer_cls=GRPOTrainer)
+    shell = object.__new__(FIPOTrainer)
+    shell.__dict__.update(grpo.__dict__)  # GRPOTrainer's state; FIPOTrainer's and its mixins' __init__ never ran
+    grpo.model.train()
+    rows = [{"prompt": prompt} for prompt in PROMPTS[:2] for _ in range(G)]
+    prompts = [row["prompt"] for row in rows]
+    results = []
+    for trainer in (grpo, shell):
+        torch.manual_seed(0)
+        generated = trainer._generate(prompts)
+        rewards = trainer._calculate_rewards(rows, prompts, generated[3], generated[1])
+        torch.manual_seed(0)
+        batch = trainer._generate_and_score_completions(rows)
+        ids = torch.cat([batch["prompt_ids"], batch["completion_ids"]], dim=1)
+        mask = torch.cat([batch["prompt_mask"], batch["completion_mask"]], dim=1)
+        logps = trainer._get_per_token_logps_and_entropies(trainer.model, ids, mask, batch["completion_ids"].size(1))
+        trainer._save_rng_state(str(tmp_path / type(trainer).__name__))
+        results.append((generated, rewards, batch, logps[0]))
+    (generated, rewards, batch, logps), (shell_generated, shell_rewards, shell_batch, shell_logps) = results
+    assert shell_generated == generated and torch.equal(shell_rewards, rewards) and torch.equal(shell_logps, logps)
+    assert shell_batch.keys() == batch.keys() and "advantages" in batch
+    for key, value in batch.items():
+        assert torch.equal(shell_batch[key], value) if isinstance(value, torch.Tensor) else shell_batch[key] == value
+    assert (tmp_path / "FIPOTrainer" / "fipo_generation_state_0.pt").is_file()
 
 
 # ------------------------------------------------------------------------------------------------ two processes

@@ -9,7 +9,8 @@ The official FIPO/DAPO run (verl `algorithm.filter_groups`, docs/fipo.md §3.2) 
    an error past that, 0 = no limit), then truncates the survivors, in generation order, to exactly that number;
 4. it logs the number of rounds as `num_gen_batches`.
 
-`FIPOTrainer` feeds these functions from TRL's batch; they are tested here against plain Python references.
+`FIPOTrainer` feeds these functions from TRL's batch; they are tested against plain Python references
+(`tests/test_dynamic_sampling.py`).
 """
 
 from collections.abc import Sequence
@@ -18,10 +19,80 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 
+from ..errors import UsageError
+
 
 METRICS = ("accuracy", "reward")  # or the name of one reward function
 ON_LIMIT = ("raise", "fill")
 _STREAM_KEY = 0x5EED  # keeps the stream's order apart from TRL's sampler, which is seeded with the same `seed`
+
+
+class RoundLimitError(UsageError):
+    """`max_num_gen_batches` rounds kept too few groups (`dynamic_sampling_on_limit="raise"`, the official behaviour).
+
+    A [`UsageError`], like a failing reward: `fipo-trl train` reports it as one line with the step and the last
+    checkpoint, since the fix is in the recipe (more rounds, `"fill"`, other data) and the run can resume from there.
+    """
+
+
+class RoundSizes(NamedTuple):
+    """Groups (prompts) a generation batch keeps, and prompts generated per filter round."""
+
+    kept_groups: int
+    prompts_per_round: int
+
+
+def round_sizes(
+    generation_batch_size: int, num_generations: int, prompts_per_round: int | None, num_processes: int
+) -> RoundSizes:
+    """
+    The round geometry of dynamic sampling, refused when it cannot work.
+
+    Args:
+        generation_batch_size (`int`): completions per generation batch over all processes (TRL's field).
+        num_generations (`int`): G, completions per prompt.
+        prompts_per_round (`int` or `None`): `dynamic_sampling_prompts_per_round`; `None` = one generation batch.
+        num_processes (`int`): training processes; a round's completions are split evenly over them.
+
+    Raises:
+        ValueError: a round smaller than the kept batch, or one that does not split over the processes.
+    """
+    kept = generation_batch_size // num_generations
+    per_round = prompts_per_round or kept
+    if per_round < kept:
+        raise ValueError(
+            f"dynamic_sampling_prompts_per_round={per_round} is smaller than the {kept} groups a "
+            f"generation batch keeps (generation_batch_size / num_generations): set it to at least {kept} "
+            "(official: 4 × 512 = 2048), or leave it unset to draw one generation batch per round."
+        )
+    if per_round * num_generations % num_processes:
+        raise ValueError(
+            f"dynamic_sampling_prompts_per_round={per_round} × num_generations={num_generations} completions "
+            f"per round do not split evenly over {num_processes} processes: choose a round size whose completions "
+            f"are a multiple of {num_processes}."
+        )
+    return RoundSizes(kept, per_round)
+
+
+def check_dynamic_sampling_metric(args: Any, reward_func_names: Sequence[str]) -> None:
+    """
+    Refuse a `dynamic_sampling_metric` that names no reward function of the run, before any model is loaded.
+
+    Args:
+        args: anything with FIPOConfig's `dynamic_sampling` and `dynamic_sampling_metric` (nothing is checked when
+            the filter is off).
+        reward_func_names (`Sequence[str]`): the rewards' names as TRL gives them (`GRPOTrainer.reward_func_names`:
+            a function's `__name__`).
+
+    Raises:
+        UsageError: naming the metric and the names it may take.
+    """
+    metric = args.dynamic_sampling_metric
+    if args.dynamic_sampling and metric not in METRICS and metric not in reward_func_names:
+        raise UsageError(
+            f"dynamic_sampling_metric={metric!r} is not {METRICS[0]!r}, {METRICS[1]!r} or a reward function of "
+            f"this run ({', '.join(reward_func_names)})."
+        )
 
 
 def metric_values(
@@ -133,16 +204,23 @@ class PromptStream:
     Args:
         num_prompts (`int`): rows in the training dataset.
         seed (`int`): the run's seed; pass `e` uses the permutation drawn from `(seed, e)`.
+        shuffle (`bool`, *optional*, defaults to `True`): `False` (TRL's `shuffle_dataset=False`) takes every pass in
+            dataset order.
+        start (`int`, *optional*, defaults to `0`): row where the first pass starts. Without shuffling, the trainer
+            starts after the dataloader's first generation batch, so that the first batch's rounds see the first
+            prompts of the dataset once each, in order, as the official trainer does.
     """
 
-    def __init__(self, num_prompts: int, seed: int):
+    def __init__(self, num_prompts: int, seed: int, shuffle: bool = True, start: int = 0):
         if num_prompts < 1:
             raise ValueError("the prompt stream needs a non-empty training dataset")
-        self.num_prompts, self.seed = num_prompts, seed
-        self.epoch, self.position = 0, 0
+        self.num_prompts, self.seed, self.shuffle = num_prompts, seed, shuffle
+        self.epoch, self.position = 0, start % num_prompts
         self._order = None  # (epoch, permutation) of the current pass, drawn once
 
     def _permutation(self) -> np.ndarray:
+        if not self.shuffle:
+            return np.arange(self.num_prompts)
         if self._order is None or self._order[0] != self.epoch:
             rng = np.random.default_rng([self.seed, _STREAM_KEY, self.epoch])
             self._order = (self.epoch, rng.permutation(self.num_prompts))
@@ -171,8 +249,69 @@ class PromptStream:
         self.epoch, self.position = state["epoch"], state["position"]
 
 
+# TRL's `_generate` appends one value of each per call, over that call's completions (all processes gathered)
+ROUND_LENGTH_METRICS = (
+    "completions/mean_length",
+    "completions/min_length",
+    "completions/max_length",
+    "completions/clipped_ratio",
+    "completions/mean_terminated_length",
+    "completions/min_terminated_length",
+    "completions/max_terminated_length",
+)
+
+
+def merge_round_metrics(per_round: dict[str, Sequence[float]], completions_per_round: int) -> dict[str, float]:
+    """
+    TRL's completion-length metrics of several filter rounds merged into the values TRL would log for all their
+    completions at once: the minimum of the minima, the maximum of the maxima, means weighted by how many
+    completions each mean covers. Averaging the per-round values, as `log()` would, gives a mean of extremes.
+
+    Args:
+        per_round (`dict[str, Sequence[float]]`): for each name of `ROUND_LENGTH_METRICS`, one value per round.
+        completions_per_round (`int`): completions of one round over all processes (the same for every round).
+
+    Returns:
+        `dict[str, float]`, one value per name; the terminated-length values are 0 when no completion of any round
+        ended with EOS, as TRL logs them for one such batch.
+    """
+    clipped = per_round["completions/clipped_ratio"]
+    # TRL logs the fraction of truncated completions; each round's number of terminated ones follows from it
+    terminated = [round((1 - ratio) * completions_per_round) for ratio in clipped]
+    merged = {
+        "completions/mean_length": sum(per_round["completions/mean_length"]) / len(clipped),  # rounds of equal size
+        "completions/min_length": min(per_round["completions/min_length"]),
+        "completions/max_length": max(per_round["completions/max_length"]),
+        "completions/clipped_ratio": sum(clipped) / len(clipped),
+    }
+    with_terminated = [
+        (count, mean, low, high)
+        for count, mean, low, high in zip(
+            terminated,
+            per_round["completions/mean_terminated_length"],
+            per_round["completions/min_terminated_length"],
+            per_round["completions/max_terminated_length"],
+            strict=True,
+        )
+        if count > 0
+    ]
+    if with_terminated:
+        counts, means, lows, highs = zip(*with_terminated, strict=True)
+        mean = sum(count * value for count, value in zip(counts, means, strict=True)) / sum(counts)
+        merged.update(
+            {
+                "completions/mean_terminated_length": mean,
+                "completions/min_terminated_length": min(lows),
+                "completions/max_terminated_length": max(highs),
+            }
+        )
+    else:
+        merged.update(dict.fromkeys(ROUND_LENGTH_METRICS[4:], 0.0))
+    return merged
+
+
 def dynamic_sampling_summary(
-    args: Any, kept_groups: int, num_processes: int, optimizer_steps_per_generation: float
+    args: Any, generation_batch_size: int, num_processes: int, optimizer_steps_per_generation: float
 ) -> list[tuple[str, str]]:
     """
     What the dynamic-sampling fields of a recipe imply, as `(name, value)` rows for `fipo-trl check`.
@@ -181,7 +320,7 @@ def dynamic_sampling_summary(
         args: anything with FIPOConfig's attributes `dynamic_sampling`, `dynamic_sampling_metric`,
             `dynamic_sampling_prompts_per_round`, `max_num_gen_batches`, `dynamic_sampling_on_limit` and
             `num_generations` (a parsed `FIPOConfig`; its batch geometry is not read).
-        kept_groups (`int`): prompts per generation batch at the real world size (`generation_batch_size / G`).
+        generation_batch_size (`int`): completions per generation batch at the real world size.
         num_processes (`int`): training processes.
         optimizer_steps_per_generation (`float`): optimizer steps fed by one generation batch.
 
@@ -191,8 +330,9 @@ def dynamic_sampling_summary(
     if not args.dynamic_sampling:
         return [("dynamic sampling", "off: every generated group is trained on")]
     group = args.num_generations
-    per_round = args.dynamic_sampling_prompts_per_round or kept_groups
-    check_round_geometry(per_round, kept_groups, group, num_processes)
+    kept_groups, per_round = round_sizes(
+        generation_batch_size, group, args.dynamic_sampling_prompts_per_round, num_processes
+    )
     rounds = args.max_num_gen_batches
     metric = {
         "accuracy": "accuracy (first reward > 0, official `acc`)",
@@ -221,20 +361,18 @@ def dynamic_sampling_summary(
                 else "fill the batch with dropped groups (A = 0), warn and log",
             ),
         ]
+    # docs/dynamic-sampling.md: the dataloader hands out each prompt once per epoch; the other rounds draw from the stream
+    fewest = per_round / kept_groups
+    most = f"{rounds * fewest:g}×" if rounds > 0 else "unbounded"
+    rows += [
+        (
+            "one epoch (num_train_epochs)",
+            f"one pass of the dataloader: dataset prompts / {kept_groups} generation batches, as with the filter off",
+        ),
+        (
+            "prompts generated per epoch",
+            f"{fewest:g}× to {most} the dataset (extra prompts come from a separate seeded stream; official verl: "
+            "every round uses up the epoch)",
+        ),
+    ]
     return rows
-
-
-def check_round_geometry(prompts_per_round: int, kept_groups: int, num_generations: int, num_processes: int) -> None:
-    """Refuse a round size that cannot fill a generation batch or cannot be split evenly over the processes."""
-    if prompts_per_round < kept_groups:
-        raise ValueError(
-            f"dynamic_sampling_prompts_per_round={prompts_per_round} is smaller than the {kept_groups} groups a "
-            f"generation batch keeps (generation_batch_size / num_generations): set it to at least {kept_groups} "
-            "(official: 4 × 512 = 2048), or leave it unset to draw one generation batch per round."
-        )
-    if prompts_per_round * num_generations % num_processes:
-        raise ValueError(
-            f"dynamic_sampling_prompts_per_round={prompts_per_round} × num_generations={num_generations} completions "
-            f"per round do not split evenly over {num_processes} processes: choose a round size whose completions "
-            f"are a multiple of {num_processes}."
-        )

@@ -5,6 +5,7 @@ from [`fipo_trl.run.resume.ExactResumeMixin`].
 """
 
 import warnings
+from typing import Any, NamedTuple
 
 import torch
 from accelerate.utils import gather_object
@@ -12,14 +13,71 @@ from datasets import IterableDataset
 
 from ..run.resume import ExactResumeMixin
 from .group_filter import (
-    METRICS,
+    ROUND_LENGTH_METRICS,
+    GroupFilter,
     PromptStream,
-    check_round_geometry,
+    RoundLimitError,
+    RoundSizes,
+    check_dynamic_sampling_metric,
     filter_groups,
+    merge_round_metrics,
     metric_values,
+    round_sizes,
     row_sources,
     select_groups,
 )
+
+
+class GenerateOutput(NamedTuple):
+    """
+    What TRL 1.16's `GRPOTrainer._generate(prompts)` returns, in its order (`docs/trl.md` §6, item 11). Each round
+    reads TRL's output through it, and the kept rows go back to TRL as one, so the tuple is built in one place.
+    """
+
+    prompt_ids: list
+    completion_ids: list
+    tool_mask: list | None
+    completions: list
+    logprobs: list | None
+    extra_fields: dict  # filled by a `rollout_func` only, which dynamic sampling refuses
+    images: list | None
+    tool_images: list  # filled by tools only, which dynamic sampling refuses
+
+    @classmethod
+    def of(cls, output: tuple) -> "GenerateOutput":
+        """`output` of `GRPOTrainer._generate`, refused if TRL's return has changed shape."""
+        if len(output) != len(cls._fields):
+            raise RuntimeError(
+                f"GRPOTrainer._generate returned {len(output)} values, fipo_trl replays the {len(cls._fields)} of "
+                "TRL 1.16 (GenerateOutput): this TRL version is not supported (pinned to trl>=1.16,<1.17)."
+            )
+        return cls(*output)
+
+    def rows(self) -> list[dict[str, Any]]:
+        """One dict per completion with the per-completion fields (`None` where TRL returned `None`)."""
+        if self.extra_fields or self.tool_images:
+            raise RuntimeError("dynamic sampling cannot replay rollout_func extra fields or tool images")
+        fields = [name for name in self._fields if name not in ("extra_fields", "tool_images")]
+        return [
+            {name: None if getattr(self, name) is None else getattr(self, name)[i] for name in fields}
+            for i in range(len(self.completion_ids))
+        ]
+
+    @classmethod
+    def from_rows(cls, rows: list[dict[str, Any]]) -> "GenerateOutput":
+        """The output TRL's `_generate` would have returned for exactly these completions (the inverse of `rows`)."""
+        fields = [name for name in cls._fields if name not in ("extra_fields", "tool_images")]
+        columns = {name: [row[name] for row in rows] for name in fields}
+        columns = {name: None if all(v is None for v in values) else values for name, values in columns.items()}
+        return cls(**columns, extra_fields={}, tool_images=[])
+
+
+class Round(NamedTuple):
+    """One filter round: this process's rows, the gathered rewards of all rows, and the per-group verdicts."""
+
+    rows: list[dict[str, Any]]  # dataset row (`input`), `GenerateOutput.rows()` fields, reward-logged `extra`
+    rewards: torch.Tensor  # (rows over all processes, reward functions), as TRL's `_calculate_rewards` returns
+    verdict: GroupFilter
 
 
 class DynamicSamplingMixin(ExactResumeMixin):
@@ -34,7 +92,9 @@ class DynamicSamplingMixin(ExactResumeMixin):
     `class DAPOTrainer(DynamicSamplingMixin, GRPOTrainer)` with a `FIPOConfig`.
     """
 
-    _replay = None  # class-level, so the overrides stay transparent on a trainer whose `__init__` did not run
+    # Class-level, so that the overrides defer to TRL on a trainer whose `__init__` did not run (TRL's own tests build
+    # trainers with `object.__new__`); `prompt_stream` is `ExactResumeMixin`'s
+    _replay = None
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -42,7 +102,9 @@ class DynamicSamplingMixin(ExactResumeMixin):
         self.prompt_stream = None
         if getattr(self.args, "dynamic_sampling", False) and self.train_dataset is not None:
             self._check_dynamic_sampling_support()
-            self.prompt_stream = PromptStream(len(self.train_dataset), self.args.seed)
+            # in dataset order (shuffle_dataset=False) it continues after the dataloader's first generation batch
+            start = 0 if self.shuffle_dataset else self._round_sizes().kept_groups
+            self.prompt_stream = PromptStream(len(self.train_dataset), self.args.seed, self.shuffle_dataset, start)
 
     def _check_dynamic_sampling_support(self):
         unsupported = {
@@ -56,17 +118,18 @@ class DynamicSamplingMixin(ExactResumeMixin):
         for what, present in unsupported.items():
             if present:
                 raise ValueError(f"dynamic_sampling=True does not support {what} yet: set dynamic_sampling=False.")
-        metric = self.args.dynamic_sampling_metric
-        if metric not in METRICS and metric not in self.reward_func_names:
-            raise ValueError(
-                f"dynamic_sampling_metric={metric!r} is not {METRICS[0]!r}, {METRICS[1]!r} or a reward function of "
-                f"this trainer ({', '.join(self.reward_func_names)})."
-            )
-        kept = self.args.generation_batch_size // self.num_generations
-        per_round = self.args.dynamic_sampling_prompts_per_round or kept
-        check_round_geometry(per_round, kept, self.num_generations, self.accelerator.num_processes)
+        check_dynamic_sampling_metric(self.args, self.reward_func_names)
+        self._round_sizes()
 
-    # --------------------------------------------------------------------------------------------- dynamic sampling
+    def _round_sizes(self) -> RoundSizes:
+        return round_sizes(
+            self.args.generation_batch_size,
+            self.num_generations,
+            self.args.dynamic_sampling_prompts_per_round,
+            self.accelerator.num_processes,
+        )
+
+    # --------------------------------------------------------------------------------------------- TRL's methods
     def _generate_and_score_completions(self, inputs):
         if self.prompt_stream is None or not self.model.training:
             return super()._generate_and_score_completions(inputs)
@@ -87,126 +150,123 @@ class DynamicSamplingMixin(ExactResumeMixin):
         self._pending_extra_logs.update(self._replay["extra_logs"])
         return self._replay["rewards"]
 
+    # --------------------------------------------------------------------------------------------- dynamic sampling
     def _dynamic_sampling(self, inputs):
         """
-        Run filter rounds until the batch holds `generation_batch_size / G` signal groups (docs/fipo.md §3.2).
-
-        Every process sees the same gathered rewards, so all agree on the kept groups and on the number of rounds
-        without any extra collective. Each round's rows are split over processes in contiguous slices, as TRL splits
-        a generation batch; the kept rows are then exchanged so that process `p` holds rows `[p·B, (p+1)·B)` of the
-        kept batch, `B` = the local generation batch.
+        Run filter rounds until the batch holds `generation_batch_size / G` signal groups (docs/fipo.md §3.2-§3.3).
 
         Returns the kept local rows (dataset rows) and the replay for `_generate` / `_calculate_rewards`.
         """
-        args, group = self.args, self.num_generations
-        rank, num_processes = self.accelerator.process_index, self.accelerator.num_processes
-        kept_groups = args.generation_batch_size // group
-        per_round = args.dynamic_sampling_prompts_per_round or kept_groups
-        rows_per_process, local_rows = per_round * group // num_processes, len(inputs)
-        columns = list(inputs[0])
+        sizes, group = self._round_sizes(), self.num_generations
+        metrics = self._metrics["train"]
+        logged_before = {name: len(metrics.get(name, ())) for name in ROUND_LENGTH_METRICS}
+        rounds = self._filter_rounds(inputs, sizes)
+        found = sum(int(round_.verdict.keep.sum()) for round_ in rounds)
+        filled = self._apply_round_limit(found, sizes)
+        self._log_dynamic_sampling(rounds, sizes, filled, logged_before)
 
-        def stream_rows(count):  # dataset rows from the stream, each repeated G times as TRL's sampler does
-            rows = [self.train_dataset[i] for i in self.prompt_stream.take(count)]
-            return [{key: row[key] for key in columns} for row in rows for _ in range(group)]
-
-        rounds, keeps, rewards, verdicts = [], [], [], []
-        while True:
-            if not rounds:
-                # Round 1: the dataloader's generation batch (gathered, it is the same list everywhere), topped up
-                top_up = per_round - kept_groups
-                global_rows = gather_object(inputs) + stream_rows(top_up) if top_up else None
-            else:
-                global_rows = stream_rows(per_round)
-            if global_rows is None:
-                rows = inputs  # TRL already split this generation batch over the processes
-            else:
-                rows = global_rows[rank * rows_per_process : (rank + 1) * rows_per_process]
-            generated, round_rewards = self._generate_round(rows)
-            rounds.append(generated)
-            rewards.append(round_rewards)
-            values = metric_values(
-                rewards[-1], args.dynamic_sampling_metric, self.reward_func_names, self.reward_weights
-            )
-            verdicts.append(filter_groups(values, rewards[-1][:, 0] > 0, group))
-            keeps.append(verdicts[-1].keep)
-            found = int(sum(keep.sum() for keep in keeps))
-            limit_hit = 0 < args.max_num_gen_batches <= len(rounds)
-            if found >= kept_groups or limit_hit:
-                break
-
-        if found < kept_groups and args.dynamic_sampling_on_limit == "raise":
-            raise ValueError(
-                f"dynamic sampling kept {found} of the {kept_groups} groups a generation batch needs after "
-                f"max_num_gen_batches={args.max_num_gen_batches} rounds of {per_round} prompts: almost every group "
-                "got the same metric for all its completions (data too easy or too hard for the model). Raise "
-                "max_num_gen_batches (<= 0: no limit), or set dynamic_sampling_on_limit='fill' to train on what "
-                "there is."
-            )
-        selected = select_groups(keeps, kept_groups, fill=True)
-        filled = max(kept_groups - found, 0)
-        if filled:
-            warnings.warn(
-                f"dynamic sampling reached max_num_gen_batches={args.max_num_gen_batches} with {found} of "
-                f"{kept_groups} groups kept: {filled} dropped groups (advantage 0) fill the batch.",
-                stacklevel=2,
-            )
-        self._log_dynamic_sampling(verdicts, per_round, filled)
-
-        # Hand the kept rows to their processes: row j of the kept batch goes to process j // local_rows
-        sources = row_sources(selected, group, rows_per_process)
-        mine = {j: rounds[r][row] for j, (r, source, row) in enumerate(sources) if source == rank}
-        received = {}
-        for part in gather_object([mine]):
-            received.update(part)
-        payload = [received[j] for j in range(rank * local_rows, (rank + 1) * local_rows)]
-        kept_rewards = torch.stack([rewards[r][g * group + i] for r, g in selected for i in range(group)])
-
-        def column(key):
-            return [row[key] for row in payload] if payload[0][key] is not None else None
-
-        generation = (
-            column("prompt_ids"),
-            column("completion_ids"),
-            None,  # tool_mask: tools are refused with dynamic sampling
-            column("completions"),
-            column("logprobs"),
-            {},  # extra_fields: rollout_func is refused
-            None,  # images
-            [],  # tool_images
-        )
+        selected = select_groups([round_.verdict.keep for round_ in rounds], sizes.kept_groups, fill=True)
+        payload = self._exchange_kept_rows(rounds, selected, sizes, len(inputs))
+        kept_rewards = torch.stack([rounds[r].rewards[g * group + i] for r, g in selected for i in range(group)])
         names = sorted({name for row in payload for name in row["extra"]})
-        extra_logs = {name: [row["extra"].get(name) for row in payload] for name in names}
-        replay = {"generation": generation, "rewards": kept_rewards, "extra_logs": extra_logs}
-        return column("input"), replay
+        replay = {
+            "generation": GenerateOutput.from_rows(payload),
+            "rewards": kept_rewards,
+            "extra_logs": {name: [row["extra"].get(name) for row in payload] for name in names},
+        }
+        return [row["input"] for row in payload], replay
+
+    def _filter_rounds(self, inputs, sizes):
+        """
+        Generate and filter rounds until `sizes.kept_groups` groups have signal or `max_num_gen_batches` rounds ran.
+
+        Every process sees the same gathered rewards, so all agree on the verdicts and on the number of rounds
+        without any extra collective.
+        """
+        rounds = []
+        while True:
+            rounds.append(self._generate_round(self._round_rows(inputs, sizes, first=not rounds)))
+            found = sum(int(round_.verdict.keep.sum()) for round_ in rounds)
+            if found >= sizes.kept_groups or 0 < self.args.max_num_gen_batches <= len(rounds):
+                return rounds
+
+    def _round_rows(self, inputs, sizes, first):
+        """
+        This process's dataset rows for a round, each prompt repeated G times as TRL's sampler does. Round 1 is the
+        dataloader's generation batch, topped up from the prompt stream; later rounds come from the stream. A round's
+        rows are split over processes in contiguous slices, as TRL splits a generation batch.
+        """
+        group, rank = self.num_generations, self.accelerator.process_index
+        count = sizes.prompts_per_round - sizes.kept_groups if first else sizes.prompts_per_round
+        if count == 0:
+            return inputs  # round 1 without top-up: TRL already split this generation batch over the processes
+        columns = list(inputs[0])
+        drawn = [self.train_dataset[i] for i in self.prompt_stream.take(count)]
+        streamed = [{key: row[key] for key in columns} for row in drawn for _ in range(group)]
+        global_rows = (gather_object(inputs) if first else []) + streamed  # gathered: the same list everywhere
+        rows_per_process = sizes.prompts_per_round * group // self.accelerator.num_processes
+        return global_rows[rank * rows_per_process : (rank + 1) * rows_per_process]
 
     def _generate_round(self, rows):
-        """Generate and score one round on this process's `rows`: one dict per row, and the gathered rewards."""
+        """Generate and score one round on this process's `rows` with TRL's `_generate` and `_calculate_rewards`."""
         prompts = [row["prompt"] for row in rows]
-        prompt_ids, completion_ids, _, completions, logprobs, _, _, _ = self._generate(prompts)
-        rewards = self._calculate_rewards(rows, prompts, completions, completion_ids)
+        output = GenerateOutput.of(self._generate(prompts))
+        rewards = self._calculate_rewards(rows, prompts, output.completions, output.completion_ids)
         # Columns a reward function logged with `log_extra` travel with their row (one value per completion)
         extra = {name: values for name, values in self._pending_extra_logs.items() if len(values) == len(rows)}
         self._pending_extra_logs.clear()
-        logprobs = logprobs if logprobs is not None else [None] * len(rows)
         generated = [
-            {
-                "input": rows[i],
-                "prompt_ids": prompt_ids[i],
-                "completion_ids": completion_ids[i],
-                "completions": completions[i],
-                "logprobs": logprobs[i],
-                "extra": {name: values[i] for name, values in extra.items()},
-            }
-            for i in range(len(rows))
+            {"input": row, **fields, "extra": {name: values[i] for name, values in extra.items()}}
+            for i, (row, fields) in enumerate(zip(rows, output.rows(), strict=True))
         ]
-        return generated, rewards
+        values = metric_values(rewards, self.args.dynamic_sampling_metric, self.reward_func_names, self.reward_weights)
+        return Round(generated, rewards, filter_groups(values, rewards[:, 0] > 0, self.num_generations))
 
-    def _log_dynamic_sampling(self, verdicts, per_round, filled):
-        # Computed from gathered rewards, hence the same on every process: no reduction needed
-        generated = sum(len(verdict.keep) for verdict in verdicts)
+    def _apply_round_limit(self, found, sizes):
+        """
+        The limit policy when the rounds kept fewer than `sizes.kept_groups` groups: raise [`RoundLimitError`]
+        (official), or warn and return how many dropped groups fill the batch (`dynamic_sampling_on_limit="fill"`).
+        """
+        missing = sizes.kept_groups - found
+        if missing <= 0:
+            return 0
+        args = self.args
+        if args.dynamic_sampling_on_limit == "raise":
+            raise RoundLimitError(
+                f"dynamic sampling kept {found} of the {sizes.kept_groups} groups a generation batch needs after "
+                f"max_num_gen_batches={args.max_num_gen_batches} rounds of {sizes.prompts_per_round} prompts: almost "
+                "every group got the same metric for all its completions (data too easy or too hard for the model). "
+                "Raise max_num_gen_batches (<= 0: no limit), or set dynamic_sampling_on_limit='fill' to train on "
+                "what there is."
+            )
+        warnings.warn(
+            f"dynamic sampling reached max_num_gen_batches={args.max_num_gen_batches} with {found} of "
+            f"{sizes.kept_groups} groups kept: {missing} dropped groups (advantage 0) fill the batch.",
+            stacklevel=3,
+        )
+        return missing
+
+    def _exchange_kept_rows(self, rounds, selected, sizes, local_rows):
+        """
+        Hand the kept rows to their processes: row `j` of the kept batch goes to process `j // local_rows`, so that
+        process `p` holds rows `[p·B, (p+1)·B)`, `B` = the local generation batch, as TRL would have split it.
+        """
+        rank = self.accelerator.process_index
+        rows_per_process = sizes.prompts_per_round * self.num_generations // self.accelerator.num_processes
+        sources = row_sources(selected, self.num_generations, rows_per_process)
+        mine = {j: rounds[r].rows[row] for j, (r, source, row) in enumerate(sources) if source == rank}
+        received = {}
+        for part in gather_object([mine]):
+            received.update(part)
+        return [received[j] for j in range(rank * local_rows, (rank + 1) * local_rows)]
+
+    def _log_dynamic_sampling(self, rounds, sizes, filled, logged_before):
+        # Computed from gathered rewards and gathered lengths, hence the same on every process: no reduction needed
         metrics = self._metrics["train"]
-        metrics["num_gen_batches"].append(len(verdicts))  # official name (verl train/num_gen_batches, paper Fig. 4b)
-        metrics["dynamic_sampling/prompts_generated"].append(len(verdicts) * per_round)
+        verdicts = [round_.verdict for round_ in rounds]
+        generated = sum(len(verdict.keep) for verdict in verdicts)
+        metrics["num_gen_batches"].append(len(rounds))  # official name (verl train/num_gen_batches, paper Fig. 4b)
+        metrics["dynamic_sampling/prompts_generated"].append(len(rounds) * sizes.prompts_per_round)
         for name, groups in [
             ("filtered_frac", [~verdict.keep for verdict in verdicts]),
             ("all_correct_frac", [verdict.all_correct for verdict in verdicts]),
@@ -214,3 +274,10 @@ class DynamicSamplingMixin(ExactResumeMixin):
         ]:
             metrics[f"dynamic_sampling/{name}"].append(sum(int(g.sum()) for g in groups) / generated)
         metrics["dynamic_sampling/filled_groups"].append(filled)
+        # TRL's `_generate` logged its completion lengths once per round: one value per generation batch instead
+        per_round = {name: metrics.get(name, [])[logged_before[name] :] for name in ROUND_LENGTH_METRICS}
+        if len(rounds) > 1 and all(len(values) == len(rounds) for values in per_round.values()):
+            completions = sizes.prompts_per_round * self.num_generations
+            for name, value in merge_round_metrics(per_round, completions).items():
+                del metrics[name][logged_before[name] :]
+                metrics[name].append(value)

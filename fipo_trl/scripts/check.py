@@ -226,7 +226,7 @@ def describe(recipe_path, recipe, geometry, args, script_args, model_args, shard
     lines += [f"  {name:<38} {value!s:<{width}}   {official}".rstrip() for name, value, official in table]
     try:
         sampling = dynamic_sampling_summary(
-            args, geometry.prompts_per_generation, geometry.num_processes, geometry.steps_per_generation_batch
+            args, geometry.completions_per_generation, geometry.num_processes, geometry.steps_per_generation_batch
         )
     except ValueError as error:
         raise UsageError(str(error)) from None
@@ -273,7 +273,7 @@ def make_parser():
         description="Print the batch geometry, FIPO on/off verdict, token and memory budget of a recipe at scale.",
     )
     parser.add_argument("recipe", help="recipe YAML, as given to `fipo-trl train`, then any --field value overrides")
-    # accelerate launch's names; the dashed spellings of earlier versions still work, unlisted
+    # accelerate launch's names
     parser.add_argument(
         "--num_processes", type=int, help="training processes over all nodes (default: the accelerate config's, or 1)"
     )
@@ -281,9 +281,6 @@ def make_parser():
     parser.add_argument(
         "--config_file", help="accelerate config YAML of the launch, for the ZeRO/FSDP stage and process counts"
     )
-    parser.add_argument("--num-processes", dest="num_processes", type=int, help=argparse.SUPPRESS)
-    parser.add_argument("--num-nodes", dest="num_machines", type=int, help=argparse.SUPPRESS)
-    parser.add_argument("--accelerate-config", dest="config_file", help=argparse.SUPPRESS)
     return parser
 
 

@@ -39,6 +39,7 @@ def main(script_args, training_args, model_args):
 
     from ..callbacks import get_callbacks
     from ..data.math_datasets import get_dataset
+    from ..dynamic_sampling.group_filter import check_dynamic_sampling_metric
     from ..evaluation.evaluate import heldout_check, load_eval_datasets
     from ..models import load_tokenizer, resolve_model_path
     from ..rewards import get_reward_funcs
@@ -54,6 +55,7 @@ def main(script_args, training_args, model_args):
     tokenizer = load_tokenizer(model_args.model_name_or_path, model_args.model_revision)
     train_dataset, heldout_dataset = get_dataset(script_args, tokenizer)
     reward_funcs = get_reward_funcs(script_args, training_args)
+    check_dynamic_sampling_metric(training_args, [func.__name__ for func in reward_funcs])  # TRL's names for them
     eval_datasets = load_eval_datasets(script_args.math_eval_datasets)
     set_up_wandb(training_args)
     resolve_resume(training_args)
