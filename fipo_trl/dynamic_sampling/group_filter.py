@@ -361,7 +361,7 @@ def dynamic_sampling_summary(
                 else "fill the batch with dropped groups (A = 0), warn and log",
             ),
         ]
-    # docs/dynamic-sampling.md: the dataloader hands out each prompt once per epoch; the other rounds draw from the stream
+    # docs/dynamic-sampling.md: the dataloader gives each prompt once per epoch, the other rounds draw from the stream
     fewest = per_round / kept_groups
     most = f"{rounds * fewest:g}×" if rounds > 0 else "unbounded"
     rows += [
