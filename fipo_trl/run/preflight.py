@@ -12,6 +12,7 @@ checkpoint.
 import json
 import math
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -179,9 +180,27 @@ def check_output_dir(output_dir: str | os.PathLike) -> None:
         raise UsageError(f"output_dir: cannot write to {path} ({reason}): choose a folder you can write to") from None
 
 
+def check_free_space(output_dir: str | os.PathLike, weight_bytes: int, num_parameters: int) -> None:
+    """
+    Refuse an `output_dir` whose disk cannot hold one checkpoint: the weights (`weight_bytes` as stored) and the
+    AdamW state, two float32 moments for each of `num_parameters` (a lower bound: DeepSpeed adds its own copies).
+
+    Raises:
+        UsageError: `output_dir: ... has X MB free, but one checkpoint ... needs about Y MB ...`.
+    """
+    need = weight_bytes + 8 * num_parameters
+    free = shutil.disk_usage(output_dir).free
+    if free < need:
+        raise UsageError(
+            f"output_dir: {output_dir} has {free / 2**20:.1f} MB free, but one checkpoint of this model needs about "
+            f"{need / 2**20:.1f} MB (weights + AdamW state): free some space or choose an output_dir on a larger disk"
+        )
+
+
 def check_training_args(training_args) -> None:
     """
-    Refuse training settings that would train nothing or diverge at once, before the model loads.
+    Refuse training settings that would train nothing, diverge at once or fail at the first generation, before the
+    model loads.
 
     Raises:
         UsageError: naming the field, e.g. `max_steps: 0 trains nothing; ...`.
@@ -191,3 +210,17 @@ def check_training_args(training_args) -> None:
     learning_rate = training_args.learning_rate
     if not math.isfinite(learning_rate) or learning_rate < 0:
         raise UsageError(f"learning_rate: {learning_rate} must be a finite number >= 0 (the quickstart uses 5e-5)")
+    # sampling: TRL divides the logits by the temperature, and transformers / vLLM refuse these only at generation
+    temperature = training_args.temperature
+    if not math.isfinite(temperature) or temperature <= 0:
+        raise UsageError(
+            f"temperature: {temperature} must be > 0: RL samples its completions (the official runs use 1.0)"
+        )
+    if not 0 < training_args.top_p <= 1:
+        raise UsageError(f"top_p: {training_args.top_p} must be in (0, 1] (1.0 keeps every token)")
+    if training_args.top_k < 0:
+        raise UsageError(f"top_k: {training_args.top_k} must be >= 0 (0 keeps every token)")
+    if training_args.min_p is not None and not 0 <= training_args.min_p <= 1:
+        raise UsageError(f"min_p: {training_args.min_p} must be in [0, 1] (or null)")
+    if training_args.max_completion_length is None or training_args.max_completion_length < 1:
+        raise UsageError(f"max_completion_length: {training_args.max_completion_length} must be >= 1")
