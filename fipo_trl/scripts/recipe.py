@@ -16,7 +16,7 @@ from pathlib import Path
 from trl import ModelConfig, ScriptArguments
 
 from ..errors import UsageError
-from ..run.preflight import read_yaml_file
+from ..run.preflight import check_recipe_types, read_yaml_file
 
 
 USAGE = "usage: fipo-trl train RECIPE.yaml [--field value ...]   (e.g. fipo-trl train configs/quickstart.yaml)"
@@ -147,10 +147,11 @@ def parse_recipe(argv):
     argv = join_negative_values(argv)
     if argv and not argv[0].startswith("-"):
         argv = ["--config", *argv]  # `fipo-trl train recipe.yaml` as in open-r1's launch lines
+    parser = make_parser()
     if "--config" in argv:
         # TrlParser's own reading of a malformed file ends in a 52-line traceback: read it first, for file:line
-        read_yaml_file(argv[argv.index("--config") + 1])
-    parser = make_parser()
+        path = argv[argv.index("--config") + 1]
+        check_recipe_types(path, read_yaml_file(path), parser.dataclass_types)
     stderr = io.StringIO()
     try:
         # argparse prints a page of usage before its one-line error: keep only that line
