@@ -97,7 +97,7 @@ def check_recipe_types(path: str | os.PathLike, recipe: dict, dataclass_types) -
             The dataclasses the recipe fills (keys of none of them are left to the unknown-field check).
 
     Raises:
-        UsageError: e.g. `recipe.yaml: reward_funcs: 'dapo_accuracy' is a str, expected list[str] ([a, b] in YAML); fix the recipe`.
+        UsageError: e.g. `recipe.yaml: reward_funcs: 'dapo_accuracy' is a str, expected list[str] ([a, b] in YAML)`.
     """
     hints = {}
     for cls in dataclass_types:
@@ -108,7 +108,7 @@ def check_recipe_types(path: str | os.PathLike, recipe: dict, dataclass_types) -
             hint = " ([a, b] in YAML)" if "list[" in expected else ""
             kind = type(value).__name__
             article = "an" if kind[0] in "aeiou" else "a"
-            raise UsageError(f"{path}: {name}: {value!r} is {article} {kind}, expected {expected}{hint}; fix the recipe")
+            raise UsageError(f"{path}: {name}: {value!r} is {article} {kind}, expected {expected}{hint}")
 
 
 def _fits(value, annotation) -> bool:
