@@ -358,6 +358,33 @@ def test_bad_input_is_one_line_and_loses_nothing(case, tmp_path, capsys, monkeyp
     assert re.search(case.message, errors[0][len(prefix) :]), errors[0]
 
 
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 1 MiB tmpfs: too small for one checkpoint of the shipped model (~9 MB with its AdamW state)."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1M", "tmpfs", str(disk)], capture_output=True).returncode:
+        pytest.skip("mounting a tmpfs needs root")
+    yield disk
+    subprocess.run(["umount", str(disk)], check=True)
+
+
+def test_a_disk_too_small_for_a_checkpoint_is_refused_before_training(small_disk, tmp_path, capsys):
+    # without the check, the run trained and then died at its first save: "No space left on device", a traceback
+    out = small_disk / "out"
+    seed_output_dir(out)
+    before = snapshot(out)
+    recipe = write_recipe(tmp_path, Case("small_disk", ""), out)
+    status, errors, captured = run_cli(capsys, ["train", str(recipe)])
+    assert status == 2 and len(errors) == 1, captured.err
+    assert re.search(
+        r"error: output_dir: .*disk/out has 1\.0 MB free, but one checkpoint of this model needs about \d+\.\d MB "
+        r"\(weights \+ AdamW state\): free some space or choose an output_dir on a larger disk$",
+        errors[0],
+    ), errors[0]
+    assert_nothing_lost(before, snapshot(out))
+
+
 # ---- faults during training: each row trains a few steps ---------------------------------------------------------
 
 
