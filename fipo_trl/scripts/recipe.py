@@ -53,7 +53,9 @@ class FIPOScriptArguments(ScriptArguments):
             Seed of the synthetic problems (training and held-out sets never share a prompt).
         heldout_size (`int`, *optional*, defaults to `0`):
             Problems of the held-out set (synthetic, or `dataset_test_split`) on which accuracy is measured before
-            and after training, sampling one completion each as in training. `0` skips the check.
+            and after training, sampling one completion each as in training. A source without a test split (a single
+            file, DAPO-Math-17k) gives this many of its rows (drawn with seed 0), which are then not trained on.
+            `0` skips the check.
         token_view (`bool`, *optional*, defaults to `True`):
             At each logging step, save one completion as HTML with every token coloured by its influence weight
             (under `output_dir/token_view/`, and to wandb when it is on).
