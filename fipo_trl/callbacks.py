@@ -15,7 +15,7 @@ from transformers import Trainer, TrainerCallback
 from .core import UNCLIPPED_WEIGHT_MAX, weight_bounds
 from .errors import UsageError
 from .evaluation import evaluate as evaluation
-from .evaluation.generation import generate_with_transformers, tokenize_prompts
+from .evaluation.generation import generate_on_processes
 from .run.checkpoints import CheckpointMarkerCallback
 from .token_view import render_token_view
 
@@ -177,35 +177,19 @@ class MathEvalCallback(TrainerCallback):
     def evaluate_dataset(self, dataset: Dataset, args) -> dict[str, float]:
         """Generate on this process's share of `dataset`, gather every share, and summarize them all."""
         from accelerate.utils import gather_object
-        from trl.distributed import DistributedBackend
-        from trl.models import unwrap_model_for_generation
 
-        accelerator = self.trainer.accelerator
-        tokenizer = self.trainer.processing_class
-        with accelerator.split_between_processes(list(range(len(dataset))), apply_padding=True) as indices:
-            shard = dataset.select(indices)
-            # the same unwrapping as GRPOTrainer's transformers generation (ZeRO-3 gather, FSDP1 root params)
-            with (
-                unwrap_model_for_generation(
-                    self.trainer.model_wrapped,
-                    accelerator,
-                    gradient_checkpointing_kwargs=args.gradient_checkpointing_kwargs,
-                ) as model,
-                DistributedBackend(accelerator).summon_full_params(self.trainer.model_wrapped, recurse=False),
-            ):
-                was_training = model.training
-                model.eval()
-                completions = generate_with_transformers(
-                    model,
-                    tokenizer,
-                    tokenize_prompts(shard["prompt"], tokenizer),
-                    **self.sampling,
-                    batch_size=self.batch_size,
-                    seed=self.seed,
-                    show_progress=accelerator.is_main_process,
-                )
-                model.train(was_training)
-            records = evaluation.score_completions(shard, completions, self.answer_format, indices=list(indices))
+        indices, completions = generate_on_processes(
+            self.trainer.model_wrapped,
+            self.trainer.processing_class,
+            dataset["prompt"],
+            accelerator=self.trainer.accelerator,
+            gradient_checkpointing_kwargs=args.gradient_checkpointing_kwargs,
+            show_progress=self.trainer.accelerator.is_main_process,
+            **self.sampling,
+            batch_size=self.batch_size,
+            seed=self.seed,
+        )
+        records = evaluation.score_completions(dataset.select(indices), completions, self.answer_format, indices)
         # only what summarize() reads travels between processes, not the completion texts
         records = [
             {

@@ -92,6 +92,18 @@ def load_tokenizer(model_path: str, revision: str | None = None):
         raise not_loadable(model_path, exc) from None
 
 
+def require_chat_template(tokenizer, source: str, plain_text: str = "a string `prompt` column") -> None:
+    """
+    Refuse chat-message prompts (from `source`) for a tokenizer without a chat template to render them; the message
+    offers `plain_text` as the way to plain-text prompts.
+    """
+    if tokenizer.chat_template is None:
+        raise UsageError(
+            f"{source}: the prompts are chat messages but the tokenizer of {tokenizer.name_or_path} has no chat "
+            f"template: use plain-text prompts ({plain_text}) or a model whose tokenizer has one"
+        )
+
+
 def load_model_and_tokenizer(model_path: str, dtype: str = "auto"):
     """
     Load a causal LM for generation: a full model, or a LoRA adapter merged into its base model.
@@ -129,3 +141,91 @@ def load_model_and_tokenizer(model_path: str, dtype: str = "auto"):
         # merged once up front: generation then runs at the speed of a plain model
         model = PeftModel.from_pretrained(model, model_path).merge_and_unload()
     return model.eval(), tokenizer
+
+
+def model_positions(model_path: str) -> int | None:
+    """
+    How many token positions the model at `model_path` (or an adapter's base model) is configured for: its
+    `max_position_embeddings`, times the RoPE scaling factor when its config extends the context that way; `None`
+    when the config cannot be read or names no such length.
+    """
+    from transformers import AutoConfig
+
+    adapter = read_adapter_config(model_path)
+    try:
+        config = AutoConfig.from_pretrained(model_path if adapter is None else adapter["base_model_name_or_path"])
+    except (OSError, ValueError):  # not cached offline, or an unknown architecture: the model load reports it
+        return None
+    config = config.get_text_config()
+    positions = getattr(config, "max_position_embeddings", None)  # not every architecture has one (e.g. Mamba)
+    rope = getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {}
+    kind = rope.get("rope_type", rope.get("type", "default"))
+    if positions is not None and kind != "default" and rope.get("factor"):
+        original = rope.get("original_max_position_embeddings") or positions
+        positions = max(positions, int(original * rope["factor"]))
+    return positions
+
+
+def longest_prompt(prompts: list, tokenizer) -> tuple[int, int]:
+    """`(tokens, row)` of the longest prompt as TRL renders it (chat template with generation prompt), row from 1."""
+    prompts = list(prompts)
+    if isinstance(prompts[0], str):
+        ids = tokenizer(prompts, add_special_tokens=False)["input_ids"]
+    else:
+        ids = tokenizer.apply_chat_template(prompts, add_generation_prompt=True, tokenize=True, return_dict=True)
+        ids = ids["input_ids"]
+    lengths = [len(row) for row in ids]
+    row = max(range(len(lengths)), key=lengths.__getitem__)
+    return lengths[row], row + 1
+
+
+def check_model_fits(model_path: str, tokenizer, train_dataset, script_args, training_args, model_args) -> None:
+    """
+    Refuse a recipe that the model at `model_path` cannot run, before it loads.
+
+    1. Positions: the longest training prompt (or `max_prompt_length` when set) plus `max_completion_length` must fit
+       in the model's positions. Past them a model with learned positions fails at the first long sequence, and a
+       RoPE model samples from positions it was never trained on, without a word.
+    2. Disk: `output_dir` must have room for one checkpoint of a full fine-tune: the weights as stored plus AdamW's
+       two float32 moments per parameter (`optimizer.pt`). A full disk otherwise ends the run at its first save.
+
+    Raises:
+        UsageError: naming the field to change.
+    """
+    from .run.preflight import check_free_space
+    from .run.weight_files import weight_files
+
+    positions = model_positions(model_path)
+    if positions is not None:
+        if script_args.max_prompt_length is not None:
+            prompt, where = script_args.max_prompt_length, f"max_prompt_length {script_args.max_prompt_length}"
+        else:
+            prompt, row = longest_prompt(train_dataset["prompt"], tokenizer)
+            where = f"the longest training prompt ({prompt} tokens, row {row})"
+        completion = training_args.max_completion_length
+        if prompt + completion > positions:
+            fixes = [f"lower max_completion_length to {positions - prompt}"] if prompt < positions else []
+            if completion < positions:
+                fixes.append(f"set max_prompt_length to {positions - completion} or less")
+            fix = " or ".join(fixes)
+            raise UsageError(
+                f"max_completion_length: {where} + max_completion_length {completion} = {prompt + completion} "
+                f"tokens, more than the {positions} positions of {model_path}: {fix}"
+            )
+    if model_args.use_peft or not Path(model_path).is_dir():
+        return  # an adapter's checkpoint is small; a Hub model's size is not known before it downloads
+    files = weight_files(model_path)
+    if files:
+        check_free_space(training_args.output_dir, sum(path.stat().st_size for path in files), _num_parameters(files))
+
+
+def _num_parameters(files) -> int:
+    import math
+
+    from safetensors import safe_open
+
+    total = 0
+    for path in files:
+        with safe_open(str(path), framework="pt") as weights:
+            total += sum(math.prod(weights.get_slice(name).get_shape()) for name in weights.keys())
+    return total

@@ -8,9 +8,10 @@ from .config import FIPOConfig
 from .core import LOG_RATIO_CLAMP, fipo_weights, weight_bounds
 from .diagnostics import fipo_diagnostics
 from .dynamic_sampling.mixin import DynamicSamplingMixin
+from .rewards.guard import RewardSpreadGuardMixin
 
 
-class FIPOTrainer(DynamicSamplingMixin, GRPOTrainer):
+class FIPOTrainer(DynamicSamplingMixin, RewardSpreadGuardMixin, GRPOTrainer):
     """
     Trainer for Future-KL Influenced Policy Optimization (FIPO).
 
@@ -21,7 +22,8 @@ class FIPOTrainer(DynamicSamplingMixin, GRPOTrainer):
     the single policy forward, then calls the parent loss with `A·f` as per-token advantages and the dropped responses
     removed through `tool_mask`.
 
-    Dynamic sampling and the generation state kept with each checkpoint come from [`DynamicSamplingMixin`].
+    Dynamic sampling and the generation state kept with each checkpoint come from [`DynamicSamplingMixin`]; the stop
+    of a run whose groups have had no reward spread for many batches, from [`RewardSpreadGuardMixin`].
     """
 
     _tag_names = ["trl", "fipo"]

@@ -28,3 +28,15 @@ def none_at_first_reward(completions, trainer_state=None, **kwargs):
 def interrupting_reward(completions, **kwargs):
     # Ctrl-C while the first batch is scored, before any checkpoint
     raise KeyboardInterrupt
+
+
+def constant_reward(completions, **kwargs):
+    # scores every completion, the same: no group ever has a reward spread
+    return [0.5] * len(completions)
+
+
+def strings_reward(completions, **kwargs):
+    return ["1.0"] * len(completions)
+
+
+NOT_A_FUNCTION = 0.5  # a module attribute named as a reward by mistake

@@ -21,6 +21,7 @@ from fipo_trl.data.math_datasets import (
     load_math_dataset,
     truncate_prompt,
 )
+from fipo_trl.errors import UsageError
 
 
 @pytest.fixture(autouse=True)
@@ -260,3 +261,57 @@ def test_deduplication_across_arrow_chunks():
     chunked = pa.concat_tables([table.slice(0, 2), table.slice(2, 1), table.slice(3)])
     dataset = data._from_verl_layout(datasets.Dataset(chunked), "chunks", conversational=False, deduplicate=True)
     assert dataset["prompt"] == [apply_dapo_template(p, conversational=False) for p in ["A?", "B?", "C?"]]
+
+
+# --- the datasets of a recipe (get_dataset) ----------------------------------------------------------------------
+
+
+def recipe_args(**fields):
+    from fipo_trl.scripts.recipe import FIPOScriptArguments
+
+    return FIPOScriptArguments(**fields)
+
+
+def additions_file(tmp_path, num_rows, **changes):
+    path = tmp_path / "additions.jsonl"
+    rows = [{"prompt": f"{i}+1=?\n", "solution": str(i + 1), **changes} for i in range(num_rows)]
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
+
+
+def test_heldout_size_with_a_single_file_holds_rows_out_and_says_so(tmp_path, caplog):
+    path = additions_file(tmp_path, 20)
+    train, heldout = data.get_dataset(recipe_args(dataset_name=str(path), heldout_size=5))
+    assert len(heldout) == 5 and len(train) == 15
+    assert not set(train["prompt"]) & set(heldout["prompt"])  # never trained on
+    assert "5 of the 20 rows of" in caplog.text and "not trained on" in caplog.text
+    # the same rows on every run (and on every process of one)
+    again, _ = data.get_dataset(recipe_args(dataset_name=str(path), heldout_size=5))
+    assert again["prompt"] == train["prompt"]
+
+
+def test_list_solutions_are_refused_with_the_row(tmp_path):
+    # a list would reach the rewards as its repr ("['1']"), match no answer and train at reward -1 throughout
+    path = tmp_path / "lists.jsonl"
+    path.write_text("".join(json.dumps({"prompt": f"{i}+1=?", "solution": [str(i + 1)]}) + "\n" for i in range(4)))
+    with pytest.raises(UsageError, match=r"lists\.jsonl, row 1: solution is a list \(\['1'\]\); write one answer"):
+        data.get_dataset(recipe_args(dataset_name=str(path)))
+
+
+def test_one_answer_as_text_for_data_and_rewards():
+    # the loaders and the rewards share one conversion: parquet integer columns with gaps arrive as floats
+    from fipo_trl.rewards.dapo import solution_text
+
+    assert data.solution_text is solution_text
+    assert [solution_text(value) for value in (3.0, 2.5, 7, "x")] == ["3", "2.5", "7", "x"]
+
+
+def test_too_few_prompts_for_one_generation_batch_are_refused(tmp_path):
+    from types import SimpleNamespace
+
+    path = additions_file(tmp_path, 7)
+    args = SimpleNamespace(generation_batch_size=32, num_generations=4)  # 8 prompts per generation batch
+    with pytest.raises(UsageError, match="has 7 training prompts, fewer than one generation batch of 8"):
+        data.get_dataset(recipe_args(dataset_name=str(path)), training_args=args)
+    path = additions_file(tmp_path, 8)
+    assert len(data.get_dataset(recipe_args(dataset_name=str(path)), training_args=args)[0]) == 8

@@ -371,6 +371,14 @@ def test_cli_rejects_a_missing_model_path(tmp_path, capsys):
     assert err == f"fipo-trl eval: error: no such model directory: {tmp_path / 'nope'} ({FOLDER_OR_HUB_ID})\n"
 
 
+def test_cli_rejects_a_file_whose_solutions_are_lists(tiny_model_dir, tmp_path, capsys):
+    # a list would be scored as its repr and match nothing: every sample wrong, reported as the model's accuracy
+    path = tmp_path / "lists.jsonl"
+    path.write_text(json.dumps({"prompt": "1+1=?\n", "solution": ["2", "2.0"]}) + "\n")
+    err = one_line_error(capsys, ["--model_name_or_path", tiny_model_dir, "--dataset", str(path)])
+    assert "dataset 'lists', row 1: solution is a list (['2', '2.0']); write one answer per row" in err
+
+
 def test_cli_rejects_a_file_without_an_answer_column(tiny_model_dir, tmp_path, capsys):
     path = tmp_path / "no_answer.jsonl"
     path.write_text(json.dumps({"problem": "1+1?", "solution": "2"}) + "\n")
@@ -425,7 +433,19 @@ def callback_worker(model_dir, out_dir):
     trainer.add_callback(MathEvalCallback(trainer, {"tiny": problems}, eval_steps=2, k=2, max_tokens=3, batch_size=2))
     trainer.train()
     evals = [logs for logs in trainer.state.log_history if "eval_tiny/avg@2" in logs]
-    result = {"num_processes": trainer.accelerator.num_processes, "summarized": summarized, "evals": evals}
+    # the held-out check of `fipo-trl train` on the same 3 problems, one `generate` call per row
+    calls, generate = [], type(model).generate
+    type(model).generate = lambda self, *args, **kwargs: calls.append(1) or generate(self, *args, **kwargs)
+    heldout = heldout_check(
+        trainer.model_wrapped, tokenizer, problems, dapo_accuracy_reward, trainer.accelerator, 3, batch_size=1
+    )
+    result = {
+        "num_processes": trainer.accelerator.num_processes,
+        "summarized": summarized,
+        "evals": evals,
+        "heldout": heldout,
+        "heldout_generate_calls": len(calls),
+    }
     (Path(out_dir) / f"rank{trainer.accelerator.process_index}.json").write_text(json.dumps(result))
 
 
@@ -443,6 +463,10 @@ def test_callback_under_two_processes_gathers_every_problem_once(tiny_model_dir,
     # 3 problems: one process generated a padded duplicate, dropped after the gather
     assert rank0["num_processes"] == 2 and rank0["summarized"] == rank1["summarized"] == [3]
     assert len(rank0["evals"]) == 1 and rank0["evals"] == rank1["evals"]
+    # the held-out check shares the callback's padded shares: as many `generate` calls on each process (ZeRO-3
+    # gathers weights in each), the padded duplicate counted once, the same result on both
+    assert rank0["heldout_generate_calls"] == rank1["heldout_generate_calls"] == 2
+    assert rank0["heldout"] == rank1["heldout"] and 1 <= rank0["heldout"]["mean_length"] <= 3
 
 
 if __name__ == "__main__":

@@ -114,6 +114,20 @@ def data_file(content):
     return make
 
 
+def rows_file(rows, name="data.jsonl"):
+    """A JSON-lines data file of `rows` (dicts), and the flag that trains on it."""
+
+    def make(tmp_path):
+        path = tmp_path / name
+        path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+        return ["--dataset_name", str(path)]
+
+    return make
+
+
+ADDITIONS = [{"prompt": f"{i}+1=?\n", "solution": str(i + 1)} for i in range(64)]
+
+
 @dataclass
 class Case:
     id: str
@@ -212,6 +226,80 @@ CASES = [
 ]
 
 
+# what a run trains on or with, refused before the model loads (issue 15)
+CASES += [
+    # FAST: a generation batch of 32 completions = 8 prompts; TRL's sampler yields only full batches
+    Case(
+        "fewer_prompts_than_a_generation_batch",
+        r"data\.jsonl has 3 training prompts, fewer than one generation batch of 8 \(generation_batch_size 32 / "
+        r"num_generations 4\), so no step would train",
+        make=rows_file(ADDITIONS[:3]),
+    ),
+    Case(
+        "list_solutions",
+        r"data\.jsonl, row 1: solution is a list \(\['1'\]\); write one answer per row",
+        make=rows_file([{**row, "solution": [row["solution"]]} for row in ADDITIONS]),
+    ),
+    Case(
+        "heldout_size_takes_every_row",
+        r"^heldout_size: 64 held-out rows would leave none of the 64 rows of .*data\.jsonl to train on",
+        flags=["--heldout_size", "64"],
+        make=rows_file(ADDITIONS),
+    ),
+    Case("heldout_size_negative", r"^heldout_size: -1 must be >= 0", flags=["--heldout_size", "-1"]),
+    Case(
+        "synthetic_task_unknown",
+        r"^synthetic_task: 'bogus' is not one of addition",
+        flags=["--synthetic_task", "bogus"],
+    ),
+    Case(
+        "chat_prompts_without_chat_template",
+        r"data\.jsonl: the prompts are chat messages but the tokenizer of .* has no chat template",
+        make=rows_file([{**row, "prompt": [{"role": "user", "content": row["prompt"]}]} for row in ADDITIONS]),
+    ),
+    Case("temperature_0", r"^temperature: 0\.0 must be > 0", flags=["--temperature", "0"]),
+    Case("top_p_above_1", r"^top_p: 1\.5 must be in \(0, 1\]", flags=["--top_p", "1.5"]),
+    # the shipped model has 64 positions
+    Case(
+        "completion_past_the_model_positions",
+        r"^max_completion_length: the longest training prompt \(\d+ tokens, row \d+\) \+ max_completion_length 100 "
+        r"= \d+ tokens, more than the 64 positions of .*: lower max_completion_length to \d+$",
+        flags=["--max_completion_length", "100"],
+    ),
+    Case(
+        "prompts_past_the_model_positions",
+        r"^max_completion_length: the longest training prompt \(\d+ tokens, row 3\) .* more than the 64 positions .* "
+        r"set max_prompt_length to 52 or less$",
+        make=rows_file([{**row, "prompt": row["prompt"] * (30 if i == 2 else 1)} for i, row in enumerate(ADDITIONS)]),
+    ),
+    Case(
+        "reward_funcs_a_string_in_yaml",
+        r"recipe\.yaml: reward_funcs: 'dapo_accuracy' is a str, expected list\[str\] \(\[a, b\] in YAML\)$",
+        recipe={"reward_funcs": "dapo_accuracy"},
+    ),
+    Case(
+        "learning_rate_a_list_in_yaml",
+        r"recipe\.yaml: learning_rate: \[0\.001\] is a list, expected float$",
+        recipe={"learning_rate": [1e-3]},
+    ),
+    Case(
+        "max_steps_a_float_in_yaml",
+        r"recipe\.yaml: max_steps: 2\.5 is a float, expected int$",
+        recipe={"max_steps": 2.5},
+    ),
+    Case(
+        "reward_funcs_joined_by_commas",
+        r"unknown reward function 'dapo_accuracy,soft_overlong': .*; separate names with spaces, not commas$",
+        flags=["--reward_funcs", "dapo_accuracy,soft_overlong"],
+    ),
+    Case(
+        "reward_not_a_function",
+        r"^reward function 'fault_rewards\.NOT_A_FUNCTION' is a float, not a function",
+        flags=["--reward_funcs", "fault_rewards.NOT_A_FUNCTION"],
+    ),
+]
+
+
 BROKEN_ACCELERATE_CONFIG = "distributed_type: DEEPSPEED\nnum_processes 2\nmixed_precision: bf16\n"  # a lost ':'
 
 
@@ -270,6 +358,33 @@ def test_bad_input_is_one_line_and_loses_nothing(case, tmp_path, capsys, monkeyp
     assert re.search(case.message, errors[0][len(prefix) :]), errors[0]
 
 
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 1 MiB tmpfs: too small for one checkpoint of the shipped model (~9 MB with its AdamW state)."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1M", "tmpfs", str(disk)], capture_output=True).returncode:
+        pytest.skip("mounting a tmpfs needs root")
+    yield disk
+    subprocess.run(["umount", str(disk)], check=True)
+
+
+def test_a_disk_too_small_for_a_checkpoint_is_refused_before_training(small_disk, tmp_path, capsys):
+    # without the check, the run trained and then died at its first save: "No space left on device", a traceback
+    out = small_disk / "out"
+    seed_output_dir(out)
+    before = snapshot(out)
+    recipe = write_recipe(tmp_path, Case("small_disk", ""), out)
+    status, errors, captured = run_cli(capsys, ["train", str(recipe)])
+    assert status == 2 and len(errors) == 1, captured.err
+    assert re.search(
+        r"error: output_dir: .*disk/out has 1\.0 MB free, but one checkpoint of this model needs about \d+\.\d MB "
+        r"\(weights \+ AdamW state\): free some space or choose an output_dir on a larger disk$",
+        errors[0],
+    ), errors[0]
+    assert_nothing_lost(before, snapshot(out))
+
+
 # ---- faults during training: each row trains a few steps ---------------------------------------------------------
 
 
@@ -298,7 +413,8 @@ RUN_CASES = [
     RunCase(
         "raising_reward",
         r"^fipo-trl train: error: reward 'fault_rewards\.raising_reward' raised ValueError: cannot parse the "
-        r"completion \(at step 3; last checkpoint: .*checkpoint-2; resume with --resume_from_checkpoint last\)$",
+        r"completion at .*fault_rewards\.py:\d+ \(at step 3; last checkpoint: .*checkpoint-2; resume with "
+        r"--resume_from_checkpoint last\)$",
         recipe={"reward_funcs": ["dapo_accuracy", "fault_rewards.raising_reward"], "max_steps": 4},
     ),
     RunCase(
@@ -306,6 +422,19 @@ RUN_CASES = [
         r"^fipo-trl train: interrupted at step 1; no checkpoint yet \(save_steps=1\)$",  # no resume command to offer
         recipe={"reward_funcs": ["fault_rewards.interrupting_reward"]},
         status=130,
+    ),
+    RunCase(
+        "strings_reward",
+        r"^fipo-trl train: error: reward 'fault_rewards\.strings_reward' returned '1\.0' \(str\) for completion 0: a "
+        r"reward is a float, or None where it does not apply \(at step 1; no checkpoint yet",
+        recipe={"reward_funcs": ["fault_rewards.strings_reward"]},
+    ),
+    # 8 prompts per generation batch (FAST): 64 prompts without spread take 8 batches, generated at steps 0, 2, ..., 14
+    RunCase(
+        "no_reward_spread",
+        r"^fipo-trl train: error: every group of the last 8 generation batches \(64 prompts\) got the same reward for "
+        r"all its completions: every advantage is 0 .* \(at step 15; last checkpoint: .*checkpoint-14; resume with",
+        recipe={"reward_funcs": ["fault_rewards.constant_reward"], "max_steps": 20},
     ),
     # a reward without scores for one batch logs a NaN reward: the run goes on and the summary still prints
     RunCase(

@@ -31,11 +31,16 @@ def test_guarded_reward_scores_like_the_reward_and_keeps_its_name():
     assert pickle.loads(pickle.dumps(guarded))(["Answer: 2"], solution=["2"]) == [1.0]
 
 
-def test_exception_names_the_reward_and_keeps_the_cause():
-    def flaky(completions, **kwargs):
+def test_exception_names_the_reward_the_line_that_raised_and_keeps_the_cause():
+    def parse(text):
         raise ValueError("cannot parse\nsecond line")
 
-    with pytest.raises(RewardError, match=r"^reward 'my_pkg\.flaky' raised ValueError: cannot parse$") as info:
+    def flaky(completions, **kwargs):
+        return [parse(text) for text in completions]
+
+    line = parse.__code__.co_firstlineno + 1  # the `raise` in the reward's own code, not the guard's call
+    message = rf"^reward 'my_pkg\.flaky' raised ValueError: cannot parse at .*test_reward_guard\.py:{line}$"
+    with pytest.raises(RewardError, match=message) as info:
         guard_reward(flaky, name="my_pkg.flaky")(["a"])
     assert isinstance(info.value.__cause__, ValueError)
 

@@ -116,20 +116,39 @@ def test_read_only_output_dir_is_refused():
         check_output_dir("/sys/fipo-run")
 
 
+# the training fields check_training_args reads, at the quickstart's values
+SOUND_TRAINING_FIELDS = {
+    "max_steps": -1,
+    "learning_rate": 5e-5,
+    "temperature": 1.0,
+    "top_p": 1.0,
+    "top_k": 0,
+    "min_p": None,
+    "max_completion_length": 16,
+}
+
+
 @pytest.mark.parametrize(
     ("fields", "message"),
     [
         ({"max_steps": 0}, "max_steps: 0 trains nothing"),
+        ({"temperature": 0.0}, r"temperature: 0\.0 must be > 0"),
+        ({"temperature": float("inf")}, "temperature: inf must be > 0"),
+        ({"top_p": 1.5}, r"top_p: 1\.5 must be in \(0, 1\]"),
+        ({"top_p": 0.0}, r"top_p: 0\.0 must be in"),
+        ({"top_k": -1}, "top_k: -1 must be >= 0"),
+        ({"min_p": 2.0}, r"min_p: 2\.0 must be in \[0, 1\]"),
+        ({"max_completion_length": 0}, "max_completion_length: 0 must be >= 1"),
         ({"learning_rate": -1e-4}, r"learning_rate: -0\.0001 must be a finite number >= 0"),
         ({"learning_rate": float("nan")}, "learning_rate: nan must be"),
     ],
 )
 def test_training_fields_that_train_nothing_are_refused(fields, message):
-    args = SimpleNamespace(**{"max_steps": -1, "learning_rate": 5e-5, **fields})
+    args = SimpleNamespace(**{**SOUND_TRAINING_FIELDS, **fields})
     with pytest.raises(UsageError, match=message):
         check_training_args(args)
 
 
 def test_sound_training_fields_pass():
-    check_training_args(SimpleNamespace(max_steps=-1, learning_rate=0.0))
-    check_training_args(SimpleNamespace(max_steps=400, learning_rate=5e-5))
+    check_training_args(SimpleNamespace(**{**SOUND_TRAINING_FIELDS, "learning_rate": 0.0}))
+    check_training_args(SimpleNamespace(**{**SOUND_TRAINING_FIELDS, "max_steps": 400, "top_p": 0.7, "min_p": 0.1}))

@@ -13,15 +13,21 @@ template, whose "Answer:" line is what [`~fipo_trl.rewards.dapo_accuracy_reward`
 [`get_dataset`] picks the loader for a `fipo-trl train` recipe's `dataset_name` and checks the columns.
 """
 
+import logging
 import os
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
-from datasets import Dataset, load_dataset
+from datasets import Dataset, Value, load_dataset
+from datasets.exceptions import DatasetGenerationError
 
 from ..errors import UsageError
+from ..rewards.dapo import solution_text
 from ..run.preflight import check_data_file, check_prompts
+
+
+logger = logging.getLogger(__name__)
 
 
 DAPO_MATH_ID = "BytedTsinghua-SIA/DAPO-Math-17k"
@@ -89,17 +95,34 @@ def read_dataset(path_or_id: str, split: str = "train", name: str | None = None)
     return load_dataset(path_or_id, name=name, split=split)
 
 
-def _require_columns(dataset: Dataset, columns: list[str], source: str) -> None:
-    for column in columns:
-        if column not in dataset.column_names:
-            raise ValueError(f"{source}: no column {column!r} (columns: {dataset.column_names})")
+def require_columns(dataset: Dataset, columns, source: str) -> None:
+    """
+    Raise [`UsageError`] unless `dataset` has every one of `columns`, naming `source` (a file, a dataset name or a
+    role such as "training dataset"), the missing columns and the columns it has.
+    """
+    missing = [column for column in columns if column not in dataset.column_names]
+    if missing:
+        what = f"column {missing[0]!r}" if len(missing) == 1 else f"columns {', '.join(map(repr, missing))}"
+        raise UsageError(
+            f"{source}: no {what} (has {dataset.column_names}); rows need {' and '.join(map(repr, columns))}"
+        )
 
 
-def _answer_text(answer) -> str:
-    """An answer as a string; integral floats (parquet integer columns with gaps) lose their `.0`."""
-    if isinstance(answer, float) and answer.is_integer():
-        return str(int(answer))
-    return answer if isinstance(answer, str) else str(answer)
+def check_solutions(dataset: Dataset, source: str) -> None:
+    """
+    Refuse a `solution` column that holds lists or mappings, naming the first such row (counted from 1).
+
+    The rewards compare one answer per row as text ([`~fipo_trl.rewards.dapo.solution_text`]): a list of accepted
+    answers would become its Python repr (`"['2']"`), match no completion, and the run would train at reward -1.
+    """
+    if isinstance(dataset.features.get("solution"), Value):
+        return  # a column of strings or numbers (or nulls): no row to look at
+    for row, value in enumerate(dataset["solution"], start=1):
+        if isinstance(value, (list, tuple, dict)):
+            raise UsageError(
+                f"{source}, row {row}: solution is a {type(value).__name__} ({value!r:.60}); write one answer per "
+                "row as text or a number (the rewards compare the completion's answer to one string)"
+            )
 
 
 def truncate_prompt(prompt: str | list[dict], tokenizer, max_prompt_length: int = MAX_PROMPT_LENGTH):
@@ -191,7 +214,7 @@ def load_math_dataset(
         [`~datasets.Dataset`]: columns `prompt` and `solution`, one row per source row.
     """
     dataset = read_dataset(path_or_id, split=split, name=name)
-    _require_columns(dataset, [problem_column, answer_column], path_or_id)
+    require_columns(dataset, [problem_column, answer_column], path_or_id)
     return _finish(
         _from_problem_answer(dataset, problem_column, answer_column, conversational, template),
         tokenizer,
@@ -199,7 +222,7 @@ def load_math_dataset(
     )
 
 
-def _from_problem_answer(dataset, problem_column, answer_column, conversational, template, answer_fn=_answer_text):
+def _from_problem_answer(dataset, problem_column, answer_column, conversational, template, answer_fn=solution_text):
     return Dataset.from_dict(
         {
             "prompt": [apply_dapo_template(p, conversational, template) for p in dataset[problem_column]],
@@ -220,7 +243,7 @@ def _joined_contents(messages: pa.ChunkedArray) -> pa.ChunkedArray:
 
 def _from_verl_layout(dataset: Dataset, source: str, conversational: bool, deduplicate: bool) -> Dataset:
     """`prompt` (chat list) and `reward_model.ground_truth` columns to `prompt` / `solution`, in Arrow."""
-    _require_columns(dataset, ["prompt", "reward_model"], source)
+    require_columns(dataset, ["prompt", "reward_model"], source)
     table = dataset.data.table
     messages = table["prompt"]
     if not pa.types.is_list(messages.type) and not pa.types.is_large_list(messages.type):
@@ -280,7 +303,7 @@ def _load_competition(path_or_id, split, problem_column, answer_column, conversa
     if "reward_model" in dataset.column_names:  # verl layout, as in the official run's aime-2024.parquet
         dataset = _from_verl_layout(dataset, path_or_id, conversational, deduplicate=True)
     else:
-        _require_columns(dataset, [problem_column, answer_column], path_or_id)
+        require_columns(dataset, [problem_column, answer_column], path_or_id)
         dataset = _from_problem_answer(dataset, problem_column, answer_column, conversational, DAPO_PROMPT_TEMPLATE)
     return _finish(dataset, tokenizer, max_prompt_length)
 
@@ -398,7 +421,7 @@ def load_gsm8k(
         [`~datasets.Dataset`]: columns `prompt` and `solution`.
     """
     dataset = read_dataset(path_or_id, split=split, name=name)
-    _require_columns(dataset, ["question", "answer"], path_or_id)
+    require_columns(dataset, ["question", "answer"], path_or_id)
     dataset = _from_problem_answer(
         dataset, "question", "answer", conversational, DAPO_PROMPT_TEMPLATE, answer_fn=gsm8k_final_answer
     )
@@ -408,23 +431,28 @@ def load_gsm8k(
 # --- the datasets of a `fipo-trl train` recipe -----------------------------------------------------------------------
 
 
-def get_dataset(script_args, tokenizer=None) -> tuple[Dataset, Dataset | None]:
+def get_dataset(script_args, tokenizer=None, training_args=None) -> tuple[Dataset, Dataset | None]:
     """
     The `(train, heldout)` datasets of a recipe's [`~fipo_trl.scripts.recipe.FIPOScriptArguments`].
 
     `dataset_name` selects the source: `"synthetic"` (the generator of [`fipo_trl.data.synthetic`], with a disjoint
     held-out set), DAPO-Math-17k (its Hub id, or a local copy whose name contains "dapo-math", read by
     [`load_dapo_math`]), or any local file, folder or Hub dataset with `prompt` and `solution` columns (held-out rows
-    from `dataset_test_split`). Both datasets are checked for those columns; with a `tokenizer` and
-    `max_prompt_length` set, training prompts are left-truncated.
+    from `dataset_test_split`). A source without a test split (a single file, DAPO-Math-17k) gives `heldout_size` of
+    its rows to the held-out set, drawn with `seed` 0 and never trained on, and says so. Both datasets are checked for
+    those columns and for one answer per `solution`; with a `tokenizer`, chat prompts need its chat template, and
+    with `max_prompt_length` set, training prompts are left-truncated. With `training_args`, the training set must
+    hold at least one generation batch of prompts.
 
     Returns:
-        `tuple[Dataset, Dataset | None]`: `heldout` is `None` when `heldout_size` is 0 or the source has none.
+        `tuple[Dataset, Dataset | None]`: `heldout` is `None` when `heldout_size` is 0.
 
     Raises:
-        UsageError: when the dataset cannot be loaded or lacks a column.
+        UsageError: when the dataset cannot be loaded, lacks a column, or cannot feed one generation batch.
     """
-    if script_args.dataset_name == "synthetic":
+    check_script_args(script_args)
+    name = script_args.dataset_name
+    if name == "synthetic":
         from .synthetic import train_and_heldout
 
         train, heldout = train_and_heldout(
@@ -436,36 +464,112 @@ def get_dataset(script_args, tokenizer=None) -> tuple[Dataset, Dataset | None]:
         )
         heldout = heldout if script_args.heldout_size > 0 else None
     else:
-        name = script_args.dataset_name
-        heldout = None
-        try:
-            # DAPO-Math-17k is stored in verl's layout (answer under reward_model): its loader makes prompt/solution
-            if name == DAPO_MATH_ID or "dapo-math" in Path(name).name.lower():
-                train = load_dapo_math(name, split=script_args.dataset_train_split)
-            else:
-                train = read_dataset(name, split=script_args.dataset_train_split, name=script_args.dataset_config)
-                if script_args.heldout_size > 0 and not os.path.isfile(name):
-                    heldout = read_dataset(name, split=script_args.dataset_test_split, name=script_args.dataset_config)
-                    heldout = heldout.select(range(min(script_args.heldout_size, len(heldout))))
-        except UsageError:
-            raise
-        except Exception as exc:  # datasets raises many types (FileNotFoundError, DatasetNotFoundError, ...)
-            raise UsageError(f"cannot load dataset_name={name!r}: {str(exc).splitlines()[0]}") from None
+        train, heldout = _load_recipe_dataset(script_args)
     if len(train) == 0:
-        raise UsageError(f"dataset_name={script_args.dataset_name!r} has no training rows")
-    check_columns(train, "training")
-    check_prompts(train, script_args.dataset_name)
+        raise UsageError(f"dataset_name={name!r} has no training rows")
+    require_columns(train, REQUIRED_COLUMNS, f"training dataset {name}")
+    check_prompts(train, name)
+    check_solutions(train, name)
+    if heldout is None and script_args.heldout_size > 0:
+        train, heldout = split_off_heldout(train, script_args.heldout_size, name)
     if heldout is not None:
-        check_columns(heldout, "held-out")
+        require_columns(heldout, REQUIRED_COLUMNS, f"held-out dataset {name}")
+        check_solutions(heldout, f"{name} (held-out)")
+    if tokenizer is not None:
+        check_chat_template(train, tokenizer, name)
+    if training_args is not None:
+        check_enough_prompts(train, training_args, name)
     if tokenizer is not None and script_args.max_prompt_length is not None:
         train = truncate_prompts(train, tokenizer, script_args.max_prompt_length)
     return train, heldout
 
 
-def check_columns(dataset: Dataset, role: str) -> None:
-    """Raise [`UsageError`] unless `dataset` (the `role` dataset of a recipe) has `prompt` and `solution` columns."""
-    missing = [column for column in REQUIRED_COLUMNS if column not in dataset.column_names]
-    if missing:
+# what `datasets.load_dataset` raises for a source it cannot read: a missing file or Hub id (FileNotFoundError and
+# its DatasetNotFoundError), an unknown split or a bad configuration (ValueError), a file it cannot parse
+# (DatasetGenerationError, pyarrow's ArrowException) and no network (ConnectionError)
+LOAD_ERRORS = (OSError, ValueError, DatasetGenerationError, pa.ArrowException)
+
+
+def _load_recipe_dataset(script_args) -> tuple[Dataset, Dataset | None]:
+    name = script_args.dataset_name
+    heldout = None
+    try:
+        # DAPO-Math-17k is stored in verl's layout (answer under reward_model): its loader makes prompt/solution
+        if name == DAPO_MATH_ID or "dapo-math" in Path(name).name.lower():
+            train = load_dapo_math(name, split=script_args.dataset_train_split)
+        else:
+            train = read_dataset(name, split=script_args.dataset_train_split, name=script_args.dataset_config)
+            if script_args.heldout_size > 0 and not os.path.isfile(name):
+                heldout = read_dataset(name, split=script_args.dataset_test_split, name=script_args.dataset_config)
+                heldout = heldout.select(range(min(script_args.heldout_size, len(heldout))))
+    except UsageError:
+        raise
+    except LOAD_ERRORS as exc:
+        raise UsageError(f"cannot load dataset_name={name!r}: {str(exc).splitlines()[0]}") from None
+    return train, heldout
+
+
+def split_off_heldout(train: Dataset, heldout_size: int, source: str) -> tuple[Dataset, Dataset]:
+    """
+    `heldout_size` rows of `train` (drawn with seed 0) as the held-out set, and the rest to train on.
+
+    For a source without a test split (a single file, DAPO-Math-17k), so that `heldout_size` does what it says.
+
+    Raises:
+        UsageError: when no row would be left to train on.
+    """
+    if heldout_size >= len(train):
         raise UsageError(
-            f"{role} dataset lacks column(s) {missing} (has {dataset.column_names}); rows need 'prompt' and 'solution'"
+            f"heldout_size: {heldout_size} held-out rows would leave none of the {len(train)} rows of {source} to "
+            "train on; lower heldout_size (or 0 to skip the check)"
+        )
+    split = train.train_test_split(test_size=heldout_size, shuffle=True, seed=0)
+    logger.warning(
+        "Held-out check: %d of the %d rows of %s (drawn with seed 0) are held out and not trained on; %d remain "
+        "for training. Set heldout_size 0 to train on every row.",
+        heldout_size,
+        len(train),
+        source,
+        len(split["train"]),
+    )
+    return split["train"], split["test"]
+
+
+def check_script_args(script_args) -> None:
+    """Refuse script fields out of range, naming the field: sizes, the synthetic task, the prompt budget."""
+    from .synthetic import SYNTHETIC_TASKS
+
+    if script_args.heldout_size < 0:
+        raise UsageError(f"heldout_size: {script_args.heldout_size} must be >= 0 (0 skips the held-out check)")
+    if script_args.max_prompt_length is not None and script_args.max_prompt_length < 1:
+        raise UsageError(f"max_prompt_length: {script_args.max_prompt_length} must be >= 1 (or null for no limit)")
+    if script_args.dataset_name != "synthetic":
+        return
+    if script_args.synthetic_task not in SYNTHETIC_TASKS:
+        raise UsageError(f"synthetic_task: {script_args.synthetic_task!r} is not one of {', '.join(SYNTHETIC_TASKS)}")
+    for field in ("synthetic_digits", "synthetic_train_size"):
+        if getattr(script_args, field) < 1:
+            raise UsageError(f"{field}: {getattr(script_args, field)} must be >= 1")
+
+
+def check_chat_template(dataset: Dataset, tokenizer, source: str) -> None:
+    """Refuse chat-message prompts when the tokenizer has no chat template to render them with."""
+    from ..models import require_chat_template
+
+    if not isinstance(dataset[0]["prompt"], str):
+        require_chat_template(tokenizer, source)
+
+
+def check_enough_prompts(train: Dataset, training_args, source: str) -> None:
+    """
+    Refuse a training set with fewer prompts than one generation batch: TRL's sampler yields only full batches, so
+    such a run would train 0 steps and save the untrained model as its result.
+    """
+    needed = training_args.generation_batch_size // training_args.num_generations
+    if len(train) < needed:
+        raise UsageError(
+            f"{source} has {len(train)} training prompts, fewer than one generation batch of {needed} "
+            f"(generation_batch_size {training_args.generation_batch_size} / num_generations "
+            f"{training_args.num_generations}), so no step would train: add prompts or lower "
+            "per_device_train_batch_size or steps_per_generation"
         )

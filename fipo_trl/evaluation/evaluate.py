@@ -110,7 +110,9 @@ def load_eval_dataset(name_or_path: str, answer_format: str = "dapo") -> tuple[D
         raise UsageError(f"unknown dataset {name_or_path!r}: use {', '.join(loaders)} or a .parquet/.jsonl/.json file")
     try:
         dataset = load()
-    except Exception as error:  # datasets raises many types (ValueError, DatasetNotFoundError, ConnectionError, ...)
+    except UsageError:
+        raise
+    except data.LOAD_ERRORS as error:
         raise UsageError(f"cannot load dataset {name_or_path!r}: {str(error).splitlines()[0]}") from error
     check_eval_dataset(dataset, name)
     if answer_format == "boxed":
@@ -148,12 +150,16 @@ def load_eval_datasets(names_or_paths: list[str]) -> dict[str, Dataset]:
 
 
 def check_eval_dataset(dataset: Dataset, name: str) -> Dataset:
-    """Raise [`UsageError`] unless `dataset` has rows and the `prompt` and `solution` columns the rewards read."""
-    missing = [column for column in ("prompt", "solution") if column not in dataset.column_names]
-    if missing:
-        raise UsageError(f"dataset {name!r} lacks column(s) {', '.join(missing)} (has {dataset.column_names})")
+    """
+    Raise [`UsageError`] unless `dataset` has rows, the `prompt` and `solution` columns the rewards read, and one
+    answer per `solution`.
+    """
+    from ..data.math_datasets import REQUIRED_COLUMNS, check_solutions, require_columns
+
+    require_columns(dataset, REQUIRED_COLUMNS, f"dataset {name!r}")
     if len(dataset) == 0:
         raise UsageError(f"dataset {name!r} is empty")
+    check_solutions(dataset, f"dataset {name!r}")
     return dataset
 
 
@@ -332,16 +338,28 @@ def evaluate(args) -> dict:
 
 
 def heldout_check(
-    model, tokenizer, dataset, reward_func, accelerator=None, max_new_tokens=64, temperature=1.0, seed=0, batch_size=64
+    model,
+    tokenizer,
+    dataset,
+    reward_func,
+    accelerator=None,
+    max_new_tokens=64,
+    temperature=1.0,
+    seed=0,
+    batch_size=64,
+    gradient_checkpointing_kwargs=None,
 ) -> dict[str, float]:
     """
     Avg@1 and mean completion length on `dataset`: one completion per row, sampled as in training (same
     temperature, no top-p/top-k, prompts rendered as TRL renders them), scored by `reward_func` (correct when the
-    reward is positive). Under several processes each scores a shard and the counts are summed.
+    reward is positive). Under several processes each samples a padded share of the rows, as `MathEvalCallback`
+    does ([`~fipo_trl.evaluation.generation.generate_on_processes`], which ZeRO-3 needs), and the per-row results
+    are gathered and counted once.
 
     Args:
         model ([`~transformers.PreTrainedModel`]):
-            The policy (unwrapped from `accelerator` when one is given); its train/eval mode is restored after.
+            The policy: a plain model, or the trainer's `model_wrapped` with its `accelerator`; its train/eval mode
+            is restored after.
         tokenizer ([`~transformers.PreTrainedTokenizerBase`]):
             Its tokenizer.
         dataset ([`~datasets.Dataset`]):
@@ -349,7 +367,7 @@ def heldout_check(
         reward_func (`callable`):
             A TRL reward function, e.g. `dapo_accuracy_reward`.
         accelerator ([`~accelerate.Accelerator`], *optional*):
-            Shards the rows over processes and sums the counts.
+            Shares the rows over processes and gathers the results.
         max_new_tokens (`int`, *optional*, defaults to `64`):
             Completion budget (use the training `max_completion_length`).
         temperature (`float`, *optional*, defaults to `1.0`):
@@ -358,45 +376,44 @@ def heldout_check(
             Sampling seed (process `r` uses `seed + r`); the training RNG is left untouched.
         batch_size (`int`, *optional*, defaults to `64`):
             Sequences per `generate` call.
+        gradient_checkpointing_kwargs (`dict`, *optional*):
+            The run's, to turn gradient checkpointing back on after generation.
 
     Returns:
         `dict[str, float]`: `accuracy` in [0, 1] and `mean_length`, the mean completion length in tokens (EOS
         included), over all rows.
     """
-    import torch
+    from accelerate.utils import gather_object
 
-    from .generation import generate_with_transformers, tokenize_prompts
+    from .generation import generate_on_processes
 
-    rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator else (0, 1)
-    rows = dataset.select(range(rank, len(dataset), world))
-    model = accelerator.unwrap_model(model) if accelerator else model
-    was_training = model.training
-    model.eval()
-    try:
-        samples = generate_with_transformers(
-            model,
-            tokenizer,
-            tokenize_prompts(rows["prompt"], tokenizer),
-            k=1,
-            temperature=temperature,
-            top_p=1.0,
-            max_tokens=max_new_tokens,
-            batch_size=batch_size,
-            seed=seed + rank,
-            show_progress=False,
-        )
-    finally:
-        model.train(was_training)
+    rank = accelerator.process_index if accelerator else 0
+    indices, samples = generate_on_processes(
+        model,
+        tokenizer,
+        dataset["prompt"],
+        accelerator=accelerator,
+        gradient_checkpointing_kwargs=gradient_checkpointing_kwargs,
+        k=1,
+        temperature=temperature,
+        top_p=1.0,
+        max_tokens=max_new_tokens,
+        batch_size=batch_size,
+        seed=seed + rank,
+    )
+    rows = dataset.select(indices)
     texts = [completions[0]["completion"] for completions in samples]
     if not isinstance(rows["prompt"][0], str):  # chat prompts get chat completions, as in training
         texts = [[{"role": "assistant", "content": text}] for text in texts]
     rewards = reward_func(texts, solution=rows["solution"])
-    counts = [
-        sum(1 for reward in rewards if reward is not None and reward > 0),
-        sum(completions[0]["num_tokens"] for completions in samples),
-        len(rows),
+    results = [
+        (index, reward is not None and reward > 0, completions[0]["num_tokens"])
+        for index, reward, completions in zip(indices, rewards, samples, strict=True)
     ]
-    if world > 1:
-        counts = accelerator.reduce(torch.tensor(counts, device=accelerator.device), reduction="sum").tolist()
-    correct, tokens, total = counts
-    return {"accuracy": correct / max(total, 1), "mean_length": tokens / max(total, 1)}
+    if accelerator is not None and accelerator.num_processes > 1:
+        results = gather_object(results)
+    # a padded share repeats its last row: count each row once
+    unique = {index: (correct, tokens) for index, correct, tokens in results}
+    correct = sum(ok for ok, _ in unique.values())
+    tokens = sum(length for _, length in unique.values())
+    return {"accuracy": correct / max(len(unique), 1), "mean_length": tokens / max(len(unique), 1)}

@@ -13,8 +13,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
 
-from ..errors import UsageError
-from ..models import read_adapter_config, tokenizer_path
+from ..models import read_adapter_config, require_chat_template, tokenizer_path
 
 
 def tokenize_prompts(prompts: list, tokenizer: PreTrainedTokenizerBase) -> list[list[int]]:
@@ -33,11 +32,8 @@ def tokenize_prompts(prompts: list, tokenizer: PreTrainedTokenizerBase) -> list[
     """
     prompts = list(prompts)  # a datasets Column is not recognised as a batch of conversations
     if isinstance(prompts[0], list):
-        if tokenizer.chat_template is None:
-            raise UsageError(
-                "the prompts are chat messages but the tokenizer has no chat template: use plain-text prompts (a "
-                "string `prompt` column, or `--dataset synthetic` for the quickstart model) or a chat model"
-            )
+        plain_text = "a string `prompt` column, or `--dataset synthetic` for the quickstart model"
+        require_chat_template(tokenizer, "dataset", plain_text)
         encoded = tokenizer.apply_chat_template(prompts, add_generation_prompt=True, tokenize=True, return_dict=True)
         return [list(ids) for ids in encoded["input_ids"]]
     return [list(ids) for ids in tokenizer(text=prompts)["input_ids"]]
@@ -185,6 +181,71 @@ def generate_with_vllm(
         ]
         for output in outputs
     ]
+
+
+def generate_on_processes(
+    model,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: list,
+    accelerator=None,
+    gradient_checkpointing_kwargs: dict | None = None,
+    show_progress: bool = False,
+    **sampling,
+) -> tuple[list[int], list[list[dict]]]:
+    """
+    Sample completions for this process's share of `prompts` with transformers `generate`, the way every process of
+    a run must: shares padded to equal size (the last prompt repeated), so that every process makes the same number
+    of `generate` calls, as ZeRO-3 and FSDP need (each call gathers weights from all of them), and the model unwrapped
+    as GRPOTrainer unwraps it for its own transformers generation (ZeRO-3 weights gathered, FSDP1 root parameters
+    summoned). The model's train/eval mode is restored after.
+
+    Args:
+        model ([`~transformers.PreTrainedModel`] or the wrapped training model):
+            The policy; in a run, the trainer's `model_wrapped` (before training, its `model`).
+        tokenizer ([`~transformers.PreTrainedTokenizerBase`]):
+            Its tokenizer.
+        prompts (`list`):
+            Every prompt (plain strings or chat messages); each process samples for its share.
+        accelerator ([`~accelerate.Accelerator`], *optional*):
+            The run's accelerator; without one, this process samples for every prompt.
+        gradient_checkpointing_kwargs (`dict`, *optional*):
+            The run's, to turn gradient checkpointing back on after generation.
+        show_progress (`bool`, *optional*, defaults to `False`):
+            Whether to show a progress bar over batches.
+        **sampling:
+            `k`, `temperature`, `top_p`, `max_tokens`, `batch_size`, `seed` of [`generate_with_transformers`].
+
+    Returns:
+        `tuple[list[int], list[list[dict]]]`: the index of each prompt of this process's share (a padded share
+        repeats the last index) and its samples.
+    """
+    prompts = list(prompts)  # a datasets Column is indexed row by row below
+    if accelerator is None:
+        return list(range(len(prompts))), _generate_in_eval_mode(model, tokenizer, prompts, show_progress, sampling)
+
+    from trl.distributed import DistributedBackend
+    from trl.models import unwrap_model_for_generation
+
+    with accelerator.split_between_processes(list(range(len(prompts))), apply_padding=True) as indices:
+        with (
+            unwrap_model_for_generation(
+                model, accelerator, gradient_checkpointing_kwargs=gradient_checkpointing_kwargs
+            ) as unwrapped,
+            DistributedBackend(accelerator).summon_full_params(model, recurse=False),
+        ):
+            share = [prompts[index] for index in indices]
+            return list(indices), _generate_in_eval_mode(unwrapped, tokenizer, share, show_progress, sampling)
+
+
+def _generate_in_eval_mode(model, tokenizer, prompts, show_progress, sampling):
+    was_training = model.training
+    model.eval()
+    try:
+        return generate_with_transformers(
+            model, tokenizer, tokenize_prompts(prompts, tokenizer), **sampling, show_progress=show_progress
+        )
+    finally:
+        model.train(was_training)
 
 
 def vllm_usable() -> bool:

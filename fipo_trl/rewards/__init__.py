@@ -71,7 +71,9 @@ def with_accuracy_metric(reward_func):
 
     def accuracy_logged(completions, log_metric=None, **kwargs):
         rewards = reward_func(completions, log_metric=log_metric, **kwargs)
-        scored = [reward for reward in rewards if reward is not None and not math.isnan(reward)]
+        # only numbers count: what else a broken reward returns is for its guard to name
+        numbers = rewards if isinstance(rewards, list) else []
+        scored = [reward for reward in numbers if isinstance(reward, (int, float)) and not math.isnan(reward)]
         if log_metric is not None and scored:
             log_metric("accuracy", sum(reward > 0 for reward in scored) / len(scored))
         return rewards
@@ -91,6 +93,11 @@ def get_reward_funcs(script_args, training_args) -> list:
     Raises:
         UsageError: for an unknown name, a dotted path that does not import, or an empty list.
     """
+    if isinstance(script_args.reward_funcs, str):  # `reward_funcs: dapo_accuracy` in YAML: one string, not a list
+        raise UsageError(
+            f"reward_funcs: {script_args.reward_funcs!r} is a string; write a list: reward_funcs: "
+            f"[{script_args.reward_funcs}] in the recipe, or --reward_funcs NAME [NAME ...] on the command line"
+        )
     funcs = []
     for name in script_args.reward_funcs:
         if name in REWARD_FUNCS_REGISTRY:
@@ -99,12 +106,20 @@ def get_reward_funcs(script_args, training_args) -> list:
             module_name, attr = name.rsplit(".", 1)
             sys.path.insert(0, os.getcwd())  # a recipe may name a module next to it, as TRL's grpo script allows
             try:
-                funcs.append(getattr(importlib.import_module(module_name), attr))
+                func = getattr(importlib.import_module(module_name), attr)
             except (ImportError, AttributeError) as exc:
                 raise UsageError(f"cannot import reward function {name!r}: {exc}") from None
+            if not callable(func):
+                raise UsageError(
+                    f"reward function {name!r} is a {type(func).__name__}, not a function: name a function "
+                    "(completions, **columns) -> list[float | None]"
+                )
+            funcs.append(func)
         else:
+            comma = "; separate names with spaces, not commas" if "," in name else ""
             raise UsageError(
-                f"unknown reward function {name!r}: use {', '.join(REWARD_FUNCS_REGISTRY)} or a dotted import path"
+                f"unknown reward function {name!r}: use {', '.join(REWARD_FUNCS_REGISTRY)} or a dotted import "
+                f"path{comma}"
             )
     if not funcs:
         raise UsageError("reward_funcs is empty: name at least one reward function")

@@ -12,7 +12,10 @@ checkpoint.
 import json
 import math
 import os
+import shutil
 import tempfile
+import types
+import typing
 from pathlib import Path
 
 from ..errors import UsageError
@@ -74,6 +77,72 @@ def read_yaml_file(path: str | os.PathLike, what: str = "recipe") -> dict:
     if not isinstance(content, dict):
         raise UsageError(f"{path}: the {what} must be 'field: value' lines, not a {type(content).__name__}")
     return content
+
+
+def check_recipe_types(path: str | os.PathLike, recipe: dict, dataclass_types) -> None:
+    """
+    Refuse a recipe value whose YAML type does not fit its field's annotation, naming the file, field and type.
+
+    `TrlParser` hands YAML values to the dataclasses as they are: argparse converts and checks only strings, so
+    `reward_funcs: dapo_accuracy` (a string for a list) was iterated letter by letter and `learning_rate: [1]`
+    reached the optimizer. Strings are left to argparse, which converts them (`5e-5`, which YAML reads as a string)
+    or names the field; annotations this check does not know are not checked.
+
+    Args:
+        path (`str` or `os.PathLike`):
+            The recipe file, for the message.
+        recipe (`dict`):
+            Its `field: value` mapping.
+        dataclass_types (`tuple[type, ...]`):
+            The dataclasses the recipe fills (keys of none of them are left to the unknown-field check).
+
+    Raises:
+        UsageError: e.g. `recipe.yaml: reward_funcs: 'dapo_accuracy' is a str, expected list[str] ([a, b] in YAML)`.
+    """
+    hints = {}
+    for cls in dataclass_types:
+        hints.update(typing.get_type_hints(cls))
+    for name, value in recipe.items():
+        if name in hints and not _fits(value, hints[name]):
+            expected = _type_name(hints[name])
+            hint = " ([a, b] in YAML)" if "list[" in expected else ""
+            kind = type(value).__name__
+            article = "an" if kind[0] in "aeiou" else "a"
+            raise UsageError(f"{path}: {name}: {value!r} is {article} {kind}, expected {expected}{hint}")
+
+
+def _fits(value, annotation) -> bool:
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        return any(_fits(value, arg) for arg in args)
+    if annotation is type(None):
+        return value is None
+    if origin is typing.Literal:
+        return value in args
+    if origin in (list, tuple):
+        return isinstance(value, (list, tuple)) and all(_fits(item, args[0]) for item in value if args)
+    if origin is dict or annotation is dict:
+        return isinstance(value, dict)
+    if annotation in (bool, int, float):
+        if isinstance(value, str):
+            return True  # argparse converts a string default with the field's type, or names the field
+        if annotation is bool:
+            return isinstance(value, bool)
+        numbers = (int,) if annotation is int else (int, float)
+        return isinstance(value, numbers) and not isinstance(value, bool)
+    if annotation is str:
+        return isinstance(value, str)
+    return True  # enums, configs of other libraries: left to their own checks
+
+
+def _type_name(annotation) -> str:
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(arg) for arg in typing.get_args(annotation))
+    if annotation is type(None):
+        return "null"
+    if isinstance(annotation, type) and not typing.get_args(annotation):
+        return annotation.__name__
+    return str(annotation).replace("typing.", "")
 
 
 def _row_error(path, row, line, problem):
@@ -179,9 +248,27 @@ def check_output_dir(output_dir: str | os.PathLike) -> None:
         raise UsageError(f"output_dir: cannot write to {path} ({reason}): choose a folder you can write to") from None
 
 
+def check_free_space(output_dir: str | os.PathLike, weight_bytes: int, num_parameters: int) -> None:
+    """
+    Refuse an `output_dir` whose disk cannot hold one checkpoint: the weights (`weight_bytes` as stored) and the
+    AdamW state, two float32 moments for each of `num_parameters` (a lower bound: DeepSpeed adds its own copies).
+
+    Raises:
+        UsageError: `output_dir: ... has X MB free, but one checkpoint ... needs about Y MB ...`.
+    """
+    need = weight_bytes + 8 * num_parameters
+    free = shutil.disk_usage(output_dir).free
+    if free < need:
+        raise UsageError(
+            f"output_dir: {output_dir} has {free / 2**20:.1f} MB free, but one checkpoint of this model needs about "
+            f"{need / 2**20:.1f} MB (weights + AdamW state): free some space or choose an output_dir on a larger disk"
+        )
+
+
 def check_training_args(training_args) -> None:
     """
-    Refuse training settings that would train nothing or diverge at once, before the model loads.
+    Refuse training settings that would train nothing, diverge at once or fail at the first generation, before the
+    model loads.
 
     Raises:
         UsageError: naming the field, e.g. `max_steps: 0 trains nothing; ...`.
@@ -191,3 +278,17 @@ def check_training_args(training_args) -> None:
     learning_rate = training_args.learning_rate
     if not math.isfinite(learning_rate) or learning_rate < 0:
         raise UsageError(f"learning_rate: {learning_rate} must be a finite number >= 0 (the quickstart uses 5e-5)")
+    # sampling: TRL divides the logits by the temperature, and transformers / vLLM refuse these only at generation
+    temperature = training_args.temperature
+    if not math.isfinite(temperature) or temperature <= 0:
+        raise UsageError(
+            f"temperature: {temperature} must be > 0: RL samples its completions (the official runs use 1.0)"
+        )
+    if not 0 < training_args.top_p <= 1:
+        raise UsageError(f"top_p: {training_args.top_p} must be in (0, 1] (1.0 keeps every token)")
+    if training_args.top_k < 0:
+        raise UsageError(f"top_k: {training_args.top_k} must be >= 0 (0 keeps every token)")
+    if training_args.min_p is not None and not 0 <= training_args.min_p <= 1:
+        raise UsageError(f"min_p: {training_args.min_p} must be in [0, 1] (or null)")
+    if training_args.max_completion_length is None or training_args.max_completion_length < 1:
+        raise UsageError(f"max_completion_length: {training_args.max_completion_length} must be >= 1")

@@ -16,7 +16,7 @@ from pathlib import Path
 from trl import ModelConfig, ScriptArguments
 
 from ..errors import UsageError
-from ..run.preflight import read_yaml_file
+from ..run.preflight import check_recipe_types, read_yaml_file
 
 
 USAGE = "usage: fipo-trl train RECIPE.yaml [--field value ...]   (e.g. fipo-trl train configs/quickstart.yaml)"
@@ -53,7 +53,9 @@ class FIPOScriptArguments(ScriptArguments):
             Seed of the synthetic problems (training and held-out sets never share a prompt).
         heldout_size (`int`, *optional*, defaults to `0`):
             Problems of the held-out set (synthetic, or `dataset_test_split`) on which accuracy is measured before
-            and after training, sampling one completion each as in training. `0` skips the check.
+            and after training, sampling one completion each as in training. A source without a test split (a single
+            file, DAPO-Math-17k) gives this many of its rows (drawn with seed 0), which are then not trained on.
+            `0` skips the check.
         token_view (`bool`, *optional*, defaults to `True`):
             At each logging step, save one completion as HTML with every token coloured by its influence weight
             (under `output_dir/token_view/`, and to wandb when it is on).
@@ -147,10 +149,11 @@ def parse_recipe(argv):
     argv = join_negative_values(argv)
     if argv and not argv[0].startswith("-"):
         argv = ["--config", *argv]  # `fipo-trl train recipe.yaml` as in open-r1's launch lines
+    parser = make_parser()
     if "--config" in argv:
         # TrlParser's own reading of a malformed file ends in a 52-line traceback: read it first, for file:line
-        read_yaml_file(argv[argv.index("--config") + 1])
-    parser = make_parser()
+        path = argv[argv.index("--config") + 1]
+        check_recipe_types(path, read_yaml_file(path), parser.dataclass_types)
     stderr = io.StringIO()
     try:
         # argparse prints a page of usage before its one-line error: keep only that line

@@ -41,7 +41,7 @@ def main(script_args, training_args, model_args):
     from ..data.math_datasets import get_dataset
     from ..dynamic_sampling.group_filter import check_dynamic_sampling_metric
     from ..evaluation.evaluate import heldout_check, load_eval_datasets
-    from ..models import load_tokenizer, resolve_model_path
+    from ..models import check_model_fits, load_tokenizer, resolve_model_path
     from ..rewards import get_reward_funcs
     from ..run.preflight import check_output_dir, check_training_args
     from ..run.weight_files import check_weight_files
@@ -53,7 +53,8 @@ def main(script_args, training_args, model_args):
     model_args.model_name_or_path = resolve_model_path(model_args.model_name_or_path)
     check_weight_files(model_args.model_name_or_path)
     tokenizer = load_tokenizer(model_args.model_name_or_path, model_args.model_revision)
-    train_dataset, heldout_dataset = get_dataset(script_args, tokenizer)
+    train_dataset, heldout_dataset = get_dataset(script_args, tokenizer, training_args)
+    check_model_fits(model_args.model_name_or_path, tokenizer, train_dataset, script_args, training_args, model_args)
     reward_funcs = get_reward_funcs(script_args, training_args)
     check_dynamic_sampling_metric(training_args, [func.__name__ for func in reward_funcs])  # TRL's names for them
     eval_datasets = load_eval_datasets(script_args.math_eval_datasets)
@@ -81,11 +82,12 @@ def main(script_args, training_args, model_args):
 
     def check():  # one sampled completion per held-out problem, as in training
         return heldout_check(
-            trainer.model,
+            trainer.model_wrapped,
             tokenizer,
             heldout_dataset,
             reward_funcs[0],
             accelerator=trainer.accelerator,
+            gradient_checkpointing_kwargs=training_args.gradient_checkpointing_kwargs,
             max_new_tokens=training_args.max_completion_length,
             temperature=training_args.temperature,
             seed=training_args.seed,
@@ -196,17 +198,23 @@ class TrainingInterrupted(KeyboardInterrupt):
 
 def write_model_card(trainer, model_name, dataset_name):
     """
-    `output_dir/README.md` by TRL, naming the model trained from: TRL links a Hub id and writes "None" for a local
-    folder, so a local base model is named by its path as the recipe gives it. Only a Hub dataset gets a link.
+    `output_dir/README.md` by TRL, naming the model trained from: TRL links a Hub id and writes "[None](...)" for a
+    local folder, so a local base model is named by its path as the recipe gives it. Only a Hub dataset gets a link.
+    The card is edited as a `huggingface_hub.ModelCard`: its metadata header stays as TRL wrote it.
     """
+    from huggingface_hub import ModelCard
+
     hub_dataset = dataset_name != "synthetic" and not os.path.exists(dataset_name)
     trainer.create_model_card(
         model_name=Path(trainer.args.output_dir).name, dataset_name=dataset_name if hub_dataset else None
     )
-    card = Path(trainer.args.output_dir) / "README.md"
-    if card.is_file():
-        text = card.read_text().replace("[None](https://huggingface.co/None)", f"`{model_name}` (a local model)")
-        card.write_text(text.replace("base_model: None\n", ""))
+    path = Path(trainer.args.output_dir) / "README.md"
+    if not path.is_file():
+        return
+    card = ModelCard.load(path)
+    if card.data.base_model is None:  # TRL's template links the base model as "[None](https://huggingface.co/None)"
+        card.text = card.text.replace("[None](https://huggingface.co/None)", f"`{model_name}` (a local model)")
+        card.save(path)
 
 
 def print_summary(trainer, before, after, seconds, heldout_size):
