@@ -426,6 +426,10 @@ def callback_worker(model_dir, out_dir):
     trainer.train()
     evals = [logs for logs in trainer.state.log_history if "eval_tiny/avg@2" in logs]
     result = {"num_processes": trainer.accelerator.num_processes, "summarized": summarized, "evals": evals}
+    # a gloo group still alive at interpreter exit can abort the process (SIGABRT, "terminate called without an
+    # active exception") while its worker threads release tensors: end it, as a script must
+    trainer.end()
+    result["process_group_ended"] = not torch.distributed.is_initialized()
     (Path(out_dir) / f"rank{trainer.accelerator.process_index}.json").write_text(json.dumps(result))
 
 
@@ -443,6 +447,7 @@ def test_callback_under_two_processes_gathers_every_problem_once(tiny_model_dir,
     # 3 problems: one process generated a padded duplicate, dropped after the gather
     assert rank0["num_processes"] == 2 and rank0["summarized"] == rank1["summarized"] == [3]
     assert len(rank0["evals"]) == 1 and rank0["evals"] == rank1["evals"]
+    assert rank0["process_group_ended"] and rank1["process_group_ended"]
 
 
 if __name__ == "__main__":
