@@ -107,7 +107,7 @@ class FIPOScriptArguments(ScriptArguments):
     math_eval_k: int = field(default=32, metadata={"help": "Samples per problem of the evaluation (paper: 32)."})
     console_metrics: Literal["brief", "full"] = field(
         default="brief",
-        metadata={"help": "Console logs: 'brief' (loss, reward, accuracy, length, drift, weight, clip) or 'full'."},
+        metadata={"help": "Console: 'brief' (loss, reward, accuracy, length, drift, weight, clip) or 'full'."},
     )
 
     def __post_init__(self):
