@@ -169,7 +169,7 @@ class FIPOConfig(GRPOConfig):
         if self.fipo_safety_threshold <= 0:
             raise ValueError(f"fipo_safety_threshold must be > 0, got {self.fipo_safety_threshold}; official: 10.0.")
         self._check_dynamic_sampling()
-        # transformers unpins only for use_cpu; with no accelerator torch warns at every dataloader iteration instead
+        # transformers unpins only for use_cpu; pinning without an accelerator does nothing but make torch warn
         if self.dataloader_pin_memory and not torch.accelerator.is_available():
             self.dataloader_pin_memory = False
 
