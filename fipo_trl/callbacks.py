@@ -4,13 +4,15 @@
    influence weight (rendering in [`fipo_trl.token_view`]).
 2. [`MathEvalCallback`]: `fipo-trl eval`'s evaluation of the policy during training (every process generates a
    share, the results are gathered), logged as `eval_<name>/avg@k` and so on.
+3. [`BriefProgressCallback`] and [`BriefPrinterCallback`]: transformers' progress bar and printer, showing only
+   [`BRIEF_METRICS`] of each training log (`console_metrics: brief`); wandb and `log_history` keep every metric.
 """
 
 import math
 from pathlib import Path
 
 from datasets import Dataset
-from transformers import Trainer, TrainerCallback
+from transformers import PrinterCallback, ProgressCallback, Trainer, TrainerCallback
 
 from .core import UNCLIPPED_WEIGHT_MAX, weight_bounds
 from .errors import UsageError
@@ -23,12 +25,14 @@ from .token_view import render_token_view
 def get_callbacks(script_args, training_args, trainer, eval_datasets=None) -> list[TrainerCallback]:
     """
     The callbacks of a recipe: [`TokenViewCallback`] when `token_view` is on, [`MathEvalCallback`] when
-    `math_eval_datasets` names benchmarks, and always, last, [`~fipo_trl.run.checkpoints.CheckpointMarkerCallback`]
-    (a checkpoint looks complete only once its save has finished).
+    `math_eval_datasets` names benchmarks, with `console_metrics: brief` the brief twin of the trainer's console
+    callback (which is popped from `trainer` here: [`BriefProgressCallback`], or [`BriefPrinterCallback`] with
+    `disable_tqdm`), and always, last, [`~fipo_trl.run.checkpoints.CheckpointMarkerCallback`] (a checkpoint looks
+    complete only once its save has finished).
 
     Args:
         script_args ([`~fipo_trl.scripts.recipe.FIPOScriptArguments`]):
-            `token_view`, `math_eval_steps`, `math_eval_k`.
+            `token_view`, `math_eval_steps`, `math_eval_k`, `console_metrics`.
         training_args ([`~fipo_trl.FIPOConfig`]):
             `max_completion_length` bounds the evaluation's completions.
         trainer ([`FIPOTrainer`]):
@@ -38,6 +42,10 @@ def get_callbacks(script_args, training_args, trainer, eval_datasets=None) -> li
             the model loads so that a bad name fails at once).
     """
     callbacks = []
+    if script_args.console_metrics == "brief":
+        for full, brief in ((ProgressCallback, BriefProgressCallback), (PrinterCallback, BriefPrinterCallback)):
+            if trainer.pop_callback(full) is not None:
+                callbacks.append(brief())
     if script_args.token_view:
         callbacks.append(TokenViewCallback(trainer))
     if eval_datasets:
@@ -53,6 +61,43 @@ def get_callbacks(script_args, training_args, trainer, eval_datasets=None) -> li
     # last, so that its on_save runs after every other callback that writes into a checkpoint
     callbacks.append(CheckpointMarkerCallback())
     return callbacks
+
+
+# loss, reward, accuracy, length, policy drift (mean |Δ|), mean FIPO weight, PPO clip fraction: docs/fipo.md §5.1
+BRIEF_METRICS = (
+    "loss",
+    "reward",
+    "accuracy",
+    "completions/mean_length",
+    "fipo/abs_log_ratio_mean",
+    "fipo/weight_mean",
+    "clip_ratio/region_mean",
+)
+
+
+def brief_logs(logs: dict, global_step: int) -> dict:
+    """
+    The step and [`BRIEF_METRICS`] of a training log (one with a `loss`); any other log (evaluation results, the
+    end-of-training summary) whole.
+    """
+    if "loss" not in logs:
+        return logs
+    return {"step": global_step, **{key: logs[key] for key in BRIEF_METRICS if key in logs}}
+
+
+class BriefProgressCallback(ProgressCallback):
+    """transformers' [`~transformers.ProgressCallback`] (a tqdm bar) that writes [`brief_logs`] below the bar."""
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        super().on_log(args, state, control, logs=brief_logs(logs, state.global_step), **kwargs)
+
+
+class BriefPrinterCallback(PrinterCallback):
+    """transformers' [`~transformers.PrinterCallback`] (one printed line per log, `disable_tqdm`) of [`brief_logs`]."""
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        # a copy: PrinterCallback pops `total_flos` from the dict every other callback also receives
+        super().on_log(args, state, control, logs=dict(brief_logs(logs, state.global_step)), **kwargs)
 
 
 class TokenViewCallback(TrainerCallback):

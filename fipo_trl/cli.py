@@ -29,10 +29,14 @@ def usage() -> str:
 def use_one_cpu_thread_per_process():
     """
     Default `OMP_NUM_THREADS` to 1 (torch's CPU thread count) when the user has not set it, before torch is imported.
+    Only `train` does (see `main`).
 
     torch otherwise starts one OpenMP thread per core, and when other processes keep the cores busy its threads wait
     on each other at every small op: the quickstart trained 5-10x slower with 2 threads than with 1 on 2 busy cores
     (`docs/quickstart.md`, CPU threads). torchrun and `accelerate launch` also give each worker one thread by default.
+    `eval` keeps torch's default, so that a CPU evaluation uses every core of an idle machine; on busy cores it stalls
+    in the same way (`python benchmarks/cpu_threads.py --command eval`), and `OMP_NUM_THREADS=1 fipo-trl eval ...`
+    avoids it.
     """
     os.environ.setdefault("OMP_NUM_THREADS", "1")
 
@@ -47,7 +51,8 @@ def main(argv=None) -> int:
     if command not in COMMANDS:
         print(f"fipo-trl: unknown command {command!r}\n{usage()}", file=sys.stderr)
         return USAGE_ERROR_STATUS
-    use_one_cpu_thread_per_process()
+    if command == "train":  # CPU training is the tiny quickstart's: one thread loses little idle, a lot on busy cores
+        use_one_cpu_thread_per_process()
     module_name, function_name, _ = COMMANDS[command]
     entry = getattr(importlib.import_module(module_name), function_name)
     try:

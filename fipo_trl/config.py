@@ -1,6 +1,7 @@
 import warnings
 from dataclasses import dataclass, field
 
+import torch
 from trl import GRPOConfig
 
 from .dynamic_sampling.group_filter import METRICS, ON_LIMIT, round_sizes
@@ -176,6 +177,9 @@ class FIPOConfig(GRPOConfig):
         if self.fipo_safety_threshold <= 0:
             raise ValueError(f"fipo_safety_threshold must be > 0, got {self.fipo_safety_threshold}; official: 10.0.")
         self._check_dynamic_sampling()
+        # transformers unpins only for use_cpu; pinning without an accelerator does nothing but make torch warn
+        if self.dataloader_pin_memory and not torch.accelerator.is_available():
+            self.dataloader_pin_memory = False
 
         if is_on_policy(self.gradient_accumulation_steps, self.steps_per_generation, self.num_iterations):
             warnings.warn(

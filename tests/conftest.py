@@ -1,4 +1,7 @@
-"""Shared offline fixtures: a tiny Qwen2 policy (`fipo_trl.testing.tiny_model`) and a locally trained BPE tokenizer."""
+"""
+Shared offline fixtures: a tiny Qwen2 policy (`fipo_trl.testing.tiny_model`) with a locally trained BPE tokenizer,
+and `make_trainer`, which builds a real `FIPOTrainer` on it for a few CPU steps.
+"""
 
 import os
 
@@ -7,10 +10,14 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+import warnings  # noqa: E402
+
 import pytest  # noqa: E402
+from datasets import Dataset  # noqa: E402
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers  # noqa: E402
 from transformers import PreTrainedTokenizerFast  # noqa: E402
 
+from fipo_trl import FIPOConfig, FIPOTrainer  # noqa: E402
 from fipo_trl.testing import tiny_model  # noqa: E402
 
 
@@ -43,8 +50,8 @@ def build_bpe_tokenizer():
     return tokenizer
 
 
-def build_tiny_model(path, seed=0):
-    """Save a 2-layer Qwen2 (d=32, untied head) and the BPE tokenizer to `path`; return `path` as a string."""
+def build_tiny_model(path, seed=0, tie_word_embeddings=False):
+    """Save a 2-layer Qwen2 (d=32, head untied by default) and the BPE tokenizer to `path`; return `path` as str."""
     tokenizer = build_bpe_tokenizer()
     model = tiny_model.build_model(
         tokenizer,
@@ -53,7 +60,7 @@ def build_tiny_model(path, seed=0):
         intermediate_size=64,
         num_hidden_layers=2,
         max_position_embeddings=512,
-        tie_word_embeddings=False,
+        tie_word_embeddings=tie_word_embeddings,
     )
     return tiny_model.save_tiny_model(path, tokenizer, model)
 
@@ -62,3 +69,59 @@ def build_tiny_model(path, seed=0):
 def tiny_model_dir(tmp_path_factory):
     """Path to a saved tiny Qwen2 policy with its tokenizer (shared by the whole test session: do not modify)."""
     return build_tiny_model(tmp_path_factory.mktemp("tiny-qwen2"))
+
+
+@pytest.fixture(scope="session")
+def tied_model_dir(tmp_path_factory):
+    """The tiny policy with its head tied to the input embeddings, as Qwen2.5's small models and the quickstart's."""
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-qwen2-tied"), tie_word_embeddings=True)
+
+
+PROMPTS = ["What is 12 + 30?", "The quick brown fox", "Simple is better", "Beautiful is better"]
+
+# 4 steps of 4 completions (one prompt × 4), 2 optimizer steps per generation: odd steps on-policy, even ones stale
+TINY_TRAINING = {
+    "use_cpu": True,
+    "bf16": False,
+    "gradient_checkpointing": False,
+    "report_to": "none",
+    "save_strategy": "no",
+    "learning_rate": 0.05,
+    "per_device_train_batch_size": 4,
+    "num_generations": 4,
+    "max_completion_length": 8,
+    "max_steps": 4,
+    "logging_steps": 1,
+    "steps_per_generation": 2,
+    "seed": 0,
+}
+
+
+def reward_length(completions, **kwargs):
+    return [len(c) / 10 for c in completions]
+
+
+@pytest.fixture
+def make_trainer(tiny_model_dir, tmp_path):
+    """
+    `make_trainer(output_dir=tmp_path, trainer_cls=FIPOTrainer, model=None, peft_config=None, **overrides)`: a
+    trainer on the tiny model (or `model`) with `TINY_TRAINING` updated by `overrides`, rewarding completion length,
+    on `PROMPTS` × 4.
+    `trainer_cls=GRPOTrainer` (or a subclass) gets a `GRPOConfig` of the same fields.
+    """
+    from trl import GRPOConfig
+
+    def make(output_dir=tmp_path, trainer_cls=FIPOTrainer, model=None, peft_config=None, **overrides):
+        config_cls = FIPOConfig if issubclass(trainer_cls, FIPOTrainer) else GRPOConfig
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the on-policy warning of steps_per_generation=1 tests, for one
+            args = config_cls(output_dir=str(output_dir), **{**TINY_TRAINING, **overrides})
+            return trainer_cls(
+                model=model or tiny_model_dir,
+                reward_funcs=reward_length,
+                args=args,
+                train_dataset=Dataset.from_dict({"prompt": PROMPTS * 4}),
+                peft_config=peft_config,
+            )
+
+    return make

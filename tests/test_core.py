@@ -106,8 +106,9 @@ def test_on_policy_weights_are_exactly_one():
 @pytest.mark.parametrize("length", [1, 2, 3, 127, 128, 129, 1000, 4097])
 @pytest.mark.parametrize("gamma", [0.0, 0.5, 2 ** (-1 / 32), 1.0])
 def test_future_sum_matches_float64_reference(length, gamma):
-    x = torch.randn(3, length, generator=torch.Generator().manual_seed(length))
-    x[torch.rand(3, length) < 0.2] = 0.0
+    generator = torch.Generator().manual_seed(length)
+    x = torch.randn(3, length, generator=generator)
+    x[torch.rand(3, length, generator=generator) < 0.2] = 0.0
     ref = reference_future_sum(x, gamma)
     out = discounted_future_sum(x, gamma)
     assert out.dtype == torch.float32 and out.shape == x.shape
@@ -117,7 +118,7 @@ def test_future_sum_matches_float64_reference(length, gamma):
 
 def test_future_sum_matches_definition_by_dense_sum():
     # the recurrence used as reference agrees with the definition Σ_{k≥t} γ^(k−t) x_k
-    x = torch.randn(2, 300, dtype=torch.float64)
+    x = torch.randn(2, 300, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     k, t = torch.arange(300.0, dtype=torch.float64)[None, :], torch.arange(300.0, dtype=torch.float64)[:, None]
     dense = torch.where(k >= t, 0.9 ** (k - t), 0.0)
     torch.testing.assert_close(discounted_future_sum(x, 0.9), x @ dense.T, rtol=1e-10, atol=1e-10)
@@ -138,14 +139,14 @@ def test_future_sum_long_sequence_no_overflow():
 
 def test_future_sum_bf16_input_accumulates_in_fp32():
     # bf16 in, bf16 out, but no bf16 accumulation error: equal to the fp32 result rounded once
-    x = torch.randn(2, 5000).bfloat16()
+    x = torch.randn(2, 5000, generator=torch.Generator().manual_seed(0)).bfloat16()
     out = discounted_future_sum(x, 2 ** (-1 / 32))
     assert out.dtype == torch.bfloat16
     torch.testing.assert_close(out, reference_future_sum(x.float(), 2 ** (-1 / 32)).bfloat16(), rtol=8e-3, atol=1e-2)
 
 
 def test_future_sum_leading_dims_and_float64():
-    x = torch.randn(2, 3, 200, dtype=torch.float64)
+    x = torch.randn(2, 3, 200, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     out = discounted_future_sum(x, 0.97)
     assert out.dtype == torch.float64 and out.shape == x.shape
     torch.testing.assert_close(out, reference_future_sum(x, 0.97), rtol=1e-12, atol=1e-12)
@@ -188,10 +189,12 @@ def test_fipo_advantages_bf16_inputs():
 
 
 def test_fipo_advantages_carry_no_gradient():
-    logp = torch.randn(2, 10, requires_grad=True)
-    out = fipo_advantages(logp, logp.detach() - 0.1, torch.randn(2), torch.ones(2, 10))
+    generator = torch.Generator().manual_seed(0)
+    logp = torch.randn(2, 10, generator=generator).requires_grad_()
+    adv = torch.randn(2, generator=generator)
+    out = fipo_advantages(logp, logp.detach() - 0.1, adv, torch.ones(2, 10))
     assert not out.requires_grad
-    assert not fipo_weights(logp - 0.1, torch.randn(2), torch.ones(2, 10)).weights.requires_grad
+    assert not fipo_weights(logp - 0.1, adv, torch.ones(2, 10)).weights.requires_grad
 
 
 def test_fully_masked_rows_and_empty_completions():

@@ -108,6 +108,10 @@ def worker(model_dir, out_dir, mode):
         # ZeRO-3 keeps only this rank's shard in .data; the sum is compared across ranks only without ZeRO-3
         "param_sum": float(sum(p.detach().double().sum() for p in model.parameters())),
     }
+    # a gloo group still alive at interpreter exit can abort the process (SIGABRT, "terminate called without an
+    # active exception") while its worker threads release tensors: end it, as `fipo-trl train` does
+    trainer.end()
+    summary["process_group_ended"] = not torch.distributed.is_initialized()
     torch.save({"records": trainer.records, "summary": summary}, Path(out_dir) / f"rank{rank}.pt")
 
 
@@ -170,6 +174,7 @@ def test_ddp_both_ranks_train_in_sync(ddp_run):
     assert [len(r["records"]) for r in ranks] == [MAX_STEPS, MAX_STEPS]
     assert summaries[0]["param_sum"] == pytest.approx(summaries[1]["param_sum"], rel=1e-12)
     assert len(summaries[0]["losses"]) == MAX_STEPS
+    assert all(s["process_group_ended"] for s in summaries)
 
 
 @pytest.mark.slow  # 2 processes
@@ -240,6 +245,7 @@ def test_deepspeed_zero_two_processes_on_cpu_matches_ddp(stage, ddp_run, tiny_mo
     for summary in summaries:
         assert summary["num_processes"] == 2
         assert (summary["engine"], summary["zero_stage"]) == ("DeepSpeedEngine", stage)
+        assert summary["process_group_ended"]
     assert [len(r["records"]) for r in ranks] == [MAX_STEPS, MAX_STEPS]
     # Same data, same seeds, same AdamW: ZeRO sharding must not change the losses of the DDP run
     ddp_losses = ddp_run[0][0]["summary"]["losses"]

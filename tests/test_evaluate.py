@@ -446,6 +446,10 @@ def callback_worker(model_dir, out_dir):
         "heldout": heldout,
         "heldout_generate_calls": len(calls),
     }
+    # a gloo group still alive at interpreter exit can abort the process (SIGABRT, "terminate called without an
+    # active exception") while its worker threads release tensors: end it, as a script must
+    trainer.end()
+    result["process_group_ended"] = not torch.distributed.is_initialized()
     (Path(out_dir) / f"rank{trainer.accelerator.process_index}.json").write_text(json.dumps(result))
 
 
@@ -467,6 +471,7 @@ def test_callback_under_two_processes_gathers_every_problem_once(tiny_model_dir,
     # gathers weights in each), the padded duplicate counted once, the same result on both
     assert rank0["heldout_generate_calls"] == rank1["heldout_generate_calls"] == 2
     assert rank0["heldout"] == rank1["heldout"] and 1 <= rank0["heldout"]["mean_length"] <= 3
+    assert rank0["process_group_ended"] and rank1["process_group_ended"]
 
 
 if __name__ == "__main__":

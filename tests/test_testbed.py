@@ -119,6 +119,7 @@ def small_build(builder, output_dir):
     return load_file(output_dir / "model.safetensors")
 
 
+@pytest.mark.slow  # two builds, each training the model: 49 s at 1-minute load 8 on 2 cores
 def test_builder_rebuild_gives_identical_weights(tmp_path):
     builder = load_builder()
     threads = torch.get_num_threads()
@@ -150,6 +151,7 @@ def test_shipped_model_card_states_the_data_mix_and_the_before_rl_numbers():
 # ---- the recipe ----------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # a training run of the CLI in a subprocess
 def test_recipe_trains_the_shipped_model_off_policy(tmp_path):
     """Three FIPO steps of configs/long_sum.yaml, through the CLI: the model moves and the weights leave 1."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "WANDB_MODE": "disabled", "HF_HUB_OFFLINE": "1"}

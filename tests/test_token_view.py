@@ -37,7 +37,8 @@ class CharTokenizer:
         return "".join(chr(ord("a") + i) for i in ids)
 
 
-def make_trainer(tmp_path, report_to="none"):
+def trainer_with_a_view(tmp_path, report_to="none"):
+    """A stand-in for the trainer with only what `TokenViewCallback` reads: `args`, the view, a tokenizer."""
     args = FIPOConfig(output_dir=str(tmp_path), report_to=report_to, fipo_clip_high_only=False, bf16=False)
     view = {
         "prompt_ids": torch.tensor([3, 4]),
@@ -50,7 +51,7 @@ def make_trainer(tmp_path, report_to="none"):
 
 
 def test_callback_writes_step_file_and_latest_once_per_view(tmp_path):
-    trainer = make_trainer(tmp_path)
+    trainer = trainer_with_a_view(tmp_path)
     callback = TokenViewCallback(trainer)
     assert callback.weight_range == (0.8, 1.2)
     state = TrainerState(global_step=7)
@@ -66,7 +67,7 @@ def test_callback_writes_step_file_and_latest_once_per_view(tmp_path):
 
 
 def test_callback_skips_non_main_process_and_missing_view(tmp_path):
-    trainer = make_trainer(tmp_path)
+    trainer = trainer_with_a_view(tmp_path)
     callback = TokenViewCallback(trainer)
     callback.on_log(trainer.args, TrainerState(global_step=1, is_world_process_zero=False), TrainerControl())
     trainer.fipo_token_view = None

@@ -223,8 +223,11 @@ def test_help_shows_the_call_and_the_recipe_fields_without_importing_torch():
     assert "--help-all" in out and len(out.splitlines()) < 60
 
 
-@pytest.mark.parametrize(("user_setting", "threads"), [(None, 1), ("2", 2)])
-def test_commands_run_torch_on_one_cpu_thread_unless_the_user_chose(user_setting, threads):
+@pytest.mark.parametrize(
+    ("command", "user_setting", "threads"),
+    [("train", None, 1), ("train", "2", 2), ("eval", None, None), ("eval", "1", 1)],
+)
+def test_train_defaults_torch_to_one_cpu_thread_eval_to_torchs_own(command, user_setting, threads):
     # a fresh interpreter, as the console script starts: the rule must act before torch is imported. The command's
     # module is a probe that reports the thread count torch starts with (the real ones import torch the same way)
     code = (
@@ -233,14 +236,20 @@ def test_commands_run_torch_on_one_cpu_thread_unless_the_user_chose(user_setting
         "probe = types.ModuleType('probe')\n"
         "def report(args):\n"
         "    import torch; print('THREADS', torch.get_num_threads()); return 0\n"
-        "probe.cli = report; sys.modules['probe'] = probe; cli.COMMANDS['train'] = ('probe', 'cli', '')\n"
-        "sys.exit(cli.main(['train']))\n"
+        f"probe.cli = report; sys.modules['probe'] = probe; cli.COMMANDS[{command!r}] = ('probe', 'cli', '')\n"
+        f"sys.exit(cli.main([{command!r}]))\n"
     )
     env = {key: value for key, value in os.environ.items() if key != "OMP_NUM_THREADS"}
     if user_setting is not None:
         env["OMP_NUM_THREADS"] = user_setting
     result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
-    assert result.stdout.split() == ["THREADS", str(threads)]
+    # None: torch's own default (one thread per core), whatever this machine has
+    assert result.stdout.split() == ["THREADS", str(threads or torch_default_threads(env))]
+
+
+def torch_default_threads(env):
+    code = "import torch; print(torch.get_num_threads())"
+    return int(subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True).stdout)
 
 
 def test_help_all_lists_every_grpo_field(capsys):

@@ -5,7 +5,6 @@ import warnings
 
 import pytest
 import torch
-from datasets import Dataset
 from peft import LoraConfig
 from reference import reference_fipo
 from trl import GRPOConfig, GRPOTrainer
@@ -13,7 +12,6 @@ from trl import GRPOConfig, GRPOTrainer
 from fipo_trl import FIPOConfig, FIPOTrainer
 
 
-PROMPTS = ["What is 12 + 30?", "The quick brown fox", "Simple is better", "Beautiful is better"]
 FIPO_METRICS = [
     "future_kl_mean", "weight_mean", "weight_min", "weight_max", "raw_weight_mean", "raw_weight_min",
     "raw_weight_max", "weight_clip_upper", "weight_clip_lower", "safety_capped_frac", "dual_clip_frac",
@@ -21,36 +19,6 @@ FIPO_METRICS = [
     "pos_mini_frac", "neg_is_max", "neg_is_p75", "neg_is_p995", "neg_is_p999", "pos_is_min", "pos_is_p25",
     "pos_is_median", "pos_is_p75", "pos_is_p995", "pos_is_p999", "pos_is_max",
 ]  # fmt: skip
-
-
-def reward_length(completions, **kwargs):
-    return [len(c) / 10 for c in completions]
-
-
-def make_trainer(model_dir, tmp_path, trainer_cls=FIPOTrainer, model=None, **overrides):
-    config_cls = FIPOConfig if trainer_cls is FIPOTrainer else GRPOConfig
-    kwargs = {
-        "output_dir": str(tmp_path),
-        "use_cpu": True,
-        "bf16": False,
-        "gradient_checkpointing": False,
-        "report_to": "none",
-        "save_strategy": "no",
-        "learning_rate": 0.05,
-        "per_device_train_batch_size": 4,
-        "num_generations": 4,
-        "max_completion_length": 8,
-        "max_steps": 4,
-        "logging_steps": 1,
-        "steps_per_generation": 2,
-        "seed": 0,
-    }
-    kwargs.update(overrides)
-    dataset = Dataset.from_dict({"prompt": PROMPTS * 4})
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        args = config_cls(**kwargs)
-        return trainer_cls(model=model or model_dir, reward_funcs=reward_length, args=args, train_dataset=dataset)
 
 
 def make_inputs(trainer, off_policy=True, seed=0):
@@ -128,11 +96,11 @@ def assert_grads_close(grads, other, rtol=1e-4, atol=1e-6):
 
 
 # ------------------------------------------------------------------------------------------------------- the loss
-def test_on_policy_loss_and_grads_identical_to_dapo(tiny_model_dir, tmp_path):
+def test_on_policy_loss_and_grads_identical_to_dapo(make_trainer, tmp_path):
     # no old log-probs: FIPO must be bit-identical to GRPOTrainer(loss_type="dapo", delta=10)
-    fipo = make_trainer(tiny_model_dir, tmp_path / "fipo", steps_per_generation=8)
+    fipo = make_trainer(tmp_path / "fipo", steps_per_generation=8)
     dapo = make_trainer(
-        tiny_model_dir, tmp_path / "dapo", GRPOTrainer, loss_type="dapo", delta=10.0, epsilon_high=0.28,
+        tmp_path / "dapo", GRPOTrainer, loss_type="dapo", delta=10.0, epsilon_high=0.28,
         steps_per_generation=8, disable_dropout=True,
     )  # fmt: skip
     inputs = make_inputs(fipo, off_policy=False)
@@ -150,9 +118,9 @@ def test_on_policy_loss_and_grads_identical_to_dapo(tiny_model_dir, tmp_path):
     [{}, {"fipo_clip_high_only": False, "fipo_safety_threshold": 3.0}, {"fipo_clip_range": 0.0}],
     ids=["32B", "7B", "unclipped"],
 )
-def test_off_policy_loss_and_grads_match_official_reference(tiny_model_dir, tmp_path, loss_type, mode):
+def test_off_policy_loss_and_grads_match_official_reference(make_trainer, loss_type, mode):
     # every rule at once: clamp, participation filter, weights, safety cap, dual clip, sequence drop, aggregation
-    trainer = make_trainer(tiny_model_dir, tmp_path, loss_type=loss_type, fipo_decay_rate=4.0, **mode)
+    trainer = make_trainer(loss_type=loss_type, fipo_decay_rate=4.0, **mode)
     inputs = make_inputs(trainer)
     loss, grads = loss_and_grads(trainer, inputs)
     trainer.model.zero_grad()
@@ -163,9 +131,9 @@ def test_off_policy_loss_and_grads_match_official_reference(tiny_model_dir, tmp_
     assert trainer._metrics["train"]["fipo/dropped_frac"][-1] == pytest.approx(1 / 6)
 
 
-def test_weights_carry_no_gradient(tiny_model_dir, tmp_path):
+def test_weights_carry_no_gradient(make_trainer):
     # FIPO's gradients equal the reference with f frozen, and differ from a reference that backpropagates through f
-    trainer = make_trainer(tiny_model_dir, tmp_path, fipo_clip_range=0.0, fipo_decay_rate=4.0)
+    trainer = make_trainer(fipo_clip_range=0.0, fipo_decay_rate=4.0)
     inputs = make_inputs(trainer, seed=1)
     _, grads = loss_and_grads(trainer, inputs)
     trainer.model.zero_grad()
@@ -177,9 +145,9 @@ def test_weights_carry_no_gradient(tiny_model_dir, tmp_path):
     assert_grads_close(grads, {n: p.grad for n, p in trainer.model.named_parameters()})
 
 
-def test_tool_tokens_neither_contribute_nor_receive_weight(tiny_model_dir, tmp_path):
+def test_tool_tokens_neither_contribute_nor_receive_weight(make_trainer):
     # tool/environment tokens (tool_mask = 0) are out of the Future-KL sum and out of the loss
-    trainer = make_trainer(tiny_model_dir, tmp_path, fipo_clip_high_only=False, fipo_decay_rate=4.0)
+    trainer = make_trainer(fipo_clip_high_only=False, fipo_decay_rate=4.0)
     inputs = make_inputs(trainer, seed=2)
     inputs["tool_mask"] = torch.ones_like(inputs["completion_mask"])
     inputs["tool_mask"][:, 3:6] = 0
@@ -191,9 +159,9 @@ def test_tool_tokens_neither_contribute_nor_receive_weight(tiny_model_dir, tmp_p
     assert_grads_close(grads, {n: p.grad for n, p in trainer.model.named_parameters()})
 
 
-def test_exactly_one_policy_forward_per_micro_step(tiny_model_dir, tmp_path):
+def test_exactly_one_policy_forward_per_micro_step(make_trainer):
     # the parent loss reuses FIPO's forward instead of running its own
-    trainer = make_trainer(tiny_model_dir, tmp_path)
+    trainer = make_trainer()
     inputs = make_inputs(trainer)
     calls = []
     handle = trainer.model.register_forward_pre_hook(lambda *_: calls.append(1))
@@ -205,9 +173,9 @@ def test_exactly_one_policy_forward_per_micro_step(tiny_model_dir, tmp_path):
     assert trainer._forward_cache is None
 
 
-def test_inputs_are_not_modified(tiny_model_dir, tmp_path):
+def test_inputs_are_not_modified(make_trainer):
     # the buffered slice is reused by later iterations: FIPO must not write into it
-    trainer = make_trainer(tiny_model_dir, tmp_path)
+    trainer = make_trainer()
     inputs = make_inputs(trainer)
     before = {k: v.clone() for k, v in inputs.items()}
     loss_and_grads(trainer, inputs)
@@ -215,9 +183,9 @@ def test_inputs_are_not_modified(tiny_model_dir, tmp_path):
     assert all(torch.equal(inputs[k], before[k]) for k in before)
 
 
-def test_vllm_importance_sampling_stays_a_separate_factor(tiny_model_dir, tmp_path):
+def test_vllm_importance_sampling_stays_a_separate_factor(make_trainer):
     # TRL's vLLM IS ratio multiplies the loss; Δ never comes from vLLM's sampling log-probs
-    trainer = make_trainer(tiny_model_dir, tmp_path, loss_type="bnpo")
+    trainer = make_trainer(loss_type="bnpo")
     inputs = make_inputs(trainer)
     plain, _ = loss_and_grads(trainer, inputs)
     trainer.use_vllm, trainer.vllm_importance_sampling_correction = True, True
@@ -276,13 +244,17 @@ def test_config_refuses_symmetric_clip_of_one():
 
 def test_trainer_refuses_grpo_config(tiny_model_dir, tmp_path):
     with pytest.raises(TypeError, match="FIPOConfig"):
-        FIPOTrainer(model=tiny_model_dir, reward_funcs=reward_length, args=GRPOConfig(str(tmp_path), use_cpu=True))
+        FIPOTrainer(
+            model=tiny_model_dir,
+            reward_funcs=lambda completions, **kwargs: [0.0] * len(completions),
+            args=GRPOConfig(str(tmp_path), use_cpu=True),
+        )
 
 
 # ------------------------------------------------------------------------------------------------------ training
-def test_off_policy_training_updates_every_parameter(tiny_model_dir, tmp_path):
+def test_off_policy_training_updates_every_parameter(make_trainer):
     # 2 optimizer steps per generation: the first is on-policy (f = 1), the second is stale (f ≠ 1)
-    trainer = make_trainer(tiny_model_dir, tmp_path, fipo_clip_high_only=False)
+    trainer = make_trainer(fipo_clip_high_only=False)
     before = {n: p.clone() for n, p in trainer.model.named_parameters()}
     trainer.train()
     for name, param in trainer.model.named_parameters():
@@ -301,16 +273,10 @@ def test_off_policy_training_updates_every_parameter(tiny_model_dir, tmp_path):
     assert view["advantage"] != 0 and view["prompt_ids"].numel() > 0
 
 
-def test_lora_training(tiny_model_dir, tmp_path):
+def test_lora_training(make_trainer):
     # PEFT: only the adapters train, and they do
     lora = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM")
-    trainer = FIPOTrainer(
-        model=tiny_model_dir,
-        reward_funcs=reward_length,
-        args=make_trainer(tiny_model_dir, tmp_path, max_steps=2).args,
-        train_dataset=Dataset.from_dict({"prompt": PROMPTS * 4}),
-        peft_config=lora,
-    )
+    trainer = make_trainer(max_steps=2, peft_config=lora)
     before = {n: p.clone() for n, p in trainer.model.named_parameters()}
     trainer.train()
     changed = {n for n, p in trainer.model.named_parameters() if not torch.equal(p, before[n])}
@@ -318,11 +284,9 @@ def test_lora_training(tiny_model_dir, tmp_path):
     assert {n for n in before if "lora_B" in n} <= changed
 
 
-def test_bf16_model_trains(tiny_model_dir, tmp_path):
+def test_bf16_model_trains(make_trainer):
     # a bf16 policy: the future sum still runs in fp32 and nothing turns NaN
-    trainer = make_trainer(
-        tiny_model_dir, tmp_path, max_steps=2, model_init_kwargs={"dtype": torch.bfloat16}, learning_rate=0.01
-    )
+    trainer = make_trainer(max_steps=2, model_init_kwargs={"dtype": torch.bfloat16}, learning_rate=0.01)
     assert next(trainer.model.parameters()).dtype == torch.bfloat16
     trainer.train()
     logs = [h for h in trainer.state.log_history if "fipo/weight_mean" in h]
@@ -330,12 +294,12 @@ def test_bf16_model_trains(tiny_model_dir, tmp_path):
     assert logs[1]["fipo/abs_log_ratio_mean"] > 0
 
 
-def test_checkpoint_and_resume(tiny_model_dir, tmp_path):
+def test_checkpoint_and_resume(make_trainer, tmp_path):
     # save at step 2, resume and finish at step 4 with the step count continued
-    first = make_trainer(tiny_model_dir, tmp_path, max_steps=2, save_strategy="steps", save_steps=2)
+    first = make_trainer(max_steps=2, save_strategy="steps", save_steps=2)
     first.train()
     assert (tmp_path / "checkpoint-2").is_dir()
-    second = make_trainer(tiny_model_dir, tmp_path, max_steps=4, save_strategy="steps", save_steps=2)
+    second = make_trainer(max_steps=4, save_strategy="steps", save_steps=2)
     second.train(resume_from_checkpoint=True)
     assert second.state.global_step == 4
     steps = [h["step"] for h in second.state.log_history if "fipo/weight_mean" in h]
@@ -343,9 +307,9 @@ def test_checkpoint_and_resume(tiny_model_dir, tmp_path):
     assert (tmp_path / "checkpoint-4").is_dir()
 
 
-def test_fully_masked_micro_batch_is_finite(tiny_model_dir, tmp_path):
+def test_fully_masked_micro_batch_is_finite(make_trainer):
     # every completion empty (e.g. all tool tokens): loss and gradients stay finite, metrics are NaN, not errors
-    trainer = make_trainer(tiny_model_dir, tmp_path)
+    trainer = make_trainer()
     inputs = make_inputs(trainer)
     inputs["completion_mask"] = torch.zeros_like(inputs["completion_mask"])
     inputs["num_items_in_batch"] = torch.tensor(0)

@@ -38,8 +38,9 @@ class EpochSeededRepeatSampler(RepeatSampler):
 class ExactResumeMixin:
     """
     Exact resume for `GRPOTrainer` and its subclasses: `_save_rng_state` / `_load_rng_state` keep the buffered
-    generation batch, TRL's micro-step counter and the dynamic-sampling prompt stream with each checkpoint, and
-    `_get_train_sampler` makes the sampler's order depend on the epoch only.
+    generation batch, TRL's micro-step counter and the dynamic-sampling prompt stream with each checkpoint,
+    `_get_train_sampler` makes the sampler's order depend on the epoch only, and `_issue_warnings_after_load` does
+    not report a tied weight that the checkpoint leaves out as missing.
     """
 
     prompt_stream = None  # a `PromptStream` when dynamic sampling is on (set by `DynamicSamplingMixin`)
@@ -113,6 +114,18 @@ class ExactResumeMixin:
                 "first resumed step.",
                 stacklevel=2,
             )
+
+    def _issue_warnings_after_load(self, load_result):
+        # A tied model's checkpoint leaves out the tied copy (`lm_head.weight`), which loading its source restored;
+        # transformers would still warn "missing keys" on every resume. A key whose tensor is not its source's stays.
+        params = dict(self.model.named_parameters(remove_duplicate=False))
+        tied = getattr(self.model, "all_tied_weights_keys", None) or {}
+        missing = [
+            key
+            for key in load_result.missing_keys
+            if not (key in tied and key in params and params[key] is params.get(tied[key]))
+        ]
+        super()._issue_warnings_after_load(load_result._replace(missing_keys=missing))
 
 
 def _to_device(batch, device):

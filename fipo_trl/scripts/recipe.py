@@ -12,6 +12,7 @@ import dataclasses
 import io
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 from trl import ModelConfig, ScriptArguments
 
@@ -67,6 +68,11 @@ class FIPOScriptArguments(ScriptArguments):
             Evaluate every this many optimizer steps (official 32B: `test_freq=5` training steps).
         math_eval_k (`int`, *optional*, defaults to `32`):
             Samples per problem (paper: 32, at temperature 1.0 and top-p 0.7; up to `max_completion_length` tokens).
+        console_metrics (`str`, *optional*, defaults to `"brief"`):
+            What each training log prints on the console: `"brief"` the step, loss, reward, accuracy, mean length,
+            policy drift (`fipo/abs_log_ratio_mean`), mean FIPO weight and PPO clip fraction
+            ([`~fipo_trl.callbacks.BRIEF_METRICS`]); `"full"` every metric, as transformers prints them. Either way
+            wandb and `trainer.state.log_history` keep every metric; evaluation logs are printed whole.
     """
 
     dataset_name: str = field(
@@ -101,6 +107,15 @@ class FIPOScriptArguments(ScriptArguments):
     )
     math_eval_steps: int = field(default=5, metadata={"help": "Evaluate every this many steps (official: 5)."})
     math_eval_k: int = field(default=32, metadata={"help": "Samples per problem of the evaluation (paper: 32)."})
+    console_metrics: Literal["brief", "full"] = field(
+        default="brief",
+        metadata={"help": "Console: 'brief' (loss, reward, accuracy, length, drift, weight, clip) or 'full'."},
+    )
+
+    def __post_init__(self):
+        # a YAML value is not checked against the choices by argparse
+        if self.console_metrics not in ("brief", "full"):
+            raise UsageError(f"console_metrics must be 'brief' or 'full', got {self.console_metrics!r}")
 
 
 def make_parser():
