@@ -65,6 +65,14 @@ class FIPOScriptArguments(ScriptArguments):
             Evaluate every this many optimizer steps (official 32B: `test_freq=5` training steps).
         math_eval_k (`int`, *optional*, defaults to `32`):
             Samples per problem (paper: 32, at temperature 1.0 and top-p 0.7; up to `max_completion_length` tokens).
+        overwrite_output_dir (`bool`, *optional*, defaults to `False`):
+            Start a fresh run in an `output_dir` that holds checkpoints of an earlier run, deleting them (the
+            `TrainingArguments` field of this name is gone from transformers 5). Without it such a run is refused;
+            `--resume_from_checkpoint auto` continues the earlier run instead.
+        preemption_grace_period (`float`, *optional*, defaults to `20`):
+            Seconds from a SIGTERM (Slurm preemption or time limit) to the end of the run: the current step
+            finishes and a checkpoint is saved if both fit, else the run ends from its last checkpoint. Keep it under
+            the cluster's SIGTERM-to-SIGKILL delay (Slurm's `KillWait`, 30 s by default); docs/cluster-jobs.md.
     """
 
     dataset_name: str = field(
@@ -99,6 +107,12 @@ class FIPOScriptArguments(ScriptArguments):
     )
     math_eval_steps: int = field(default=5, metadata={"help": "Evaluate every this many steps (official: 5)."})
     math_eval_k: int = field(default=32, metadata={"help": "Samples per problem of the evaluation (paper: 32)."})
+    overwrite_output_dir: bool = field(
+        default=False, metadata={"help": "Start fresh in an output_dir with checkpoints, deleting them."}
+    )
+    preemption_grace_period: float = field(
+        default=20.0, metadata={"help": "Seconds from SIGTERM to exit: finish the step, save if it fits (Slurm)."}
+    )
 
 
 def make_parser():
