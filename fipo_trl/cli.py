@@ -61,7 +61,8 @@ def main(argv=None) -> int:
         print(f"fipo-trl {command}: error: {error}", file=sys.stderr)
         return USAGE_ERROR_STATUS
     except Preempted as preempted:  # SIGTERM from a scheduler: where it stopped and how the requeued job goes on
-        print(f"fipo-trl {command}: {preempted}", file=sys.stderr)
+        if int(os.environ.get("RANK", "0")) == 0:  # every process of the run stops; the main one says where
+            print(f"fipo-trl {command}: {preempted}", file=sys.stderr)
         return PREEMPTED_STATUS
     except KeyboardInterrupt as interrupt:
         # Ctrl-C is how a user stops a run, not a crash: one line (where it stopped, how to go on), no traceback
