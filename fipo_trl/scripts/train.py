@@ -274,13 +274,15 @@ def preempted_at(trainer, preemption, abandoned):
 
     checkpoint = last_complete_checkpoint(trainer.args.output_dir, quiet=True)
     grace = f"grace period {preemption.grace_period:g} s"
-    if abandoned is not None or preemption.stopped_after_step is None:
-        how = f"at step {trainer.state.global_step + 1} ({abandoned or 'before the step ended'}; {grace})"
-    elif preemption.saved is not None and checkpoint == preemption.saved:
-        how = f"after step {preemption.stopped_after_step} (saved in {preemption.save_seconds:.1f} s; {grace})"
+    step = preemption.stopped_after_step
+    if step is None:  # the alarm (or a Ctrl-C) came in the middle of a step
+        how = f"at step {trainer.state.global_step + 1} ({abandoned or 'interrupted before the step ended'})"
+    elif abandoned is not None:
+        how = f"after step {step} (its checkpoint's save did not end within the {grace})"
+    elif preemption.saved is not None and checkpoint is not None and Path(checkpoint) == Path(preemption.saved):
+        how = f"after step {step} (saved in {preemption.save_seconds:.1f} s; {grace})"
     else:
-        why = preemption.skipped_save or "the save did not finish"
-        how = f"after step {preemption.stopped_after_step} (no checkpoint saved: {why})"
+        how = f"after step {step} (no checkpoint saved: {preemption.skipped_save or 'its save did not complete'})"
     saved = (
         f"last checkpoint: {checkpoint}" if checkpoint else f"no checkpoint yet (save_steps={trainer.args.save_steps})"
     )
