@@ -2,14 +2,16 @@
 
 Every subcommand reports a user mistake ([`~fipo_trl.errors.UsageError`]) here, the same way: one line
 `fipo-trl <command>: error: <message>` on stderr and exit status 2. Ctrl-C ends any of them with one line
-`fipo-trl <command>: interrupted ...` (for `train`: where it stopped and how to resume) and exit status 130.
+`fipo-trl <command>: interrupted ...` (for `train`: where it stopped and how to resume) and exit status 130; SIGTERM
+(a scheduler's preemption or time limit) ends `train` with one line `fipo-trl train: stopped by SIGTERM ...` and exit
+status 143.
 """
 
 import importlib
 import os
 import sys
 
-from .errors import UsageError
+from .errors import Preempted, UsageError
 
 
 COMMANDS = {  # name: (module, entry function, help)
@@ -19,6 +21,9 @@ COMMANDS = {  # name: (module, entry function, help)
 }
 USAGE_ERROR_STATUS = 2  # argparse's status for a bad command line
 INTERRUPTED_STATUS = 130  # 128 + SIGINT, what a shell reports for a command stopped by Ctrl-C
+# 128 + SIGTERM, what a shell reports for a process that SIGTERM ended: Slurm requeues a preempted job whatever the
+# status (PreemptMode=REQUEUE); the shipped sbatch script requeues itself on it (docs/cluster-jobs.md)
+PREEMPTED_STATUS = 143
 
 
 def usage() -> str:
@@ -60,6 +65,10 @@ def main(argv=None) -> int:
     except UsageError as error:
         print(f"fipo-trl {command}: error: {error}", file=sys.stderr)
         return USAGE_ERROR_STATUS
+    except Preempted as preempted:  # SIGTERM from a scheduler: where it stopped and how the requeued job goes on
+        if int(os.environ.get("RANK", "0")) == 0:  # every process of the run stops; the main one says where
+            print(f"fipo-trl {command}: {preempted}", file=sys.stderr)
+        return PREEMPTED_STATUS
     except KeyboardInterrupt as interrupt:
         # Ctrl-C is how a user stops a run, not a crash: one line (where it stopped, how to go on), no traceback
         print(f"fipo-trl {command}: interrupted" + (f" {interrupt}" if str(interrupt) else ""), file=sys.stderr)

@@ -223,6 +223,28 @@ CASES = [
         r"^.*out/checkpoint-7/model\.safetensors: cannot be read \(.*\): the file is truncated or corrupt",
         flags=["--resume_from_checkpoint", "last"],
     ),
+    # the same command again, without a resume flag, would overwrite the earlier run's checkpoints one by one
+    Case(
+        "fresh_run_into_a_folder_with_checkpoints",
+        r"^output_dir .*out already holds checkpoints of an earlier run \(checkpoint-7\): continue it with "
+        r"--resume_from_checkpoint auto, or start over with --overwrite_output_dir true \(deletes them\)$",
+    ),
+    Case(
+        "resume_from_another_architecture",
+        r"^resume_from_checkpoint: .*out/checkpoint-7 holds another model than "
+        r"model_name_or_path=.*tiny-qwen2-addition \(hidden_size 64 vs \d+, num_hidden_layers 3 vs \d+\): resume "
+        r"with the model it was trained from, or start a fresh run in another output_dir$",
+        flags=["--resume_from_checkpoint", "last"],
+        make=lambda tmp_path: other_architecture(tmp_path / "out" / "checkpoint-7"),
+    ),
+    # another run holds the folder: pid 1 on this host is alive
+    Case(
+        "output_dir_locked_by_a_live_run",
+        r"^output_dir .*out is in use by another run \(host .*, pid 1, Slurm job 99, "
+        r"started 2026-01-01T00:00:00\+00:00; heartbeat \d+ s ago\): wait for it to end or choose another "
+        r"output_dir; if that run is dead, delete .*out/fipo_run\.lock$",
+        make=lambda tmp_path: lock_held_by_pid_1(tmp_path / "out"),
+    ),
 ]
 
 
@@ -298,6 +320,20 @@ CASES += [
         flags=["--reward_funcs", "fault_rewards.NOT_A_FUNCTION"],
     ),
 ]
+def other_architecture(checkpoint):
+    """A checkpoint whose config.json is the shipped model's with other layer sizes."""
+    config = json.loads((SHIPPED_MODEL / "config.json").read_text())
+    config.update(hidden_size=64, num_hidden_layers=3)
+    (checkpoint / "config.json").write_text(json.dumps(config))
+    return []
+
+
+def lock_held_by_pid_1(out):
+    import socket
+
+    holder = {"host": socket.gethostname(), "pid": 1, "slurm_job_id": "99", "started": "2026-01-01T00:00:00+00:00"}
+    (out / "fipo_run.lock").write_text(json.dumps(holder))
+    return []
 
 
 BROKEN_ACCELERATE_CONFIG = "distributed_type: DEEPSPEED\nnum_processes 2\nmixed_precision: bf16\n"  # a lost ':'

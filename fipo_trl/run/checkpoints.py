@@ -170,3 +170,85 @@ class CheckpointMarkerCallback(TrainerCallback):
         checkpoint = Path(args.output_dir, f"checkpoint-{state.global_step}")
         if args.should_save and checkpoint.is_dir():
             write_marker(checkpoint)
+
+
+# config.json fields that fix the shapes of the weights: a checkpoint with other values cannot be loaded into the model
+ARCHITECTURE_FIELDS = (
+    "model_type",
+    "hidden_size",
+    "intermediate_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "vocab_size",
+    "tie_word_embeddings",
+)
+
+
+def architecture_mismatch(checkpoint: str | os.PathLike, model_config_dir: str | os.PathLike) -> str | None:
+    """
+    How the model of `checkpoint` differs from the one in `model_config_dir` (both `config.json`), or `None`.
+
+    Returns `None` when either folder has no `config.json` (a PEFT adapter checkpoint, a Hub id).
+    """
+    files = [Path(checkpoint) / "config.json", Path(model_config_dir) / "config.json"]
+    if not all(file.is_file() for file in files):
+        return None
+    saved, model = (json.loads(file.read_text()) for file in files)
+    differences = [
+        f"{name} {saved.get(name)} vs {model.get(name)}"
+        for name in ARCHITECTURE_FIELDS
+        if saved.get(name) != model.get(name)
+    ]
+    if saved.get("architectures") != model.get("architectures"):
+        differences.insert(0, f"architectures {saved.get('architectures')} vs {model.get('architectures')}")
+    return ", ".join(differences) or None
+
+
+# TrainingArguments fields that the optimizer's param groups carry: `optimizer.load_state_dict` restores them from the
+# checkpoint (and LambdaLR's `base_lrs` the peak rate), so a changed value in the recipe does not take effect
+OPTIMIZER_FIELDS = {  # field: (param-group key, index into a tuple value)
+    "learning_rate": ("initial_lr", None),
+    "weight_decay": ("weight_decay", None),
+    "adam_beta1": ("betas", 0),
+    "adam_beta2": ("betas", 1),
+    "adam_epsilon": ("eps", None),
+}
+
+
+class ResumedSettingsCallback(TrainerCallback):
+    """
+    On a resumed run, one warning per optimizer setting whose value in the recipe differs from the one restored from
+    the checkpoint (learning rate, weight decay, Adam betas and epsilon): the checkpoint's value is kept.
+
+    Every other field applies from the first resumed step (FIPO/GRPO loss settings, sampling, `max_steps`, the shape
+    of the learning-rate schedule, logging and saving); a changed batch geometry is reported by
+    [`~fipo_trl.run.resume.ExactResumeMixin`].
+    """
+
+    def __init__(self, checkpoint: str):
+        self.checkpoint = checkpoint
+
+    def on_train_begin(self, args, state, control, optimizer=None, **kwargs):
+        # the Trainer restores optimizer and scheduler before on_train_begin
+        if optimizer is None or not state.is_world_process_zero:
+            return
+        for name, (key, index) in OPTIMIZER_FIELDS.items():
+            asked = getattr(args, name)
+            # weight decay is 0 in the no-decay group (biases, norms) by design: compare the groups that decay
+            groups = [g for g in optimizer.param_groups if key in g and (key != "weight_decay" or g[key] != 0)]
+            kept = {g[key] if index is None else g[key][index] for g in groups}
+            if name == "weight_decay" and not groups:
+                kept = {0.0}
+            if kept and asked not in kept:
+                logger.warning(
+                    "%s: the checkpoint's %s is kept, not %s (a resumed run restores the optimizer and scheduler "
+                    "state of %s); to train with %s, start a fresh run from its weights (--model_name_or_path %s "
+                    "with another output_dir)",
+                    name,
+                    ", ".join(f"{value:g}" for value in sorted(kept)),
+                    f"{asked:g}",
+                    self.checkpoint,
+                    f"{asked:g}",
+                    self.checkpoint,
+                )

@@ -73,6 +73,14 @@ class FIPOScriptArguments(ScriptArguments):
             policy drift (`fipo/abs_log_ratio_mean`), mean FIPO weight and PPO clip fraction
             ([`~fipo_trl.callbacks.BRIEF_METRICS`]); `"full"` every metric, as transformers prints them. Either way
             wandb and `trainer.state.log_history` keep every metric; evaluation logs are printed whole.
+        overwrite_output_dir (`bool`, *optional*, defaults to `False`):
+            Start a fresh run in an `output_dir` that holds checkpoints of an earlier run, deleting them (the
+            `TrainingArguments` field of this name is gone from transformers 5). Without it such a run is refused;
+            `--resume_from_checkpoint auto` continues the earlier run instead.
+        preemption_grace_period (`float`, *optional*, defaults to `20`):
+            Seconds from a SIGTERM (Slurm preemption or time limit) to the end of the run: the current step
+            finishes and a checkpoint is saved if both fit, else the run ends from its last checkpoint. Keep it under
+            the cluster's SIGTERM-to-SIGKILL delay (Slurm's `KillWait`, 30 s by default); docs/cluster-jobs.md.
     """
 
     dataset_name: str = field(
@@ -110,6 +118,12 @@ class FIPOScriptArguments(ScriptArguments):
     console_metrics: Literal["brief", "full"] = field(
         default="brief",
         metadata={"help": "Console: 'brief' (loss, reward, accuracy, length, drift, weight, clip) or 'full'."},
+    )
+    overwrite_output_dir: bool = field(
+        default=False, metadata={"help": "Start fresh in an output_dir with checkpoints, deleting them."}
+    )
+    preemption_grace_period: float = field(
+        default=20.0, metadata={"help": "Seconds from SIGTERM to exit: finish the step, save if it fits (Slurm)."}
     )
 
     def __post_init__(self):

@@ -8,6 +8,10 @@ same command runs on one CPU or under `accelerate launch`:
     fipo-trl train configs/quickstart.yaml
     accelerate launch --config_file zero3.yaml --num_processes 8 -m fipo_trl train RECIPE.yaml --use_vllm
     fipo-trl train configs/quickstart.yaml --resume_from_checkpoint last   # continue from output_dir
+    fipo-trl train RECIPE.yaml --resume_from_checkpoint auto   # continue if output_dir has a checkpoint, else start
+
+A run holds a lock on its `output_dir` ([`fipo_trl.run.lock`]) and stops cleanly on SIGTERM
+([`fipo_trl.run.preemption`]); docs/cluster-jobs.md.
 
 This module only calls the library and reports: data from [`fipo_trl.data`], rewards from [`fipo_trl.rewards`],
 callbacks from [`fipo_trl.callbacks`], the held-out check from [`fipo_trl.evaluation.evaluate`].
@@ -21,7 +25,7 @@ import sys
 import time
 from pathlib import Path
 
-from ..errors import UsageError
+from ..errors import Preempted, UsageError
 from .recipe import make_parser, parse_recipe, short_help
 
 
@@ -35,6 +39,7 @@ def main(script_args, training_args, model_args):
 
     Every input is checked before the model loads: a bad one raises [`UsageError`].
     """
+    from tqdm.contrib.logging import logging_redirect_tqdm
     from trl import get_peft_config, get_quantization_config
 
     from ..callbacks import get_callbacks
@@ -43,6 +48,8 @@ def main(script_args, training_args, model_args):
     from ..evaluation.evaluate import heldout_check, load_eval_datasets
     from ..models import check_model_fits, load_tokenizer, resolve_model_path
     from ..rewards import get_reward_funcs
+    from ..run.checkpoints import ResumedSettingsCallback
+    from ..run.preemption import PreemptionCallback
     from ..run.preflight import check_output_dir, check_training_args
     from ..run.weight_files import check_weight_files
     from ..trainer import FIPOTrainer
@@ -59,7 +66,7 @@ def main(script_args, training_args, model_args):
     check_dynamic_sampling_metric(training_args, [func.__name__ for func in reward_funcs])  # TRL's names for them
     eval_datasets = load_eval_datasets(script_args.math_eval_datasets)
     set_up_wandb(training_args)
-    resolve_resume(training_args)
+    resolve_resume(training_args, script_args.overwrite_output_dir, model_args.model_name_or_path)
     model_init_kwargs = {
         "revision": model_args.model_revision,
         "trust_remote_code": training_args.trust_remote_code,
@@ -77,6 +84,11 @@ def main(script_args, training_args, model_args):
         peft_config=get_peft_config(model_args),
         quantization_config=get_quantization_config(model_args),
     )
+    if training_args.resume_from_checkpoint is not None:
+        trainer.add_callback(ResumedSettingsCallback(training_args.resume_from_checkpoint))
+    # before get_callbacks' CheckpointMarkerCallback, which must see a save decided on SIGTERM
+    preemption = PreemptionCallback(trainer.accelerator, script_args.preemption_grace_period)
+    trainer.add_callback(preemption)
     for callback in get_callbacks(script_args, training_args, trainer, eval_datasets):
         trainer.add_callback(callback)
 
@@ -101,16 +113,25 @@ def main(script_args, training_args, model_args):
             f"(mean length {before['mean_length']:.1f} tokens)"
         )
     start = time.monotonic()
+    preemption.install()
     try:
-        trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+        with logging_redirect_tqdm():  # a warning during training gets a line of its own, not the progress bar's
+            trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     except UsageError as error:  # a reward that raised or gave no signal: say where the run can go on from
         close_progress_bar(trainer)
         where, checkpoint = stopped_at(trainer)
         resume = "; resume with --resume_from_checkpoint last" if checkpoint else ""
         raise UsageError(f"{error} ({where}{resume})") from error
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as interrupt:
         close_progress_bar(trainer)
+        if preemption.preempted:
+            raise TrainingPreempted(*preempted_at(trainer, preemption, interrupt)) from None
         raise TrainingInterrupted(*stopped_at(trainer)) from None
+    finally:
+        preemption.uninstall()
+    if preemption.preempted:  # stopped at a step's end: no held-out check, no final model, no summary
+        close_progress_bar(trainer)
+        raise TrainingPreempted(*preempted_at(trainer, preemption, None))
     seconds = time.monotonic() - start
     if heldout_dataset is not None:
         after = check()
@@ -136,31 +157,78 @@ def set_up_wandb(training_args):
     os.environ.setdefault("WANDB_DIR", training_args.output_dir)  # the run's logs next to its checkpoints
 
 
-def resolve_resume(training_args):
+def resolve_resume(training_args, overwrite_output_dir=False, model_dir=None):
     """
-    `resume_from_checkpoint: last` becomes `output_dir`'s newest complete `checkpoint-*` (newer, incomplete ones are
-    skipped with a warning); a given folder must be a complete checkpoint with readable weights.
+    Turn `resume_from_checkpoint` into a checkpoint folder or `None` (a fresh run), refusing what would go wrong.
+
+    - `last` (or `true`): `output_dir`'s newest complete `checkpoint-*` (newer, incomplete ones are skipped with a
+      warning); refused when there is none.
+    - `auto`: the same when there is one, else a fresh run: one command for a job's first start and its requeues.
+    - a folder: it must be a complete checkpoint with readable weights.
+    - `None` (a fresh run): refused when `output_dir` holds `checkpoint-*` folders of an earlier run, whose
+      checkpoints the run would overwrite one by one, unless `overwrite_output_dir` is set: they are then deleted.
+
+    A checkpoint whose `config.json` describes another architecture than `model_dir`'s is refused before the model
+    loads (the state dict would not fit).
     """
-    from ..run.checkpoints import incomplete_reason, last_complete_checkpoint
+    import shutil
+
+    from ..run.checkpoints import (
+        architecture_mismatch,
+        checkpoint_folders,
+        incomplete_reason,
+        last_complete_checkpoint,
+    )
     from ..run.weight_files import check_weight_files
 
     resume = training_args.resume_from_checkpoint
-    if resume is None:
-        return
     out = training_args.output_dir
+    if resume == "auto":
+        resume = training_args.resume_from_checkpoint = last_complete_checkpoint(out)
+        logger.info("resume_from_checkpoint=auto: %s", f"resuming from {resume}" if resume else "a fresh run")
+        if resume is None:
+            return
+    if resume is None:
+        folders = checkpoint_folders(out)
+        if not folders:
+            return
+        names = ", ".join(folder.name for folder in folders[:3]) + (", ..." if len(folders) > 3 else "")
+        if not overwrite_output_dir:
+            raise UsageError(
+                f"output_dir {out} already holds checkpoints of an earlier run ({names}): continue it with "
+                "--resume_from_checkpoint auto, or start over with --overwrite_output_dir true (deletes them)"
+            )
+        if training_args.process_index == 0:
+            logger.warning("overwrite_output_dir: deleting the earlier run's checkpoints in %s: %s", out, names)
+            for folder in folders:
+                shutil.rmtree(folder)
+        return
     if resume in ("last", "true", "True"):
         last = last_complete_checkpoint(out)
         if last is None:
-            raise UsageError(f"resume_from_checkpoint={resume}: no checkpoint to resume from in {out}")
+            raise UsageError(
+                f"resume_from_checkpoint={resume}: no checkpoint to resume from in {out} (--resume_from_checkpoint "
+                "auto starts a fresh run when there is none)"
+            )
         training_args.resume_from_checkpoint = resume = last
     elif not os.path.isdir(resume):
-        raise UsageError(f"resume_from_checkpoint={resume!r} is not a folder (use 'last' for output_dir's latest)")
+        raise UsageError(
+            f"resume_from_checkpoint={resume!r} is not a folder (use 'last' for output_dir's latest, 'auto' for the "
+            "latest or a fresh start)"
+        )
     else:
         reason = incomplete_reason(resume)
         if reason is not None:
             last = last_complete_checkpoint(out)
             hint = f"; the newest complete one is {last}" if last else ""
             raise UsageError(f"resume_from_checkpoint={resume!r} is incomplete ({reason}){hint}")
+    if model_dir is not None:
+        mismatch = architecture_mismatch(resume, model_dir)
+        if mismatch is not None:
+            raise UsageError(
+                f"resume_from_checkpoint: {resume} holds another model than model_name_or_path={model_dir} "
+                f"({mismatch}): resume with the model it was trained from, or start a fresh run in another output_dir"
+            )
     check_weight_files(resume)
 
 
@@ -194,6 +262,35 @@ class TrainingInterrupted(KeyboardInterrupt):
     def __init__(self, where, checkpoint):
         super().__init__(where)
         self.checkpoint = checkpoint
+
+
+class TrainingPreempted(TrainingInterrupted, Preempted):
+    """SIGTERM during `trainer.train()`: where the run stopped, what was saved; `checkpoint` is where it can resume."""
+
+
+def preempted_at(trainer, preemption, abandoned):
+    """
+    `("stopped by SIGTERM after step N (...); last checkpoint: ...", checkpoint)` for a run that SIGTERM stopped, at
+    a step's end (`abandoned` is `None`) or in the middle of one when the grace period ran out (`abandoned` is the
+    [`Preempted`] the alarm raised).
+    """
+    from ..run.checkpoints import last_complete_checkpoint
+
+    checkpoint = last_complete_checkpoint(trainer.args.output_dir, quiet=True)
+    grace = f"grace period {preemption.grace_period:g} s"
+    step = preemption.stopped_after_step
+    if step is None:  # the alarm (or a Ctrl-C) came in the middle of a step
+        how = f"at step {trainer.state.global_step + 1} ({abandoned or 'interrupted before the step ended'})"
+    elif abandoned is not None:
+        how = f"after step {step} (its checkpoint's save did not end within the {grace})"
+    elif preemption.saved is not None and checkpoint is not None and Path(checkpoint) == Path(preemption.saved):
+        how = f"after step {step} (saved in {preemption.save_seconds:.1f} s; {grace})"
+    else:
+        how = f"after step {step} (no checkpoint saved: {preemption.skipped_save or 'its save did not complete'})"
+    saved = (
+        f"last checkpoint: {checkpoint}" if checkpoint else f"no checkpoint yet (save_steps={trainer.args.save_steps})"
+    )
+    return f"stopped by SIGTERM {how}; {saved}", checkpoint
 
 
 def write_model_card(trainer, model_name, dataset_name):
@@ -271,13 +368,20 @@ def cli(argv=None) -> int:
     if any(arg in ("-h", "--help") for arg in argv):
         print(short_help())
         return 0
+    from ..run.lock import OutputDirLock
+    from ..run.preflight import check_output_dir
+
+    script_args, training_args, model_args = parse_recipe(argv)
+    check_output_dir(training_args.output_dir)  # the lock lives in it
     try:
-        main(*parse_recipe(argv))
+        with OutputDirLock(training_args.output_dir):
+            main(script_args, training_args, model_args)
     except TrainingInterrupted as interrupt:
         if interrupt.checkpoint is None:
             raise
         command = shlex.join(["fipo-trl", "train", *without_resume_flag(argv), "--resume_from_checkpoint", "last"])
-        raise KeyboardInterrupt(f"{interrupt}; resume with: {command}") from None
+        stop = Preempted if isinstance(interrupt, Preempted) else KeyboardInterrupt
+        raise stop(f"{interrupt}; resume with: {command}") from None
     return 0
 
 
