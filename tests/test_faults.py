@@ -320,6 +320,8 @@ CASES += [
         flags=["--reward_funcs", "fault_rewards.NOT_A_FUNCTION"],
     ),
 ]
+
+
 def other_architecture(checkpoint):
     """A checkpoint whose config.json is the shipped model's with other layer sizes."""
     config = json.loads((SHIPPED_MODEL / "config.json").read_text())
