@@ -7,9 +7,10 @@ DAPO vs FIPO on any recipe, from the same model and the same first generation ba
     python examples/compare_dapo_fipo.py --seeds 0 --max_steps 100          # a quick look
     python examples/compare_dapo_fipo.py --beta 0.01                        # other flags override the recipe
 
-    # A regime map: 3 methods × 3 off-policy levels × 3 seeds, 2 runs at a time (benchmarks/results/regime_map/)
+    # The regime map: 3 methods × 2 off-policy levels × 3 seeds, 2 runs at a time (benchmarks/results/regime_map/)
     python examples/compare_dapo_fipo.py --recipe configs/long_sum.yaml --methods dapo fipo_sym fipo_high \
-        --levels 8:1e-4 16:3e-4 32:1e-3 --seeds 0 1 2 --max_steps 96 --logging_steps 8 --workers 2
+        --levels 4:3e-4 16:1e-3 --seeds 0 1 2 --max_steps 48 --logging_steps 4 --workers 2 \
+        --output_dir benchmarks/results/regime_map
 
 What is compared:
 1. DAPO is TRL's `GRPOTrainer` with `loss_type="dapo"`, dual clip `delta=10`, clip-higher `epsilon_high=0.28`, no KL,
@@ -460,6 +461,12 @@ def write_outputs(output_dir, records, recipe):
 LENGTH_MARK = 40  # tokens: a mean length past it means most answers are step by step (direct ones are 12)
 
 
+def order(record):
+    """Grid order: off-policy level (steps per generation, then learning rate), DAPO first, then seed."""
+    s = record["summary"]
+    return s["steps_per_generation"], s["learning_rate"], s["method"] != "dapo", s["method"], s["seed"]
+
+
 def level_of(summary):
     return f"spg{summary['steps_per_generation']}-lr{summary['learning_rate']:g}"
 
@@ -566,6 +573,7 @@ def plot_grid(records, path, title):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    records = sorted(records, key=order)
     levels = list(dict.fromkeys(level_of(r["summary"]) for r in records))
     methods = list(dict.fromkeys(r["summary"]["method"] for r in records))
     colours = dict(zip(methods, ["tab:blue", "tab:red", "tab:green", "tab:purple", "tab:orange"], strict=False))
@@ -628,7 +636,7 @@ def plot_grid(records, path, title):
             ax.tick_params(labelsize=7)
             ax.set_title(column_title if level == levels[0] else "", fontsize=9)
         row_axes[0].set_ylabel(level.replace("-", "\n"), fontsize=9)
-        row_axes[0].legend(fontsize=7, loc="lower right")
+        row_axes[1].legend(fontsize=7, loc="lower right")
     fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=80)
@@ -645,6 +653,7 @@ def band_text(cell, key, scale=1, sign=""):
 
 def write_grid(output_dir, records, recipe):
     """`grid.png`, `grid_runs.csv` (one row per run), `grid_cells.csv` (per level and method), `grid_curves.csv`."""
+    records = sorted(records, key=order)
     stats = [run_stats(r) for r in records]
     batches = {}
     for row in stats:
