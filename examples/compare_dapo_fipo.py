@@ -7,9 +7,9 @@ DAPO vs FIPO on any recipe, from the same model and the same first generation ba
     python examples/compare_dapo_fipo.py --seeds 0 --max_steps 100          # a quick look
     python examples/compare_dapo_fipo.py --beta 0.01                        # other flags override the recipe
 
-    # The regime map: 3 methods × 2 off-policy levels × 3 seeds, 2 runs at a time (benchmarks/results/regime_map/)
+    # The regime map: 3 methods × 3 off-policy levels × 3 seeds, 2 runs at a time (benchmarks/results/regime_map/)
     python examples/compare_dapo_fipo.py --recipe configs/long_sum.yaml --methods dapo fipo_sym fipo_high \
-        --levels 4:3e-4 16:1e-3 --seeds 0 1 2 --max_steps 48 --logging_steps 4 --workers 2 \
+        --levels 8:1e-4 16:3e-4 32:1e-3 --seeds 0 1 2 --max_steps 96 --logging_steps 8 --workers 2 \
         --output_dir benchmarks/results/regime_map
 
 What is compared:

@@ -1,6 +1,7 @@
 """The reasoning testbed: the `long_sum` task and its step detector, the seeded model builder, and the recipe."""
 
 import argparse
+import csv
 import hashlib
 import importlib.util
 import json
@@ -273,3 +274,17 @@ def test_weight_modes_set_the_fipo_fields_of_the_7b_pilot_and_of_fipoconfig_defa
     assert default.fipo_safety_threshold == defaults["fipo_safety_threshold"].default
     with pytest.raises(SystemExit, match="unknown method 'fipo_low'"):
         compare.method_settings("fipo_low")
+
+
+@pytest.mark.parametrize("folder", ["regime_map", "regime_map_48steps"])
+def test_committed_regime_map_tables_are_what_its_runs_give(folder, tmp_path):
+    """The committed grid CSVs are regenerated from the committed run records, not edited by hand."""
+    compare = load_compare()
+    results = ROOT / "benchmarks" / "results" / folder
+    records = [json.loads(path.read_text()) for path in sorted((results / "runs").glob("*.json"))]
+    assert len(records) == 27  # 3 methods × 3 levels × 3 seeds
+    compare.write_grid(tmp_path, records, "long_sum.yaml")
+    for name in ("grid_cells.csv", "grid_runs.csv", "grid_curves.csv"):
+        assert (tmp_path / name).read_text() == (results / name).read_text(), name
+    cells = list(csv.DictReader((results / "grid_cells.csv").open()))
+    assert not any(cell.get("separates_accuracy") == "True" for cell in cells)  # the documented finding
