@@ -70,7 +70,13 @@ class FIPOConfig(GRPOConfig):
             ε_f, the clip of the influence weight `f = exp(FutureKL)` (32B script `future_kl_clip_ratio`). `0` selects
             the official unclipped mode, where f is only capped at 10.
         fipo_clip_high_only (`bool`, *optional*, defaults to `True`):
-            `f ∈ [1, 1+ε_f]` if True (32B script), `f ∈ [1−ε_f, 1+ε_f]` if False (7B pilot).
+            `f ∈ [1, 1+ε_f]` if True (32B script), `f ∈ [1−ε_f, 1+ε_f]` if False (7B pilot). On the CPU reasoning
+            testbed (docs/experiments.md, "Regime map") neither mode moved held-out accuracy or length beyond DAPO's
+            seed spread at any drift, from near on-policy (mean |log π_θ − log π_old| 0.007 per token) to the drift
+            (0.3-0.7) at which every method collapsed: with little drift the weights average ~1; with more, the
+            Future-KL turns negative, so False sinks most weights to 1−ε_f (a smaller step) and True leaves them at 1
+            and amplifies a few early tokens whatever their advantage. On that task a longer answer stops paying once
+            the step-by-step format is learned; tasks where longer reasoning keeps paying were not measured.
         fipo_safety_threshold (`float`, *optional*, defaults to `10.0`):
             Negative-advantage tokens whose ratio exceeds it get f clamped to [0.8, 1] (32B script `safety_thresh`;
             7B pilot 3.0). At the default it equals `delta`, where it changes only the loss value, not the gradient.

@@ -1,6 +1,7 @@
 """The reasoning testbed: the `long_sum` task and its step detector, the seeded model builder, and the recipe."""
 
 import argparse
+import csv
 import hashlib
 import importlib.util
 import json
@@ -207,3 +208,85 @@ def test_compare_stops_at_start_when_no_step_would_be_logged():
     with pytest.raises(SystemExit, match="--max_steps 5 < logging_steps 10"):
         compare.check_start(cli, compare.library(), compare_argv("--max_steps", "5"))
     compare.check_start(cli, compare.library(), compare_argv("--max_steps", "10"))  # enough steps: no error
+
+
+# ---- the comparison grid (regime map): its bookkeeping, without training -------------------------------------------
+
+
+def grid_row(method, seed, accuracy, length=40.0):
+    return {
+        "level": "spg8-lr0.0001",
+        "method": method,
+        "seed": seed,
+        "accuracy_before": 0.15,
+        "accuracy_after": accuracy,
+        "mean_length_after": length,
+        "collapsed": accuracy < 0.15,
+    }
+
+
+def test_grid_cell_separates_from_dapo_only_when_the_seed_ranges_do_not_overlap():
+    compare = load_compare()
+    dapo = [grid_row("dapo", seed, acc) for seed, acc in enumerate((0.60, 0.64, 0.70))]
+    overlapping = [grid_row("fipo_high", seed, acc) for seed, acc in enumerate((0.66, 0.71, 0.73))]
+    apart = [grid_row("fipo_sym", seed, acc, length=50.0) for seed, acc in enumerate((0.72, 0.75, 0.80))]
+    cells = {c["method"]: c for c in compare.cell_table(dapo + overlapping + apart)}
+    assert cells["fipo_high"]["separates_accuracy"] is False
+    assert cells["fipo_sym"]["separates_accuracy"] is True and cells["fipo_sym"]["separates_mean_length"] is True
+    # paired by seed: +0.12, +0.11, +0.10
+    assert cells["fipo_sym"]["accuracy_vs_dapo"] == pytest.approx(0.11)
+    assert cells["fipo_sym"]["accuracy_vs_dapo_min"] == pytest.approx(0.10)
+    assert "separates_accuracy" not in cells["dapo"]
+
+
+def test_grid_cell_with_one_seed_never_separates():
+    compare = load_compare()
+    cells = {c["method"]: c for c in compare.cell_table([grid_row("dapo", 0, 0.1), grid_row("fipo_high", 0, 0.9)])}
+    assert cells["fipo_high"]["separates_accuracy"] is False
+
+
+def test_grid_levels_are_the_product_of_the_axes_or_the_listed_pairs():
+    compare = load_compare()
+    parser = argparse.ArgumentParser()
+    axes = argparse.Namespace(steps_per_generation=[8, 32], learning_rate=[1e-4, 1e-3], levels=None)
+    assert compare.parse_levels(axes, parser) == [(8, 1e-4), (8, 1e-3), (32, 1e-4), (32, 1e-3)]
+    pairs = argparse.Namespace(steps_per_generation=None, learning_rate=None, levels=["8:1e-4", "32:1e-3"])
+    assert compare.parse_levels(pairs, parser) == [(8, 1e-4), (32, 1e-3)]
+    recipe = argparse.Namespace(steps_per_generation=None, learning_rate=None, levels=None)
+    assert compare.parse_levels(recipe, parser) == [(None, None)]
+    with pytest.raises(SystemExit):  # both ways at once is ambiguous
+        compare.parse_levels(
+            argparse.Namespace(steps_per_generation=[8], learning_rate=None, levels=["8:1e-4"]), parser
+        )
+    # the recipe's level keeps the old run names, so earlier output dirs still resume and redraw
+    assert compare.run_name("dapo", 0, (None, None)) == "dapo-seed0"
+    assert compare.run_name("fipo_high", 2, (32, 1e-3)) == "fipo_high-spg32-lr0.001-seed2"
+
+
+def test_weight_modes_set_the_fipo_fields_of_the_7b_pilot_and_of_fipoconfig_defaults():
+    from fipo_trl import FIPOConfig
+
+    compare = load_compare()
+    lib = compare.library()
+    _, pilot, _ = lib.parse_recipe(compare_argv(*compare.method_settings("fipo_sym")))
+    _, default, _ = lib.parse_recipe(compare_argv(*compare.method_settings("fipo_high")))
+    assert (pilot.fipo_clip_high_only, pilot.fipo_safety_threshold) == (False, 3.0)
+    defaults = FIPOConfig.__dataclass_fields__
+    assert default.fipo_clip_high_only is defaults["fipo_clip_high_only"].default is True
+    assert default.fipo_safety_threshold == defaults["fipo_safety_threshold"].default
+    with pytest.raises(SystemExit, match="unknown method 'fipo_low'"):
+        compare.method_settings("fipo_low")
+
+
+@pytest.mark.parametrize("folder", ["regime_map", "regime_map_48steps"])
+def test_committed_regime_map_tables_are_what_its_runs_give(folder, tmp_path):
+    """The committed grid CSVs are regenerated from the committed run records, not edited by hand."""
+    compare = load_compare()
+    results = ROOT / "benchmarks" / "results" / folder
+    records = [json.loads(path.read_text()) for path in sorted((results / "runs").glob("*.json"))]
+    assert len(records) == 27  # 3 methods × 3 levels × 3 seeds
+    compare.write_grid(tmp_path, records, "long_sum.yaml")
+    for name in ("grid_cells.csv", "grid_runs.csv", "grid_curves.csv"):
+        assert (tmp_path / name).read_text() == (results / name).read_text(), name
+    cells = list(csv.DictReader((results / "grid_cells.csv").open()))
+    assert not any(cell.get("separates_accuracy") == "True" for cell in cells)  # the documented finding
