@@ -127,7 +127,6 @@ class FIPOScriptArguments(ScriptArguments):
     )
 
     def __post_init__(self):
-        super().__post_init__()
         # a YAML value is not checked against the choices by argparse
         if self.console_metrics not in ("brief", "full"):
             raise UsageError(f"console_metrics must be 'brief' or 'full', got {self.console_metrics!r}")
