@@ -210,7 +210,6 @@ CASES = [
         command="check",
     ),
     # the spelling: the dashed flag of earlier versions, still accepted
-    Case("check_zero_processes_dashed", r"^--num_processes 0: ", flags=["--num-processes", "0"], command="check"),
     Case(
         "resume_from_incomplete_folder",
         r"^resume_from_checkpoint='.*checkpoint-9' is incomplete \(no trainer_state\.json\); the newest complete one "
