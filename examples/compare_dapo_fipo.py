@@ -98,13 +98,13 @@ def library():
     Every `fipo_trl` name this script needs beyond the trainer, in one place: the recipe parser, a `prepare` that
     builds the tokenizer, datasets and rewards of a recipe as `fipo-trl train` does, and the held-out sampler.
     """
-    from fipo_trl import data, models, rewards
+    from fipo_trl import data, model_loading, rewards
+    from fipo_trl.cli.recipe import FIPOScriptArguments, parse_recipe
     from fipo_trl.evaluation.generation import generate_with_transformers, tokenize_prompts
-    from fipo_trl.scripts.recipe import FIPOScriptArguments, parse_recipe
 
     def prepare(script_args, training_args, model_args):
-        model_args.model_name_or_path = models.resolve_model_path(model_args.model_name_or_path)
-        tokenizer = models.load_tokenizer(model_args.model_name_or_path, model_args.model_revision)
+        model_args.model_name_or_path = model_loading.resolve_model_path(model_args.model_name_or_path)
+        tokenizer = model_loading.load_tokenizer(model_args.model_name_or_path, model_args.model_revision)
         train_dataset, heldout_dataset = data.get_dataset(script_args, tokenizer)
         training_args.model_init_kwargs = {"dtype": model_args.dtype}
         return SimpleNamespace(

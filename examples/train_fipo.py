@@ -19,8 +19,8 @@ from transformers import AutoTokenizer  # noqa: E402
 from fipo_trl import FIPOConfig, FIPOTrainer  # noqa: E402
 from fipo_trl.callbacks import TokenViewCallback  # noqa: E402
 from fipo_trl.data.synthetic import train_and_heldout  # noqa: E402
-from fipo_trl.evaluation.evaluate import heldout_check  # noqa: E402
-from fipo_trl.models import ASSETS_DIR  # noqa: E402
+from fipo_trl.evaluation.heldout import heldout_check  # noqa: E402
+from fipo_trl.model_loading import ASSETS_DIR  # noqa: E402
 from fipo_trl.rewards import dapo_accuracy_reward  # noqa: E402
 
 

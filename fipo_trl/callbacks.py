@@ -16,8 +16,9 @@ from transformers import PrinterCallback, ProgressCallback, Trainer, TrainerCall
 
 from .core import UNCLIPPED_WEIGHT_MAX, weight_bounds
 from .errors import UsageError
-from .evaluation import evaluate as evaluation
-from .evaluation.generation import generate_on_processes
+from .evaluation.datasets import check_eval_dataset
+from .evaluation.generation import check_sampling_arguments, generate_on_processes
+from .evaluation.scoring import score_completions, summarize
 from .run.checkpoints import CheckpointMarkerCallback
 from .token_view import render_token_view
 
@@ -31,14 +32,14 @@ def get_callbacks(script_args, training_args, trainer, eval_datasets=None) -> li
     complete only once its save has finished).
 
     Args:
-        script_args ([`~fipo_trl.scripts.recipe.FIPOScriptArguments`]):
+        script_args ([`~fipo_trl.cli.recipe.FIPOScriptArguments`]):
             `token_view`, `math_eval_steps`, `math_eval_k`, `console_metrics`.
         training_args ([`~fipo_trl.FIPOConfig`]):
             `max_completion_length` bounds the evaluation's completions.
         trainer ([`FIPOTrainer`]):
             The trainer the callbacks read from and log through.
         eval_datasets (`dict[str, Dataset]`, *optional*):
-            The loaded `math_eval_datasets` ([`~fipo_trl.evaluation.evaluate.load_eval_datasets`], called before
+            The loaded `math_eval_datasets` ([`~fipo_trl.evaluation.datasets.load_eval_datasets`], called before
             the model loads so that a bad name fails at once).
     """
     callbacks = []
@@ -206,13 +207,13 @@ class MathEvalCallback(TrainerCallback):
         batch_size: int = 32,
         seed: int = 42,
     ):
-        evaluation.check_sampling_arguments(k, temperature, top_p, max_tokens, batch_size)
+        check_sampling_arguments(k, temperature, top_p, max_tokens, batch_size)
         if eval_steps < 1:
             raise UsageError(f"eval_steps must be >= 1, got {eval_steps}")
         if answer_format not in ("dapo", "boxed"):
             raise UsageError(f"answer_format must be 'dapo' or 'boxed', got {answer_format!r}")
         self.trainer = trainer
-        self.eval_datasets = {name: evaluation.check_eval_dataset(ds, name) for name, ds in eval_datasets.items()}
+        self.eval_datasets = {name: check_eval_dataset(ds, name) for name, ds in eval_datasets.items()}
         self.eval_steps = eval_steps
         self.sampling = {"k": k, "temperature": temperature, "top_p": top_p, "max_tokens": max_tokens}
         self.answer_format = answer_format
@@ -234,7 +235,7 @@ class MathEvalCallback(TrainerCallback):
             batch_size=self.batch_size,
             seed=self.seed,
         )
-        records = evaluation.score_completions(dataset.select(indices), completions, self.answer_format, indices)
+        records = score_completions(dataset.select(indices), completions, self.answer_format, indices)
         # only what summarize() reads travels between processes, not the completion texts
         records = [
             {
@@ -246,7 +247,7 @@ class MathEvalCallback(TrainerCallback):
         ]
         # padding repeats the last problem on some processes: keep one record per problem
         unique = {record["index"]: record for record in gather_object(records)}
-        return evaluation.summarize([unique[index] for index in sorted(unique)])
+        return summarize([unique[index] for index in sorted(unique)])
 
     def on_step_end(self, args, state, control, **kwargs):
         if state.global_step % self.eval_steps != 0:

@@ -1,12 +1,22 @@
-"""The one error type for user mistakes, which the `fipo-trl` command reports as a single line."""
+"""The error types `fipo-trl` reports as one line, each with its own exit status (docs/troubleshooting.md)."""
 
 
 class UsageError(ValueError):
     """
     A mistake in what the user gave: a recipe field, a flag, a file that is missing, data without the needed columns.
 
-    `fipo-trl` catches it for every subcommand and prints `fipo-trl <command>: error: <message>` (exit status 2, no
-    traceback), so the message must say what is wrong and how to fix it, naming the field or flag.
+    Found before the model loads. `fipo-trl` catches it for every subcommand and prints `fipo-trl <command>: error:
+    <message>` (exit status 2, no traceback), so the message must say what is wrong and how to fix it, naming the
+    field or flag.
+    """
+
+
+class TrainingError(RuntimeError):
+    """
+    A run that failed during training: a reward that raised or gave no signal, dynamic sampling that ran out of rounds.
+
+    `fipo-trl train` prints `fipo-trl train: failed: <message> (at step N; last checkpoint: ...; resume with: ...)`
+    and exits with status 3; the message says what went wrong and what to change.
     """
 
 

@@ -14,17 +14,11 @@ from datasets import Dataset
 from transformers import AutoModelForCausalLM
 
 from fipo_trl import FIPOConfig, FIPOTrainer
+from fipo_trl.batch_geometry import resolve_geometry
 from fipo_trl.cli import main as cli_main
+from fipo_trl.cli.check import make_parser, read_accelerate_config
 from fipo_trl.errors import UsageError
-from fipo_trl.scripts.check import (
-    Sharding,
-    make_parser,
-    memory_per_gpu,
-    model_shape,
-    parameter_count,
-    read_accelerate_config,
-    resolve_geometry,
-)
+from fipo_trl.memory_estimate import Sharding, memory_per_gpu, model_shape, parameter_count
 
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -9,8 +9,8 @@ from torch.nn.modules.module import _IncompatibleKeys
 from transformers.utils import logging as transformers_logging
 
 from fipo_trl.callbacks import BRIEF_METRICS, get_callbacks
+from fipo_trl.cli.recipe import FIPOScriptArguments, parse_recipe
 from fipo_trl.errors import UsageError
-from fipo_trl.scripts.recipe import FIPOScriptArguments, parse_recipe
 
 
 def train_and_read_console(trainer, console_metrics, capsys):

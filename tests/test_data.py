@@ -267,7 +267,7 @@ def test_deduplication_across_arrow_chunks():
 
 
 def recipe_args(**fields):
-    from fipo_trl.scripts.recipe import FIPOScriptArguments
+    from fipo_trl.cli.recipe import FIPOScriptArguments
 
     return FIPOScriptArguments(**fields)
 
@@ -300,7 +300,7 @@ def test_list_solutions_are_refused_with_the_row(tmp_path):
 
 def test_one_answer_as_text_for_data_and_rewards():
     # the loaders and the rewards share one conversion: parquet integer columns with gaps arrive as floats
-    from fipo_trl.rewards.dapo import solution_text
+    from fipo_trl.text import solution_text
 
     assert data.solution_text is solution_text
     assert [solution_text(value) for value in (3.0, 2.5, 7, "x")] == ["3", "2.5", "7", "x"]

@@ -17,10 +17,12 @@ from transformers.integrations.integration_utils import rewrite_logs
 from fipo_trl.callbacks import MathEvalCallback
 from fipo_trl.cli import main as cli_main
 from fipo_trl.data.math_datasets import apply_dapo_template
-from fipo_trl.evaluation.evaluate import heldout_check, load_eval_dataset, score_completions, summarize
+from fipo_trl.evaluation.datasets import load_eval_dataset
 from fipo_trl.evaluation.generation import generate_with_transformers, tokenize_prompts
+from fipo_trl.evaluation.heldout import heldout_check
 from fipo_trl.evaluation.metrics import aggregate_metrics, length_metrics, majority_vote, pass_at_k, problem_metrics
-from fipo_trl.models import load_model_and_tokenizer, resolve_model_path
+from fipo_trl.evaluation.scoring import score_completions, summarize
+from fipo_trl.model_loading import load_model_and_tokenizer, resolve_model_path
 from fipo_trl.rewards import dapo_accuracy_reward
 
 
@@ -409,11 +411,11 @@ def test_cli_rejects_an_unknown_dataset_name(tiny_model_dir, capsys):
 
 def callback_worker(model_dir, out_dir):
     """One process: 2 training steps with `MathEvalCallback` at step 2 on 3 problems (padded to 2 + 2)."""
-    import fipo_trl.evaluation.evaluate
+    import fipo_trl.callbacks
 
     summarized = []
-    summarize_all = fipo_trl.evaluation.evaluate.summarize
-    fipo_trl.evaluation.evaluate.summarize = lambda records: summarized.append(len(records)) or summarize_all(records)
+    summarize_all = fipo_trl.callbacks.summarize
+    fipo_trl.callbacks.summarize = lambda records: summarized.append(len(records)) or summarize_all(records)
     model, tokenizer = load_model_and_tokenizer(model_dir)
     train = Dataset.from_dict({"input_ids": [[5, 6, 7, 8]] * 8, "labels": [[5, 6, 7, 8]] * 8})
     args = TrainingArguments(

@@ -13,12 +13,12 @@ import torch
 import yaml
 
 from fipo_trl.cli import main as cli_main
+from fipo_trl.cli.recipe import FIPOScriptArguments, make_parser, parse_recipe
+from fipo_trl.cli.train import main as train_main
 from fipo_trl.data.math_datasets import get_dataset
 from fipo_trl.errors import UsageError
-from fipo_trl.models import ASSETS_DIR, resolve_model_path
+from fipo_trl.model_loading import ASSETS_DIR, resolve_model_path
 from fipo_trl.rewards import get_reward_funcs
-from fipo_trl.scripts.recipe import FIPOScriptArguments, make_parser, parse_recipe
-from fipo_trl.scripts.train import main as train_main
 
 
 RECIPE = Path(__file__).resolve().parents[1] / "configs" / "quickstart.yaml"
@@ -165,7 +165,7 @@ def test_shipped_model_path_resolves_outside_the_repository(tmp_path, monkeypatc
 
 def test_without_wandb_the_recipe_falls_back_to_console_logging(monkeypatch, tmp_path, caplog):
     # wandb is a dependency, so its absence is simulated: the same recipe keeps wandb when it imports
-    from fipo_trl.scripts.train import set_up_wandb
+    from fipo_trl.cli.train import set_up_wandb
 
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))  # else set_up_wandb would set it for the rest of the session
     _, training_args, _ = parse_recipe([str(RECIPE), "--output_dir", str(tmp_path / "with")])

@@ -5,14 +5,9 @@ from types import SimpleNamespace
 
 import pytest
 
+from fipo_trl.cli.recipe import read_yaml_file
 from fipo_trl.errors import UsageError
-from fipo_trl.run.preflight import (
-    check_data_file,
-    check_output_dir,
-    check_prompts,
-    check_training_args,
-    read_yaml_file,
-)
+from fipo_trl.run.preflight import check_data_file, check_output_dir, check_prompts, check_training_args
 
 
 def test_recipe_yaml_is_read_as_a_mapping(tmp_path):

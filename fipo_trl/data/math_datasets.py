@@ -23,8 +23,8 @@ from datasets import Dataset, Value, load_dataset
 from datasets.exceptions import DatasetGenerationError
 
 from ..errors import UsageError
-from ..rewards.dapo import solution_text
 from ..run.preflight import check_data_file, check_prompts
+from ..text import solution_text
 
 
 logger = logging.getLogger(__name__)
@@ -433,7 +433,7 @@ def load_gsm8k(
 
 def get_dataset(script_args, tokenizer=None, training_args=None) -> tuple[Dataset, Dataset | None]:
     """
-    The `(train, heldout)` datasets of a recipe's [`~fipo_trl.scripts.recipe.FIPOScriptArguments`].
+    The `(train, heldout)` datasets of a recipe's [`~fipo_trl.cli.recipe.FIPOScriptArguments`].
 
     `dataset_name` selects the source: `"synthetic"` (the generator of [`fipo_trl.data.synthetic`], with a disjoint
     held-out set), DAPO-Math-17k (its Hub id, or a local copy whose name contains "dapo-math", read by
@@ -554,7 +554,7 @@ def check_script_args(script_args) -> None:
 
 def check_chat_template(dataset: Dataset, tokenizer, source: str) -> None:
     """Refuse chat-message prompts when the tokenizer has no chat template to render them with."""
-    from ..models import require_chat_template
+    from ..model_loading import require_chat_template
 
     if not isinstance(dataset[0]["prompt"], str):
         require_chat_template(tokenizer, source)

@@ -1,7 +1,7 @@
 """
 DAPO's dynamic sampling as a trainer mixin: filter rounds until a generation batch holds only groups with a reward
 spread (the group filter itself is pure torch in [`fipo_trl.dynamic_sampling.group_filter`]). Resume state comes
-from [`fipo_trl.run.resume.ExactResumeMixin`].
+from [`fipo_trl.exact_resume.ExactResumeMixin`].
 """
 
 import warnings
@@ -11,7 +11,7 @@ import torch
 from accelerate.utils import gather_object
 from datasets import IterableDataset
 
-from ..run.resume import ExactResumeMixin
+from ..exact_resume import ExactResumeMixin
 from .group_filter import (
     ROUND_LENGTH_METRICS,
     GroupFilter,

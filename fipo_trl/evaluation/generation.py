@@ -13,7 +13,8 @@ import torch
 from tqdm.auto import tqdm
 from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
 
-from ..models import read_adapter_config, require_chat_template, tokenizer_path
+from ..errors import UsageError
+from ..model_loading import read_adapter_config, require_chat_template, tokenizer_path
 
 
 def tokenize_prompts(prompts: list, tokenizer: PreTrainedTokenizerBase) -> list[list[int]]:
@@ -251,3 +252,17 @@ def _generate_in_eval_mode(model, tokenizer, prompts, show_progress, sampling):
 def vllm_usable() -> bool:
     """vLLM is installed and there is a GPU for it."""
     return importlib.util.find_spec("vllm") is not None and torch.cuda.is_available()
+
+
+def check_sampling_arguments(k: int, temperature: float, top_p: float, max_tokens: int, batch_size: int) -> None:
+    """Raise [`UsageError`] naming the first sampling argument out of range."""
+    if k < 1:
+        raise UsageError(f"k must be >= 1, got {k}")
+    if temperature <= 0:
+        raise UsageError(f"temperature must be > 0 (sampling), got {temperature}")
+    if not 0 < top_p <= 1:
+        raise UsageError(f"top_p must be in (0, 1], got {top_p}")
+    if max_tokens < 1:
+        raise UsageError(f"max_tokens must be >= 1, got {max_tokens}")
+    if batch_size < 1:
+        raise UsageError(f"batch_size must be >= 1, got {batch_size}")

@@ -2,12 +2,13 @@ r"""
 The official DAPO/FIPO scorer (`math_dapo.py`, described in `docs/scorer.md`) as a TRL reward: the text after the
 last "Answer:" in the last 300 characters, Minerva-normalised, string-equal to the normalised `solution`: +1.0, else
 -1.0. Quirks included; there is no numeric or symbolic equivalence. Also the official reward list
-([`dapo_reward_funcs`]: accuracy plus TRL's soft overlong punishment) and the text helpers every reward shares.
+([`dapo_reward_funcs`]: accuracy plus TRL's soft overlong punishment).
 """
 
 import functools
 import re
 
+from ..text import completion_text, solution_text
 from .guard import check_same_length
 
 
@@ -167,27 +168,6 @@ def extract_boxed_answer(text: str) -> str | None:
         end = start
         start = text.rfind("\\boxed{", 0, end)
     return None
-
-
-def completion_text(completion) -> str:
-    """The text to score: a plain string, or the content of the last assistant message of a chat completion."""
-    if isinstance(completion, str):
-        return completion
-    if isinstance(completion, list):
-        for message in reversed(completion):
-            if isinstance(message, dict) and message.get("role", "assistant") == "assistant":
-                content = message.get("content")
-                if isinstance(content, list):  # content parts, as multimodal chat templates write them
-                    content = "".join(part.get("text") or "" for part in content if isinstance(part, dict))
-                return content if isinstance(content, str) else ""
-    return ""
-
-
-def solution_text(solution) -> str:
-    """A ground truth as text; integral floats (parquet columns with missing values) lose their `.0`."""
-    if isinstance(solution, float) and solution.is_integer():
-        return str(int(solution))
-    return solution if isinstance(solution, str) else str(solution)
 
 
 _normalized_solution = functools.lru_cache(maxsize=4096)(normalize_final_answer)  # a group of G shares one solution

@@ -223,7 +223,7 @@ class ResumedSettingsCallback(TrainerCallback):
 
     Every other field applies from the first resumed step (FIPO/GRPO loss settings, sampling, `max_steps`, the shape
     of the learning-rate schedule, logging and saving); a changed batch geometry is reported by
-    [`~fipo_trl.run.resume.ExactResumeMixin`].
+    [`~fipo_trl.exact_resume.ExactResumeMixin`].
     """
 
     def __init__(self, checkpoint: str):

@@ -1,133 +1,87 @@
 """
-The generation state kept with each checkpoint, so that a resumed run trains exactly as an uninterrupted one: TRL's
-buffered generation batch and micro-step counter, the dynamic-sampling prompt stream, and a sampler whose order
-depends on the epoch only (docs/trl.md lists the TRL internals this relies on).
+What `--resume_from_checkpoint` means for a run: a checkpoint folder to resume from, or a fresh start, with what would
+go wrong refused before the model loads (docs/cluster-jobs.md).
 """
 
+import logging
 import os
-import warnings
 
-import torch
-from trl.trainer.utils import RepeatSampler
+from ..errors import UsageError
 
 
-GENERATION_STATE_FILE = "fipo_generation_state_{}.pt"  # one per process, next to Trainer's rng_state files
+logger = logging.getLogger(__name__)
 
 
-class EpochSeededRepeatSampler(RepeatSampler):
+def resolve_resume(training_args, overwrite_output_dir=False, model_dir=None):
     """
-    TRL's `RepeatSampler`, whose order in epoch `e` is always the `(e+1)`-th permutation drawn from its seeded
-    generator, the order an uninterrupted run sees. TRL's sampler starts a fresh generator with every dataloader, so
-    a run resumed in epoch `e ≥ 1` would replay epoch 0's order. The Trainer calls `set_epoch` before each epoch;
-    without it (or without a seed) the sampler behaves exactly as TRL's.
+    Turn `resume_from_checkpoint` into a checkpoint folder or `None` (a fresh run), refusing what would go wrong.
+
+    - `last` (or `true`): `output_dir`'s newest complete `checkpoint-*` (newer, incomplete ones are skipped with a
+      warning); refused when there is none.
+    - `auto`: the same when there is one, else a fresh run: one command for a job's first start and its requeues.
+    - a folder: it must be a complete checkpoint with readable weights.
+    - `None` (a fresh run): refused when `output_dir` holds `checkpoint-*` folders of an earlier run, whose
+      checkpoints the run would overwrite one by one, unless `overwrite_output_dir` is set: they are then deleted.
+
+    A checkpoint whose `config.json` describes another architecture than `model_dir`'s is refused before the model
+    loads (the state dict would not fit).
     """
+    import shutil
 
-    epoch = None
+    from ..run.checkpoints import (
+        architecture_mismatch,
+        checkpoint_folders,
+        incomplete_reason,
+        last_complete_checkpoint,
+    )
+    from ..run.weight_files import check_weight_files
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __iter__(self):
-        if self.shuffle and self.seed is not None and self.epoch is not None:
-            self.generator.manual_seed(self.seed)
-            for _ in range(self.epoch):  # the permutations of the epochs before this one
-                torch.randperm(self.num_samples, generator=self.generator)
-        return super().__iter__()
-
-
-class ExactResumeMixin:
-    """
-    Exact resume for `GRPOTrainer` and its subclasses: `_save_rng_state` / `_load_rng_state` keep the buffered
-    generation batch, TRL's micro-step counter and the dynamic-sampling prompt stream with each checkpoint,
-    `_get_train_sampler` makes the sampler's order depend on the epoch only, and `_issue_warnings_after_load` does
-    not report a tied weight that the checkpoint leaves out as missing.
-    """
-
-    prompt_stream = None  # a `PromptStream` when dynamic sampling is on (set by `DynamicSamplingMixin`)
-
-    def _get_train_sampler(self, dataset=None):
-        sampler = super()._get_train_sampler(dataset)
-        if type(sampler) is not RepeatSampler:
-            return sampler
-        return EpochSeededRepeatSampler(
-            data_source=dataset if dataset is not None else self.train_dataset,
-            mini_repeat_count=sampler.mini_repeat_count,
-            batch_size=sampler.batch_size,
-            repeat_count=sampler.repeat_count,
-            shuffle=sampler.shuffle,
-            seed=sampler.seed,
+    resume = training_args.resume_from_checkpoint
+    out = training_args.output_dir
+    if resume == "auto":
+        resume = training_args.resume_from_checkpoint = last_complete_checkpoint(out)
+        logger.info("resume_from_checkpoint=auto: %s", f"resuming from {resume}" if resume else "a fresh run")
+        if resume is None:
+            return
+    if resume is None:
+        folders = checkpoint_folders(out)
+        if not folders:
+            return
+        names = ", ".join(folder.name for folder in folders[:3]) + (", ..." if len(folders) > 3 else "")
+        if not overwrite_output_dir:
+            raise UsageError(
+                f"output_dir {out} already holds checkpoints of an earlier run ({names}): continue it with "
+                "--resume_from_checkpoint auto, or start over with --overwrite_output_dir true (deletes them)"
+            )
+        if training_args.process_index == 0:
+            logger.warning("overwrite_output_dir: deleting the earlier run's checkpoints in %s: %s", out, names)
+            for folder in folders:
+                shutil.rmtree(folder)
+        return
+    if resume in ("last", "true", "True"):
+        last = last_complete_checkpoint(out)
+        if last is None:
+            raise UsageError(
+                f"resume_from_checkpoint={resume}: no checkpoint to resume from in {out} (--resume_from_checkpoint "
+                "auto starts a fresh run when there is none)"
+            )
+        training_args.resume_from_checkpoint = resume = last
+    elif not os.path.isdir(resume):
+        raise UsageError(
+            f"resume_from_checkpoint={resume!r} is not a folder (use 'last' for output_dir's latest, 'auto' for the "
+            "latest or a fresh start)"
         )
-
-    def _generation_geometry(self):
-        args = self.args
-        sizes = [
-            args.steps_per_generation,
-            args.num_iterations,
-            args.per_device_train_batch_size,
-            self.num_generations,
-        ]
-        return [*sizes, self.accelerator.num_processes]
-
-    def _save_rng_state(self, output_dir):
-        # Called on every process for every full checkpoint, before trainer_state.json marks it complete. The
-        # buffered generation batch and TRL's micro-step counter make a resumed run reuse that batch for the
-        # remaining steps and regenerate at the same steps as an uninterrupted run; the stream continues the rounds
-        super()._save_rng_state(output_dir)
-        buffered = self._buffered_inputs
-        state = {
-            "step": self._step,
-            "geometry": self._generation_geometry(),
-            "buffered_inputs": None if buffered is None else [_to_device(batch, "cpu") for batch in buffered],
-            "prompt_stream": None if self.prompt_stream is None else self.prompt_stream.state_dict(),
-        }
-        torch.save(state, os.path.join(output_dir, GENERATION_STATE_FILE.format(self.accelerator.process_index)))
-
-    def _load_rng_state(self, checkpoint):
-        super()._load_rng_state(checkpoint)
-        if checkpoint is None:
-            return
-        path = os.path.join(checkpoint, GENERATION_STATE_FILE.format(self.accelerator.process_index))
-        if not os.path.isfile(path):
-            warnings.warn(
-                f"{path} is missing (a checkpoint from an older fipo_trl or another world size?): the generation "
-                "batch is regenerated at the first resumed step, so later generations fall at other steps than in "
-                "an uninterrupted run" + (", and the prompt stream restarts." if self.prompt_stream else "."),
-                stacklevel=2,
+    else:
+        reason = incomplete_reason(resume)
+        if reason is not None:
+            last = last_complete_checkpoint(out)
+            hint = f"; the newest complete one is {last}" if last else ""
+            raise UsageError(f"resume_from_checkpoint={resume!r} is incomplete ({reason}){hint}")
+    if model_dir is not None:
+        mismatch = architecture_mismatch(resume, model_dir)
+        if mismatch is not None:
+            raise UsageError(
+                f"resume_from_checkpoint: {resume} holds another model than model_name_or_path={model_dir} "
+                f"({mismatch}): resume with the model it was trained from, or start a fresh run in another output_dir"
             )
-            return
-        state = torch.load(path, weights_only=True)
-        if self.prompt_stream is not None:
-            if state["prompt_stream"] is None:
-                warnings.warn(
-                    f"{path} holds no prompt stream (saved without dynamic sampling): it restarts.", stacklevel=2
-                )
-            else:
-                self.prompt_stream.load_state_dict(state["prompt_stream"])
-        if state["buffered_inputs"] is not None and state["geometry"] == self._generation_geometry():
-            self._step = state["step"]
-            self._buffered_inputs = [_to_device(batch, self.accelerator.device) for batch in state["buffered_inputs"]]
-        elif state["buffered_inputs"] is not None:
-            warnings.warn(
-                f"the batch geometry changed since {checkpoint} was saved ([steps_per_generation, num_iterations, "
-                f"per_device_train_batch_size, num_generations, processes] {state['geometry']} -> "
-                f"{self._generation_geometry()}): its buffered generation batch is dropped and regenerated at the "
-                "first resumed step.",
-                stacklevel=2,
-            )
-
-    def _issue_warnings_after_load(self, load_result):
-        # A tied model's checkpoint leaves out the tied copy (`lm_head.weight`), which loading its source restored;
-        # transformers would still warn "missing keys" on every resume. A key whose tensor is not its source's stays.
-        params = dict(self.model.named_parameters(remove_duplicate=False))
-        tied = getattr(self.model, "all_tied_weights_keys", None) or {}
-        missing = [
-            key
-            for key in load_result.missing_keys
-            if not (key in tied and key in params and params[key] is params.get(tied[key]))
-        ]
-        super()._issue_warnings_after_load(load_result._replace(missing_keys=missing))
-
-
-def _to_device(batch, device):
-    """A buffered micro-batch (tensors, lists, 0-dim tensors) with every tensor moved to `device`."""
-    return {key: value.to(device) if isinstance(value, torch.Tensor) else value for key, value in batch.items()}
+    check_weight_files(resume)

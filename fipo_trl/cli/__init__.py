@@ -11,13 +11,13 @@ import importlib
 import os
 import sys
 
-from .errors import Preempted, UsageError
+from ..errors import Preempted, UsageError
 
 
 COMMANDS = {  # name: (module, entry function, help)
-    "train": ("fipo_trl.scripts.train", "cli", "train FIPO: fipo-trl train RECIPE.yaml [--field value ...]"),
-    "check": ("fipo_trl.scripts.check", "cli", "print the batch geometry a recipe implies, without loading a model"),
-    "eval": ("fipo_trl.scripts.eval", "cli", "Avg@k / Cons@k / Pass@k of a model on a math dataset"),
+    "train": ("fipo_trl.cli.train", "cli", "train FIPO: fipo-trl train RECIPE.yaml [--field value ...]"),
+    "check": ("fipo_trl.cli.check", "cli", "print the batch geometry a recipe implies, without loading a model"),
+    "eval": ("fipo_trl.cli.eval", "cli", "Avg@k / Cons@k / Pass@k of a model on a math dataset"),
 }
 USAGE_ERROR_STATUS = 2  # argparse's status for a bad command line
 INTERRUPTED_STATUS = 130  # 128 + SIGINT, what a shell reports for a command stopped by Ctrl-C

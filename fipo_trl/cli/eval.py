@@ -4,16 +4,18 @@
     fipo-trl eval --model_name_or_path outputs/checkpoint-500 --dataset problems.jsonl --k 4 --max_tokens 1024
     fipo-trl eval --model_name_or_path fipo_trl/assets/tiny-qwen2-addition --dataset synthetic --k 4 --max_tokens 16
 
-This module parses the arguments; loading, generation, scoring and the result files are
-[`fipo_trl.evaluation.evaluate.evaluate`]'s.
+This module parses the arguments and runs [`evaluate`]: problems from [`fipo_trl.evaluation.datasets`], samples from
+[`fipo_trl.evaluation.generation`], scores and result files from [`fipo_trl.evaluation.scoring`].
 """
 
 import sys
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Literal
 
 from ..errors import UsageError
-from ..evaluation.evaluate import check_sampling_arguments, evaluate
+from ..evaluation.datasets import load_eval_dataset
+from ..evaluation.generation import check_sampling_arguments
+from ..evaluation.scoring import format_table, score_completions, summarize, write_results
 
 
 @dataclass
@@ -102,3 +104,46 @@ if __name__ == "__main__":
     from ..cli import main
 
     sys.exit(main(["eval", *sys.argv[1:]]))
+
+
+def evaluate(args) -> dict:
+    """
+    Run `fipo-trl eval` end to end: load, generate, score, write the JSONL and summary files, print the table.
+
+    Args:
+        args ([`~fipo_trl.cli.eval.EvalArguments`]):
+            Parsed arguments (any object with its fields).
+
+    Returns:
+        `dict`: the summary written to `<output_dir>/<dataset>.summary.json` (run settings and `metrics`).
+    """
+    from ..evaluation.generation import generate_with_transformers, generate_with_vllm, tokenize_prompts, vllm_usable
+    from ..model_loading import load_model_and_tokenizer, load_tokenizer, resolve_model_path
+
+    model_path = resolve_model_path(args.model_name_or_path)
+    dataset, name = load_eval_dataset(args.dataset, args.answer_format)
+    backend = args.backend if args.backend != "auto" else "vllm" if vllm_usable() else "transformers"
+    if backend == "vllm" and not vllm_usable():
+        raise UsageError("--backend vllm needs vLLM installed and a GPU")
+    sampling = {"k": args.k, "temperature": args.temperature, "top_p": args.top_p, "max_tokens": args.max_tokens}
+    tokenizer = load_tokenizer(model_path)
+    prompt_ids = tokenize_prompts(dataset["prompt"], tokenizer)  # before the model loads: a bad prompt fails fast
+    if backend == "vllm":
+        completions = generate_with_vllm(model_path, tokenizer, prompt_ids, **sampling, seed=args.seed)
+    else:
+        model, _ = load_model_and_tokenizer(model_path, args.dtype)
+        completions = generate_with_transformers(
+            model, tokenizer, prompt_ids, **sampling, batch_size=args.batch_size, seed=args.seed
+        )
+    records = score_completions(dataset, completions, args.answer_format)
+    metrics = summarize(records)
+    summary = {**asdict(args), "model_path": model_path, "backend": backend, "num_problems": len(records)}
+    summary["metrics"] = metrics
+    samples_path, summary_path = write_results(records, summary, args.output_dir, name)
+    title = (
+        f"{name}: {len(records)} problems x {args.k} samples | {model_path} | T={args.temperature} "
+        f"top_p={args.top_p} max_tokens={args.max_tokens} | {args.answer_format} | {backend}"
+    )
+    print(format_table(metrics, args.k, title))
+    print(f"  samples: {samples_path}\n  summary: {summary_path}")
+    return summary

@@ -18,28 +18,20 @@ computed from the recipe's raw fields for N processes, with TRL 1.16's rules (`G
 import argparse
 import dataclasses
 import io
+import json
 import sys
 import warnings
 from contextlib import redirect_stderr, redirect_stdout
+from pathlib import Path
 
 import yaml
 
+from ..batch_geometry import GEOMETRY_FIELDS, resolve_geometry
 from ..config import OFFICIAL_STEPS_PER_ROLLOUT
 from ..dynamic_sampling.group_filter import dynamic_sampling_summary
 from ..errors import UsageError
-from ..run.preflight import read_yaml_file
-from ..scaling import (
-    GEOMETRY_FIELDS,
-    GIB,
-    OPTIM_BYTES,
-    WEIGHT_BYTES,
-    Sharding,
-    memory_per_gpu,
-    model_shape,
-    parameter_count,
-    read_accelerate_config,
-    resolve_geometry,
-)
+from ..memory_estimate import GIB, OPTIM_BYTES, WEIGHT_BYTES, Sharding, memory_per_gpu, model_shape, parameter_count
+from .recipe import read_yaml_file
 
 
 # Official 32B run (docs/fipo.md §3.1): 512 prompts × 16 per step, 8 mini-batches of 64 prompts, 20480 + 2048 tokens
@@ -323,3 +315,30 @@ if __name__ == "__main__":
     from ..cli import main
 
     sys.exit(main(["check", *sys.argv[1:]]))
+
+
+def read_accelerate_config(path):
+    """The [`Sharding`] of an accelerate config (YAML), following its `deepspeed_config_file` if it has one."""
+    config = read_yaml_file(path, what="accelerate config")
+    kind = str(config.get("distributed_type", "NO"))
+    counts = {"num_processes": config.get("num_processes"), "num_machines": config.get("num_machines")}
+    if kind == "DEEPSPEED":
+        ds = config.get("deepspeed_config", {})
+        if "deepspeed_config_file" in ds:
+            zero = json.loads(Path(ds["deepspeed_config_file"]).read_text()).get("zero_optimization", {})
+            stage = int(zero.get("stage", 0))
+            optimizer = zero.get("offload_optimizer", {}).get("device", "none")
+            params = zero.get("offload_param", {}).get("device", "none")
+        else:
+            stage = int(ds.get("zero_stage", 0))
+            optimizer, params = ds.get("offload_optimizer_device", "none"), ds.get("offload_param_device", "none")
+        offload = (optimizer not in ("none", None), params not in ("none", None))
+        suffix = " + CPU offload" if any(offload) else ""
+        return Sharding(f"DeepSpeed ZeRO-{stage}{suffix}", stage, *offload, **counts)
+    if kind == "FSDP":
+        fsdp = config.get("fsdp_config", {})
+        offload = bool(fsdp.get("fsdp_offload_params", False))
+        label = f"FSDP{fsdp.get('fsdp_version', 1)} full shard" + (" + CPU offload" if offload else "")
+        return Sharding(label, 3, offload, offload, **counts)
+    label = "DDP (replicated)" if kind == "MULTI_GPU" else "single process"
+    return Sharding(label, 0, **counts)

@@ -1,7 +1,7 @@
 """
 `fipo-trl train RECIPE.yaml [--field value ...]`: train FIPO from a YAML recipe, the open-r1 way.
 
-The recipe ([`fipo_trl.scripts.recipe`]) fills three dataclasses: [`~fipo_trl.scripts.recipe.FIPOScriptArguments`]
+The recipe ([`fipo_trl.cli.recipe`]) fills three dataclasses: [`~fipo_trl.cli.recipe.FIPOScriptArguments`]
 (data, rewards, the held-out check), [`~fipo_trl.FIPOConfig`] and `trl.ModelConfig`. CLI flags override the YAML. The
 same command runs on one CPU or under `accelerate launch`:
 
@@ -14,7 +14,7 @@ A run holds a lock on its `output_dir` ([`fipo_trl.run.lock`]) and stops cleanly
 ([`fipo_trl.run.preemption`]); docs/cluster-jobs.md.
 
 This module only calls the library and reports: data from [`fipo_trl.data`], rewards from [`fipo_trl.rewards`],
-callbacks from [`fipo_trl.callbacks`], the held-out check from [`fipo_trl.evaluation.evaluate`].
+callbacks from [`fipo_trl.callbacks`], the held-out check from [`fipo_trl.evaluation.heldout`].
 """
 
 import logging
@@ -26,6 +26,8 @@ import time
 from pathlib import Path
 
 from ..errors import Preempted, UsageError
+from ..run.resume import resolve_resume
+from ..run.stop import TrainingInterrupted, TrainingPreempted, close_progress_bar, preempted_at, stopped_at
 from .recipe import make_parser, parse_recipe, short_help
 
 
@@ -45,8 +47,9 @@ def main(script_args, training_args, model_args):
     from ..callbacks import get_callbacks
     from ..data.math_datasets import get_dataset
     from ..dynamic_sampling.group_filter import check_dynamic_sampling_metric
-    from ..evaluation.evaluate import heldout_check, load_eval_datasets
-    from ..models import check_model_fits, load_tokenizer, resolve_model_path
+    from ..evaluation.datasets import load_eval_datasets
+    from ..evaluation.heldout import heldout_check
+    from ..model_loading import check_model_fits, load_tokenizer, resolve_model_path
     from ..rewards import get_reward_funcs
     from ..run.checkpoints import ResumedSettingsCallback
     from ..run.preemption import PreemptionCallback
@@ -157,142 +160,6 @@ def set_up_wandb(training_args):
     os.environ.setdefault("WANDB_DIR", training_args.output_dir)  # the run's logs next to its checkpoints
 
 
-def resolve_resume(training_args, overwrite_output_dir=False, model_dir=None):
-    """
-    Turn `resume_from_checkpoint` into a checkpoint folder or `None` (a fresh run), refusing what would go wrong.
-
-    - `last` (or `true`): `output_dir`'s newest complete `checkpoint-*` (newer, incomplete ones are skipped with a
-      warning); refused when there is none.
-    - `auto`: the same when there is one, else a fresh run: one command for a job's first start and its requeues.
-    - a folder: it must be a complete checkpoint with readable weights.
-    - `None` (a fresh run): refused when `output_dir` holds `checkpoint-*` folders of an earlier run, whose
-      checkpoints the run would overwrite one by one, unless `overwrite_output_dir` is set: they are then deleted.
-
-    A checkpoint whose `config.json` describes another architecture than `model_dir`'s is refused before the model
-    loads (the state dict would not fit).
-    """
-    import shutil
-
-    from ..run.checkpoints import (
-        architecture_mismatch,
-        checkpoint_folders,
-        incomplete_reason,
-        last_complete_checkpoint,
-    )
-    from ..run.weight_files import check_weight_files
-
-    resume = training_args.resume_from_checkpoint
-    out = training_args.output_dir
-    if resume == "auto":
-        resume = training_args.resume_from_checkpoint = last_complete_checkpoint(out)
-        logger.info("resume_from_checkpoint=auto: %s", f"resuming from {resume}" if resume else "a fresh run")
-        if resume is None:
-            return
-    if resume is None:
-        folders = checkpoint_folders(out)
-        if not folders:
-            return
-        names = ", ".join(folder.name for folder in folders[:3]) + (", ..." if len(folders) > 3 else "")
-        if not overwrite_output_dir:
-            raise UsageError(
-                f"output_dir {out} already holds checkpoints of an earlier run ({names}): continue it with "
-                "--resume_from_checkpoint auto, or start over with --overwrite_output_dir true (deletes them)"
-            )
-        if training_args.process_index == 0:
-            logger.warning("overwrite_output_dir: deleting the earlier run's checkpoints in %s: %s", out, names)
-            for folder in folders:
-                shutil.rmtree(folder)
-        return
-    if resume in ("last", "true", "True"):
-        last = last_complete_checkpoint(out)
-        if last is None:
-            raise UsageError(
-                f"resume_from_checkpoint={resume}: no checkpoint to resume from in {out} (--resume_from_checkpoint "
-                "auto starts a fresh run when there is none)"
-            )
-        training_args.resume_from_checkpoint = resume = last
-    elif not os.path.isdir(resume):
-        raise UsageError(
-            f"resume_from_checkpoint={resume!r} is not a folder (use 'last' for output_dir's latest, 'auto' for the "
-            "latest or a fresh start)"
-        )
-    else:
-        reason = incomplete_reason(resume)
-        if reason is not None:
-            last = last_complete_checkpoint(out)
-            hint = f"; the newest complete one is {last}" if last else ""
-            raise UsageError(f"resume_from_checkpoint={resume!r} is incomplete ({reason}){hint}")
-    if model_dir is not None:
-        mismatch = architecture_mismatch(resume, model_dir)
-        if mismatch is not None:
-            raise UsageError(
-                f"resume_from_checkpoint: {resume} holds another model than model_name_or_path={model_dir} "
-                f"({mismatch}): resume with the model it was trained from, or start a fresh run in another output_dir"
-            )
-    check_weight_files(resume)
-
-
-def close_progress_bar(trainer):
-    """End the training progress bar's line, so that the line saying why the run stopped starts a line of its own."""
-    from transformers.trainer_callback import ProgressCallback
-
-    for callback in trainer.callback_handler.callbacks:
-        if isinstance(callback, ProgressCallback) and callback.training_bar is not None:
-            callback.training_bar.close()
-            callback.training_bar = None
-
-
-def stopped_at(trainer):
-    """
-    `("at step N; last checkpoint: ...", checkpoint)` for the one line that reports a run stopped during training;
-    `checkpoint` is `None` before the first save.
-    """
-    from ..run.checkpoints import last_complete_checkpoint
-
-    checkpoint = last_complete_checkpoint(trainer.args.output_dir, quiet=True)
-    saved = (
-        f"last checkpoint: {checkpoint}" if checkpoint else f"no checkpoint yet (save_steps={trainer.args.save_steps})"
-    )
-    return f"at step {trainer.state.global_step + 1}; {saved}", checkpoint
-
-
-class TrainingInterrupted(KeyboardInterrupt):
-    """Ctrl-C during `trainer.train()`: the message says where the run stopped; `checkpoint` is where it can resume."""
-
-    def __init__(self, where, checkpoint):
-        super().__init__(where)
-        self.checkpoint = checkpoint
-
-
-class TrainingPreempted(TrainingInterrupted, Preempted):
-    """SIGTERM during `trainer.train()`: where the run stopped, what was saved; `checkpoint` is where it can resume."""
-
-
-def preempted_at(trainer, preemption, abandoned):
-    """
-    `("stopped by SIGTERM after step N (...); last checkpoint: ...", checkpoint)` for a run that SIGTERM stopped, at
-    a step's end (`abandoned` is `None`) or in the middle of one when the grace period ran out (`abandoned` is the
-    [`Preempted`] the alarm raised).
-    """
-    from ..run.checkpoints import last_complete_checkpoint
-
-    checkpoint = last_complete_checkpoint(trainer.args.output_dir, quiet=True)
-    grace = f"grace period {preemption.grace_period:g} s"
-    step = preemption.stopped_after_step
-    if step is None:  # the alarm (or a Ctrl-C) came in the middle of a step
-        how = f"at step {trainer.state.global_step + 1} ({abandoned or 'interrupted before the step ended'})"
-    elif abandoned is not None:
-        how = f"after step {step} (its checkpoint's save did not end within the {grace})"
-    elif preemption.saved is not None and checkpoint is not None and Path(checkpoint) == Path(preemption.saved):
-        how = f"after step {step} (saved in {preemption.save_seconds:.1f} s; {grace})"
-    else:
-        how = f"after step {step} (no checkpoint saved: {preemption.skipped_save or 'its save did not complete'})"
-    saved = (
-        f"last checkpoint: {checkpoint}" if checkpoint else f"no checkpoint yet (save_steps={trainer.args.save_steps})"
-    )
-    return f"stopped by SIGTERM {how}; {saved}", checkpoint
-
-
 def write_model_card(trainer, model_name, dataset_name):
     """
     `output_dir/README.md` by TRL, naming the model trained from: TRL links a Hub id and writes "[None](...)" for a
@@ -399,6 +266,6 @@ def without_resume_flag(argv):
 
 
 if __name__ == "__main__":
-    from ..cli import main as fipo_trl
+    from . import main as fipo_trl
 
     sys.exit(fipo_trl(["train", *sys.argv[1:]]))

@@ -3,13 +3,17 @@
 `trl.TrlParser` splits the fields over three dataclasses, as open-r1's recipes do: [`FIPOScriptArguments`] (data,
 rewards, the held-out check, evaluation during training), [`~fipo_trl.FIPOConfig`] (every `GRPOConfig` /
 `TrainingArguments` field plus `fipo_*`) and `trl.ModelConfig`. [`parse_recipe`] turns `RECIPE.yaml [--field value
-...]` into the three, or raises a one-line [`UsageError`].
+...]` into the three, or raises a one-line [`UsageError`]; [`read_yaml_file`] and [`check_recipe_types`] read a YAML
+file and check its values' types before any dataclass sees them.
 """
 
 import ast
 import contextlib
 import dataclasses
 import io
+import os
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -17,7 +21,6 @@ from typing import Literal
 from trl import ModelConfig, ScriptArguments
 
 from ..errors import UsageError
-from ..run.preflight import check_recipe_types, read_yaml_file
 
 
 USAGE = "usage: fipo-trl train RECIPE.yaml [--field value ...]   (e.g. fipo-trl train configs/quickstart.yaml)"
@@ -258,3 +261,127 @@ def short_help() -> str:
         "Check the batch geometry of a recipe without training: fipo-trl check RECIPE.yaml",
     ]
     return "\n".join(lines)
+
+
+def format_yaml_error(path: str | os.PathLike, exc) -> str:
+    """
+    `path:line:column: what is wrong` for a PyYAML error; lines and columns count from 1, as editors do.
+
+    Example: `recipe.yaml:3:4: expected ',' or ']', but got ':' (in the flow sequence that starts at line 2)`.
+    """
+    import yaml
+
+    mark = getattr(exc, "problem_mark", None)
+    if not isinstance(exc, yaml.MarkedYAMLError) or mark is None:
+        return f"{path}: not valid YAML ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})"
+    where = f"{path}:{mark.line + 1}:{mark.column + 1}"
+    problem = exc.problem or "not valid YAML"
+    context_mark = exc.context_mark
+    if exc.context and context_mark is not None and context_mark.line != mark.line:
+        return f"{where}: {problem} ({exc.context}, which starts at line {context_mark.line + 1})"
+    return f"{where}: {problem}" + (f" ({exc.context})" if exc.context else "")
+
+
+def read_yaml_file(path: str | os.PathLike, what: str = "recipe") -> dict:
+    """
+    Read a YAML mapping of `field: value`, refusing a missing file, non-UTF-8 text, malformed YAML or a non-mapping.
+
+    Args:
+        path (`str` or `os.PathLike`):
+            The YAML file.
+        what (`str`, *optional*, defaults to `"recipe"`):
+            What the file is, for the messages ("recipe", "accelerate config").
+
+    Returns:
+        `dict`: the parsed mapping (empty for an empty file).
+
+    Raises:
+        UsageError: naming the file, and the line and column for a YAML error.
+    """
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"{what} file not found: {path}")
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        byte = raw[exc.start]
+        raise UsageError(f"{path}:{line}: byte 0x{byte:02x} is not UTF-8: save the {what} as UTF-8") from None
+    try:
+        content = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise UsageError(format_yaml_error(path, exc)) from None
+    if content is None:
+        return {}
+    if not isinstance(content, dict):
+        raise UsageError(f"{path}: the {what} must be 'field: value' lines, not a {type(content).__name__}")
+    return content
+
+
+def check_recipe_types(path: str | os.PathLike, recipe: dict, dataclass_types) -> None:
+    """
+    Refuse a recipe value whose YAML type does not fit its field's annotation, naming the file, field and type.
+
+    `TrlParser` hands YAML values to the dataclasses as they are: argparse converts and checks only strings, so
+    `reward_funcs: dapo_accuracy` (a string for a list) was iterated letter by letter and `learning_rate: [1]`
+    reached the optimizer. Strings are left to argparse, which converts them (`5e-5`, which YAML reads as a string)
+    or names the field; annotations this check does not know are not checked.
+
+    Args:
+        path (`str` or `os.PathLike`):
+            The recipe file, for the message.
+        recipe (`dict`):
+            Its `field: value` mapping.
+        dataclass_types (`tuple[type, ...]`):
+            The dataclasses the recipe fills (keys of none of them are left to the unknown-field check).
+
+    Raises:
+        UsageError: e.g. `recipe.yaml: reward_funcs: 'dapo_accuracy' is a str, expected list[str] ([a, b] in YAML)`.
+    """
+    hints = {}
+    for cls in dataclass_types:
+        hints.update(typing.get_type_hints(cls))
+    for name, value in recipe.items():
+        if name in hints and not _fits(value, hints[name]):
+            expected = _type_name(hints[name])
+            hint = " ([a, b] in YAML)" if "list[" in expected else ""
+            kind = type(value).__name__
+            article = "an" if kind[0] in "aeiou" else "a"
+            raise UsageError(f"{path}: {name}: {value!r} is {article} {kind}, expected {expected}{hint}")
+
+
+def _fits(value, annotation) -> bool:
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        return any(_fits(value, arg) for arg in args)
+    if annotation is type(None):
+        return value is None
+    if origin is typing.Literal:
+        return value in args
+    if origin in (list, tuple):
+        return isinstance(value, (list, tuple)) and all(_fits(item, args[0]) for item in value if args)
+    if origin is dict or annotation is dict:
+        return isinstance(value, dict)
+    if annotation in (bool, int, float):
+        if isinstance(value, str):
+            return True  # argparse converts a string default with the field's type, or names the field
+        if annotation is bool:
+            return isinstance(value, bool)
+        numbers = (int,) if annotation is int else (int, float)
+        return isinstance(value, numbers) and not isinstance(value, bool)
+    if annotation is str:
+        return isinstance(value, str)
+    return True  # enums, configs of other libraries: left to their own checks
+
+
+def _type_name(annotation) -> str:
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(arg) for arg in typing.get_args(annotation))
+    if annotation is type(None):
+        return "null"
+    if isinstance(annotation, type) and not typing.get_args(annotation):
+        return annotation.__name__
+    return str(annotation).replace("typing.", "")

@@ -1,0 +1,66 @@
+"""How a run stopped during `trainer.train()`: Ctrl-C and SIGTERM, where it stopped and what it saved."""
+
+from pathlib import Path
+
+from ..errors import Preempted
+
+
+def close_progress_bar(trainer):
+    """End the training progress bar's line, so that the line saying why the run stopped starts a line of its own."""
+    from transformers.trainer_callback import ProgressCallback
+
+    for callback in trainer.callback_handler.callbacks:
+        if isinstance(callback, ProgressCallback) and callback.training_bar is not None:
+            callback.training_bar.close()
+            callback.training_bar = None
+
+
+def stopped_at(trainer):
+    """
+    `("at step N; last checkpoint: ...", checkpoint)` for the one line that reports a run stopped during training;
+    `checkpoint` is `None` before the first save.
+    """
+    from ..run.checkpoints import last_complete_checkpoint
+
+    checkpoint = last_complete_checkpoint(trainer.args.output_dir, quiet=True)
+    saved = (
+        f"last checkpoint: {checkpoint}" if checkpoint else f"no checkpoint yet (save_steps={trainer.args.save_steps})"
+    )
+    return f"at step {trainer.state.global_step + 1}; {saved}", checkpoint
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C during `trainer.train()`: the message says where the run stopped; `checkpoint` is where it can resume."""
+
+    def __init__(self, where, checkpoint):
+        super().__init__(where)
+        self.checkpoint = checkpoint
+
+
+class TrainingPreempted(TrainingInterrupted, Preempted):
+    """SIGTERM during `trainer.train()`: where the run stopped, what was saved; `checkpoint` is where it can resume."""
+
+
+def preempted_at(trainer, preemption, abandoned):
+    """
+    `("stopped by SIGTERM after step N (...); last checkpoint: ...", checkpoint)` for a run that SIGTERM stopped, at
+    a step's end (`abandoned` is `None`) or in the middle of one when the grace period ran out (`abandoned` is the
+    [`Preempted`] the alarm raised).
+    """
+    from ..run.checkpoints import last_complete_checkpoint
+
+    checkpoint = last_complete_checkpoint(trainer.args.output_dir, quiet=True)
+    grace = f"grace period {preemption.grace_period:g} s"
+    step = preemption.stopped_after_step
+    if step is None:  # the alarm (or a Ctrl-C) came in the middle of a step
+        how = f"at step {trainer.state.global_step + 1} ({abandoned or 'interrupted before the step ended'})"
+    elif abandoned is not None:
+        how = f"after step {step} (its checkpoint's save did not end within the {grace})"
+    elif preemption.saved is not None and checkpoint is not None and Path(checkpoint) == Path(preemption.saved):
+        how = f"after step {step} (saved in {preemption.save_seconds:.1f} s; {grace})"
+    else:
+        how = f"after step {step} (no checkpoint saved: {preemption.skipped_save or 'its save did not complete'})"
+    saved = (
+        f"last checkpoint: {checkpoint}" if checkpoint else f"no checkpoint yet (save_steps={trainer.args.save_steps})"
+    )
+    return f"stopped by SIGTERM {how}; {saved}", checkpoint

@@ -1,1 +1,0 @@
-"""The `fipo-trl` commands, one module each (`train`, `eval`, `check`), and the recipe parser they share (`recipe`)."""
