@@ -10,7 +10,6 @@ import torch
 from trl import GRPOTrainer
 
 from fipo_trl import ExactResumeMixin
-
 from fipo_trl.run.checkpoints import (
     MARKER_NAME,
     CheckpointMarkerCallback,
