@@ -21,7 +21,20 @@ _EXPORTS = {
     "fipo_advantages": "core",
     "fipo_weights": "core",
 }
-__all__ = sorted(_EXPORTS)
+__all__ = [
+    "DAPOConfig",
+    "DAPOTrainer",
+    "DynamicSamplingConfig",
+    "DynamicSamplingMixin",
+    "ExactResumeMixin",
+    "FIPOConfig",
+    "FIPOTrainer",
+    "FIPOWeights",
+    "RewardSpreadCallback",
+    "discounted_future_sum",
+    "fipo_advantages",
+    "fipo_weights",
+]
 
 if TYPE_CHECKING:
     from .config import FIPOConfig

@@ -7,8 +7,8 @@ keeps its behaviour by composing them here, once:
 1. [`RecipeConfig`] = [`~fipo_trl.FIPOConfig`] + [`~fipo_trl.DynamicSamplingConfig`]: a recipe may set
    `dynamic_sampling: true` and its fields;
 2. [`RecipeTrainer`] = [`~fipo_trl.FIPOTrainer`] + [`~fipo_trl.DynamicSamplingMixin`] +
-   [`~fipo_trl.ExactResumeMixin`]: the filter when the recipe asks for it, and exact resume always (docs/trl.md,
-   "Exact resume", measures what it costs a checkpoint);
+   [`~fipo_trl.ExactResumeMixin`]: the filter when the recipe asks for it, and exact resume always (what it costs a
+   checkpoint, measured and estimated for the 32B recipe: docs/fipo_trainer.md, "Exact resume");
 3. the reward-spread stop is a callback, [`~fipo_trl.RewardSpreadCallback`], that `fipo-trl train` adds.
 
 This module imports TRL: `fipo-trl train --help` does not import it.
