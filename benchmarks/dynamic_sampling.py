@@ -28,7 +28,7 @@ import torch  # noqa: E402
 import yaml  # noqa: E402
 from transformers import PrinterCallback  # noqa: E402
 
-from fipo_trl import FIPOConfig, FIPOTrainer  # noqa: E402
+from fipo_trl.cli.recipe_classes import RecipeConfig, RecipeTrainer  # noqa: E402
 from fipo_trl.data.synthetic import synthetic_dataset  # noqa: E402
 from fipo_trl.rewards import dapo_accuracy_reward  # noqa: E402
 
@@ -41,7 +41,7 @@ QUICKSTART_FIELDS = (
 )  # fmt: skip
 
 
-class TimedTrainer(FIPOTrainer):
+class TimedTrainer(RecipeTrainer):  # the trainer of `fipo-trl train`: FIPO with dynamic sampling
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.generation_seconds, self.completions_generated = 0.0, 0
@@ -62,7 +62,7 @@ def run(recipe, dataset, steps, out_dir, **dynamic):
     fields = {key: recipe[key] for key in QUICKSTART_FIELDS}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        args = FIPOConfig(
+        args = RecipeConfig(
             output_dir=out_dir, use_cpu=True, report_to="none", save_strategy="no", max_steps=steps,
             logging_steps=recipe["steps_per_generation"], disable_tqdm=True, **fields, **dynamic,
         )  # fmt: skip

@@ -13,8 +13,9 @@ DAPO vs FIPO on any recipe, from the same model and the same first generation ba
         --output_dir benchmarks/results/regime_map
 
 What is compared:
-1. DAPO is TRL's `GRPOTrainer` with `loss_type="dapo"`, dual clip `delta=10`, clip-higher `epsilon_high=0.28`, no KL,
-   dropout off; FIPO is `FIPOTrainer`. Every other setting comes from the same recipe, including
+1. DAPO is `DAPOTrainer` (TRL's `GRPOTrainer`) with `loss_type="dapo"`, dual clip `delta=10`, clip-higher
+   `epsilon_high=0.28`, no KL, dropout off; FIPO is `fipo-trl train`'s trainer. Every other setting comes from the
+   same recipe, including
    `steps_per_generation`: with 8, each generation batch feeds 8 optimizer steps, so both methods train off-policy on
    7 of them, and FIPO's influence weights act there (on the first step FIPO *is* DAPO). Only the `fipo_*` fields
    differ, and `--fipo_decay_rates` runs one FIPO per Future-KL half-life (the paper's Fig. 11 ablation).
@@ -57,9 +58,10 @@ from types import SimpleNamespace
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
-from trl import GRPOConfig, GRPOTrainer, ModelConfig, TrlParser  # noqa: E402
+from trl import ModelConfig, TrlParser  # noqa: E402
 
-from fipo_trl import FIPOTrainer  # noqa: E402
+from fipo_trl import DAPOConfig, DAPOTrainer  # noqa: E402
+from fipo_trl.cli.recipe_classes import RecipeTrainer  # noqa: E402
 from fipo_trl.data.synthetic import reasoning_steps  # noqa: E402
 
 
@@ -124,7 +126,7 @@ def library():
 
 
 class Measured:
-    """Read-only testbed measurements, mixed into `GRPOTrainer` (DAPO) and `FIPOTrainer` alike."""
+    """Read-only testbed measurements, mixed into `DAPOTrainer` and the FIPO trainer of `fipo-trl train` alike."""
 
     first_batch = None  # hash of the first generation batch's completion ids
     position_weights = None  # (bucket, "A>0" | "A<0") -> [sum of weights, tokens], FIPO on off-policy steps only
@@ -179,21 +181,22 @@ class Measured:
                 total[1] += int(cells.sum())
 
 
-class MeasuredDAPO(Measured, GRPOTrainer):
+class MeasuredDAPO(Measured, DAPOTrainer):
     pass
 
 
-class MeasuredFIPO(Measured, FIPOTrainer):
+class MeasuredFIPO(Measured, RecipeTrainer):  # FIPOTrainer with the recipe's dynamic sampling and exact resume
     pass
 
 
 def dapo_args(argv, lib):
-    """The recipe as a `GRPOConfig` for DAPO: FIPO's loss settings without its influence weights."""
-    parser = TrlParser((lib.FIPOScriptArguments, GRPOConfig, ModelConfig))
+    """The recipe as a `DAPOConfig`: FIPO's loss settings without its influence weights, the filter as for FIPO."""
+    parser = TrlParser((lib.FIPOScriptArguments, DAPOConfig, ModelConfig))
+    parser.set_defaults(dynamic_sampling=False)  # on only where the recipe says so, as for FIPO (the YAML wins)
     _, args, _, unknown = parser.parse_args_and_config(argv, return_remaining_strings=True)
     unknown_fields = [arg for arg in unknown if arg.startswith("--") and not arg.startswith("--fipo_")]
     if unknown_fields:
-        raise ValueError(f"recipe fields unknown to GRPOConfig: {unknown_fields}")
+        raise ValueError(f"recipe fields unknown to DAPOConfig: {unknown_fields}")
     # FIPOConfig's defaults (official 32B script) where GRPOConfig's differ, so only the weights differ
     args.loss_type, args.delta, args.epsilon, args.epsilon_high, args.beta = "dapo", 10.0, 0.2, 0.28, 0.0
     args.disable_dropout = True

@@ -8,19 +8,29 @@ __version__ = "0.1.0"
 
 # Loaded on first use, so that `import fipo_trl.rewards` (e.g. in a reward worker process) does not import TRL
 _EXPORTS = {
+    "DAPOConfig": "dapo",
+    "DAPOTrainer": "dapo",
+    "DynamicSamplingConfig": "dynamic_sampling.config",
+    "DynamicSamplingMixin": "dynamic_sampling.trainer",
+    "ExactResumeMixin": "exact_resume",
     "FIPOConfig": "config",
     "FIPOTrainer": "trainer",
     "FIPOWeights": "core",
-    "DynamicSamplingMixin": "dynamic_sampling.mixin",
+    "RewardSpreadCallback": "rewards.spread",
     "discounted_future_sum": "core",
     "fipo_advantages": "core",
     "fipo_weights": "core",
 }
 __all__ = [
+    "DAPOConfig",
+    "DAPOTrainer",
+    "DynamicSamplingConfig",
     "DynamicSamplingMixin",
+    "ExactResumeMixin",
     "FIPOConfig",
     "FIPOTrainer",
     "FIPOWeights",
+    "RewardSpreadCallback",
     "discounted_future_sum",
     "fipo_advantages",
     "fipo_weights",
@@ -29,7 +39,11 @@ __all__ = [
 if TYPE_CHECKING:
     from .config import FIPOConfig
     from .core import FIPOWeights, discounted_future_sum, fipo_advantages, fipo_weights
-    from .dynamic_sampling.mixin import DynamicSamplingMixin
+    from .dapo import DAPOConfig, DAPOTrainer
+    from .dynamic_sampling.config import DynamicSamplingConfig
+    from .dynamic_sampling.trainer import DynamicSamplingMixin
+    from .exact_resume import ExactResumeMixin
+    from .rewards.spread import RewardSpreadCallback
     from .trainer import FIPOTrainer
 
 

@@ -4,11 +4,11 @@ from dataclasses import dataclass, field
 import torch
 from trl import GRPOConfig
 
-from .dynamic_sampling.group_filter import METRICS, ON_LIMIT, round_sizes
+from . import official
 
 
 # Official 32B script: ppo_mini_batch_size 64 of train_batch_size 512 prompts, i.e. 8 optimizer steps per rollout
-OFFICIAL_STEPS_PER_ROLLOUT = 8
+OFFICIAL_STEPS_PER_ROLLOUT = official.STEPS_PER_ROLLOUT
 FIPO_LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo")
 
 
@@ -36,7 +36,8 @@ class FIPOConfig(GRPOConfig):
     Inherits every parameter of [`~trl.GRPOConfig`]. The defaults below reproduce the official Qwen2.5-32B run
     (`recipe/fipo/run_fipo_qwen2.5_32b.sh` of qwenpilot/FIPO, paper Table 2) wherever TRL has the knob. The paper's
     7B pilot (Appendix B.2) used `fipo_clip_high_only=False` and `fipo_safety_threshold=3.0`: prefer those for small
-    models.
+    models. The official run's dynamic sampling has its own fields, [`~fipo_trl.DynamicSamplingConfig`], composed
+    with this class by whoever wants the filter (`fipo-trl train` does).
 
     Parameters:
         > Changed GRPOConfig defaults
@@ -80,29 +81,6 @@ class FIPOConfig(GRPOConfig):
         fipo_safety_threshold (`float`, *optional*, defaults to `10.0`):
             Negative-advantage tokens whose ratio exceeds it get f clamped to [0.8, 1] (32B script `safety_thresh`;
             7B pilot 3.0). At the default it equals `delta`, where it changes only the loss value, not the gradient.
-
-        > Dynamic sampling (DAPO's group filter, for FIPO and the DAPO baseline alike; see `fipo_trl.dynamic_sampling`)
-
-        dynamic_sampling (`bool`, *optional*, defaults to `False`):
-            Train only on groups whose filter metric is not the same for all `num_generations` completions, generating
-            further rounds until a generation batch holds `generation_batch_size / num_generations` such groups (32B
-            script `algorithm.filter_groups.enable=True`). Off by default, as in TRL: every group is trained on.
-        dynamic_sampling_metric (`str`, *optional*, defaults to `"accuracy"`):
-            What must vary within a group: `"accuracy"` (first reward function > 0, the official `acc` of the ±1 DAPO
-            scorer; 32B script `filter_groups.metric=acc`), `"reward"` (the weighted sum of all rewards) or the name
-            of one reward function.
-        dynamic_sampling_prompts_per_round (`int` or `None`, *optional*, defaults to `None`):
-            Prompts generated per round (32B script `gen_batch_size=2048`, for 512 kept). The first round is the
-            dataloader's generation batch topped up from a seeded stream over the training set; later rounds come
-            from the stream alone. `None` draws one generation batch (`generation_batch_size / num_generations`
-            prompts) per round. `× num_generations` must split evenly over the processes.
-        max_num_gen_batches (`int`, *optional*, defaults to `10`):
-            Rounds allowed per generation batch (32B script `filter_groups.max_num_gen_batches=10`); `0` or less
-            means no limit, as in verl.
-        dynamic_sampling_on_limit (`str`, *optional*, defaults to `"raise"`):
-            When `max_num_gen_batches` rounds still kept too few groups: `"raise"` stops training with an error (the
-            official behaviour); `"fill"` completes the batch with dropped groups (advantage 0, as without the
-            filter), warns, and logs their number as `dynamic_sampling/filled_groups`.
     """
 
     loss_type: str = field(
@@ -132,25 +110,6 @@ class FIPOConfig(GRPOConfig):
     )
     fipo_safety_threshold: float = field(
         default=10.0, metadata={"help": "Ratio above which A<0 tokens get their weight capped to [0.8, 1] (32B: 10)."}
-    )
-    dynamic_sampling: bool = field(
-        default=False,
-        metadata={"help": "Train only on groups whose metric varies, generating more rounds (32B: filter_groups on)."},
-    )
-    dynamic_sampling_metric: str = field(
-        default="accuracy",
-        metadata={"help": "Filter metric: 'accuracy' (first reward > 0, official acc), 'reward', or a reward name."},
-    )
-    dynamic_sampling_prompts_per_round: int | None = field(
-        default=None,
-        metadata={"help": "Prompts generated per round (32B: gen_batch_size 2048); None = one generation batch."},
-    )
-    max_num_gen_batches: int = field(
-        default=10, metadata={"help": "Rounds allowed per generation batch; <= 0 = no limit (32B: 10)."}
-    )
-    dynamic_sampling_on_limit: str = field(
-        default="raise",
-        metadata={"help": "At the round limit: 'raise' (official) or 'fill' with dropped groups and warn."},
     )
 
     def __post_init__(self):
@@ -182,7 +141,6 @@ class FIPOConfig(GRPOConfig):
             )
         if self.fipo_safety_threshold <= 0:
             raise ValueError(f"fipo_safety_threshold must be > 0, got {self.fipo_safety_threshold}; official: 10.0.")
-        self._check_dynamic_sampling()
         # transformers unpins only for use_cpu; pinning without an accelerator does nothing but make torch warn
         if self.dataloader_pin_memory and not torch.accelerator.is_available():
             self.dataloader_pin_memory = False
@@ -202,28 +160,4 @@ class FIPOConfig(GRPOConfig):
                 "the effect of training on that very completion. The official recipe uses num_iterations=1 and "
                 "disjoint mini-batches (steps_per_generation = 8 × gradient_accumulation_steps).",
                 stacklevel=3,
-            )
-
-    def _check_dynamic_sampling(self):
-        if self.dynamic_sampling_on_limit not in ON_LIMIT:
-            raise ValueError(
-                f"dynamic_sampling_on_limit={self.dynamic_sampling_on_limit!r} must be one of {ON_LIMIT}: 'raise' "
-                "stops at the round limit (official), 'fill' trains on a batch completed with dropped groups."
-            )
-        if not isinstance(self.dynamic_sampling_metric, str) or not self.dynamic_sampling_metric:
-            raise ValueError(
-                f"dynamic_sampling_metric={self.dynamic_sampling_metric!r} must be {METRICS[0]!r} (official acc), "
-                f"{METRICS[1]!r} or the name of a reward function."
-            )
-        if self.dynamic_sampling_prompts_per_round is not None and self.dynamic_sampling_prompts_per_round < 1:
-            raise ValueError(
-                f"dynamic_sampling_prompts_per_round={self.dynamic_sampling_prompts_per_round} must be >= 1, or None "
-                "for one generation batch per round (official: 2048)."
-            )
-        if self.dynamic_sampling:
-            round_sizes(
-                self.generation_batch_size,
-                self.num_generations,
-                self.dynamic_sampling_prompts_per_round,
-                self.world_size,
             )

@@ -1,7 +1,8 @@
 """
-The generation state kept with each checkpoint, so that a resumed run trains exactly as an uninterrupted one: TRL's
-buffered generation batch and micro-step counter, the dynamic-sampling prompt stream, and a sampler whose order
-depends on the epoch only (docs/trl.md lists the TRL internals this relies on).
+Exact resume, an opt-in trainer mixin: the generation state kept with each checkpoint, so that a resumed run trains
+exactly as an uninterrupted one: TRL's buffered generation batch and micro-step counter, the dynamic-sampling prompt
+stream when the trainer has one, and a sampler whose order depends on the epoch only (docs/trl.md lists the TRL
+internals this relies on).
 """
 
 import os
@@ -37,13 +38,19 @@ class EpochSeededRepeatSampler(RepeatSampler):
 
 class ExactResumeMixin:
     """
-    Exact resume for `GRPOTrainer` and its subclasses: `_save_rng_state` / `_load_rng_state` keep the buffered
-    generation batch, TRL's micro-step counter and the dynamic-sampling prompt stream with each checkpoint,
-    `_get_train_sampler` makes the sampler's order depend on the epoch only, and `_issue_warnings_after_load` does
-    not report a tied weight that the checkpoint leaves out as missing.
+    Exact resume for `GRPOTrainer` and its subclasses: `class MyTrainer(ExactResumeMixin, GRPOTrainer)`.
+
+    TRL hooks it overrides: `_save_rng_state` / `_load_rng_state` keep the buffered generation batch, TRL's
+    micro-step counter (`_buffered_inputs`, `_step`) and, when the trainer has one, the dynamic-sampling prompt
+    stream in `fipo_generation_state_<rank>.pt` with each checkpoint; `_get_train_sampler` makes the sampler's order
+    depend on the epoch only; `_issue_warnings_after_load` does not report a tied weight that the checkpoint leaves
+    out as missing. That last one stays a hook rather than a logging filter: transformers builds the warning from the
+    key list it is given, and only the loaded model can tell a tied copy from a key that is really missing.
+    Independent of dynamic sampling: with [`~fipo_trl.DynamicSamplingMixin`] in the trainer too, its prompt stream
+    is saved and restored as well.
     """
 
-    prompt_stream = None  # a `PromptStream` when dynamic sampling is on (set by `DynamicSamplingMixin`)
+    prompt_stream = None  # a `PromptStream` on a trainer with dynamic sampling on (`DynamicSamplingMixin` sets it)
 
     def _get_train_sampler(self, dataset=None):
         sampler = super()._get_train_sampler(dataset)

@@ -7,11 +7,9 @@ from trl.trainer.utils import get_config_model_id
 from .config import FIPOConfig
 from .core import LOG_RATIO_CLAMP, fipo_weights, weight_bounds
 from .diagnostics import fipo_diagnostics
-from .dynamic_sampling.mixin import DynamicSamplingMixin
-from .rewards.guard import RewardSpreadGuardMixin
 
 
-class FIPOTrainer(DynamicSamplingMixin, RewardSpreadGuardMixin, GRPOTrainer):
+class FIPOTrainer(GRPOTrainer):
     """
     Trainer for Future-KL Influenced Policy Optimization (FIPO).
 
@@ -22,8 +20,9 @@ class FIPOTrainer(DynamicSamplingMixin, RewardSpreadGuardMixin, GRPOTrainer):
     the single policy forward, then calls the parent loss with `A·f` as per-token advantages and the dropped responses
     removed through `tool_mask`.
 
-    Dynamic sampling and the generation state kept with each checkpoint come from [`DynamicSamplingMixin`]; the stop
-    of a run whose groups have had no reward spread for many batches, from [`RewardSpreadGuardMixin`].
+    Everything else is `GRPOTrainer`'s. The extras are opt-in and compose with `GRPOTrainer` as well: DAPO's dynamic
+    sampling ([`DynamicSamplingMixin`] with [`DynamicSamplingConfig`]'s fields), exact resume ([`ExactResumeMixin`])
+    and the reward-spread stop ([`RewardSpreadCallback`]); docs/fipo_trainer.md shows each.
     """
 
     _tag_names = ["trl", "fipo"]

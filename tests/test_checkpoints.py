@@ -1,9 +1,15 @@
-"""Which checkpoint a run resumes from: the newest complete one, never a folder a kill left half-written."""
+"""Which checkpoint a run resumes from: the newest complete one, never a folder a kill left half-written; and exact
+resume (`ExactResumeMixin`) on plain GRPOTrainer."""
 
 import json
 import logging
+import shutil
 from types import SimpleNamespace
 
+import torch
+from trl import GRPOTrainer
+
+from fipo_trl import ExactResumeMixin
 from fipo_trl.run.checkpoints import (
     MARKER_NAME,
     CheckpointMarkerCallback,
@@ -87,3 +93,25 @@ def test_callback_marks_a_save_only_after_it_finished_and_clears_a_stale_marker(
     callback.on_save(args, state, SimpleNamespace())
     assert json.loads((folder / MARKER_NAME).read_text())["files"]["model.safetensors"] == 80
     assert incomplete_reason(folder, marker_required=True) is None
+
+
+class ResumableGRPO(ExactResumeMixin, GRPOTrainer):
+    """Exact resume on plain GRPOTrainer: no FIPO, no dynamic sampling."""
+
+
+def test_exact_resume_composes_with_grpo_trainer(make_trainer, tmp_path):
+    # checkpoint-3 falls inside the generation batch of steps 1-4: the resumed run finishes that batch from the
+    # checkpoint, as the uninterrupted one did (TRL alone regenerates at step 4, and step 4's loss differs)
+    overrides = {"steps_per_generation": 4, "max_steps": 8, "save_strategy": "steps", "save_steps": 3}
+    full = make_trainer(tmp_path / "full", trainer_cls=ResumableGRPO, **overrides)
+    full.train()
+    state = torch.load(tmp_path / "full" / "checkpoint-3" / "fipo_generation_state_0.pt", weights_only=True)
+    assert state["prompt_stream"] is None and state["step"] == 3 and len(state["buffered_inputs"]) == 4
+    shutil.copytree(tmp_path / "full" / "checkpoint-3", tmp_path / "resumed" / "checkpoint-3")
+    resumed = make_trainer(tmp_path / "resumed", trainer_cls=ResumableGRPO, **overrides)
+    resumed.train(resume_from_checkpoint=True)
+    after = [
+        [(h["step"], h["loss"]) for h in run.state.log_history if "loss" in h and h["step"] > 3]
+        for run in (full, resumed)
+    ]
+    assert after[0] == after[1] and len(after[0]) == 5

@@ -8,6 +8,7 @@ import torch
 from torch.nn.modules.module import _IncompatibleKeys
 from transformers.utils import logging as transformers_logging
 
+from fipo_trl import ExactResumeMixin, FIPOTrainer
 from fipo_trl.callbacks import BRIEF_METRICS, get_callbacks
 from fipo_trl.cli.recipe import FIPOScriptArguments, parse_recipe
 from fipo_trl.errors import UsageError
@@ -86,9 +87,14 @@ def transformers_warnings(caplog):
 
 
 def test_resuming_a_tied_model_reports_no_missing_lm_head(make_trainer, tied_model_dir, transformers_warnings):
-    # the checkpoint of a tied model leaves out lm_head.weight, which loading embed_tokens.weight restores
-    make_trainer(model=tied_model_dir, max_steps=2, save_strategy="steps", save_steps=2).train()
-    resumed = make_trainer(model=tied_model_dir, max_steps=3, save_strategy="steps", save_steps=2)
+    # the checkpoint of a tied model leaves out lm_head.weight, which loading embed_tokens.weight restores; the hook
+    # that says so is ExactResumeMixin's, which `fipo-trl train` composes in
+    class Resumable(ExactResumeMixin, FIPOTrainer):
+        pass
+
+    saving = {"model": tied_model_dir, "trainer_cls": Resumable, "save_strategy": "steps", "save_steps": 2}
+    make_trainer(max_steps=2, **saving).train()
+    resumed = make_trainer(max_steps=3, **saving)
     resumed.train(resume_from_checkpoint=True)
     assert resumed.model.lm_head.weight is resumed.model.model.embed_tokens.weight
     assert "missing keys" not in transformers_warnings.text

@@ -1,5 +1,7 @@
-"""Dynamic sampling: the pure filter and prompt stream against plain references, then real FIPOTrainer runs."""
+"""Dynamic sampling: the pure filter and prompt stream against plain references, then real runs of the CLI's
+trainer (FIPOTrainer + DynamicSamplingMixin + ExactResumeMixin) and of DAPOTrainer."""
 
+import dataclasses
 import inspect
 import math
 import shutil
@@ -14,16 +16,17 @@ import yaml
 from datasets import Dataset
 from peft import LoraConfig
 from transformers import Trainer
-from trl import GRPOTrainer
+from trl import GRPOConfig, GRPOTrainer
 
-from fipo_trl import FIPOConfig, FIPOTrainer
+from fipo_trl import DAPOConfig, DAPOTrainer, DynamicSamplingMixin, FIPOTrainer
 from fipo_trl.cli import main as fipo_trl
+from fipo_trl.cli.check import dynamic_sampling_summary
+from fipo_trl.cli.recipe_classes import RecipeConfig, RecipeTrainer
 from fipo_trl.dynamic_sampling.group_filter import (
     ROUND_LENGTH_METRICS,
     PromptStream,
     RoundLimitError,
     check_dynamic_sampling_metric,
-    dynamic_sampling_summary,
     filter_groups,
     merge_round_metrics,
     metric_values,
@@ -31,8 +34,8 @@ from fipo_trl.dynamic_sampling.group_filter import (
     row_sources,
     select_groups,
 )
-from fipo_trl.dynamic_sampling.mixin import DynamicSamplingMixin, GenerateOutput
-from fipo_trl.errors import UsageError
+from fipo_trl.dynamic_sampling.trainer import GenerateOutput
+from fipo_trl.errors import TrainingError
 
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -139,7 +142,7 @@ def test_round_sizes_and_refusals_name_the_field():
 
 def test_metric_check_refuses_an_unknown_name_only_with_the_filter_on():
     on = SimpleNamespace(dynamic_sampling=True, dynamic_sampling_metric="dapo_accuracy")
-    with pytest.raises(UsageError, match=r"'dapo_accuracy' is not 'accuracy', 'reward' or .*\(dapo_accuracy_reward\)"):
+    with pytest.raises(ValueError, match=r"'dapo_accuracy' is not 'accuracy', 'reward' or .*\(dapo_accuracy_reward\)"):
         check_dynamic_sampling_metric(on, ["dapo_accuracy_reward"])
     check_dynamic_sampling_metric(on, ["dapo_accuracy"])
     check_dynamic_sampling_metric(SimpleNamespace(dynamic_sampling=True, dynamic_sampling_metric="reward"), [])
@@ -170,7 +173,7 @@ def test_merged_length_metrics_are_those_of_all_completions_together():
 
 
 def test_summary_of_the_official_32b_numbers():
-    args = FIPOConfig(
+    args = RecipeConfig(
         output_dir="unused", use_cpu=True, bf16=False, num_generations=16, per_device_train_batch_size=16,
         steps_per_generation=2, dynamic_sampling=True, dynamic_sampling_prompts_per_round=2048,
     )  # fmt: skip
@@ -217,7 +220,7 @@ def test_shipped_recipes_turn_the_filter_on_at_their_process_count(recipe, proce
 
 # ----------------------------------------------------------------------------------------------------- config
 def test_config_defaults_are_off_and_official():
-    args = FIPOConfig(output_dir="unused", use_cpu=True, bf16=False)
+    args = RecipeConfig(output_dir="unused", use_cpu=True, bf16=False)
     assert (args.dynamic_sampling, args.dynamic_sampling_metric, args.dynamic_sampling_prompts_per_round) == (
         False, "accuracy", None,
     )  # fmt: skip
@@ -238,7 +241,7 @@ def test_config_defaults_are_off_and_official():
 )
 def test_config_refuses(fields, message):
     with pytest.raises(ValueError, match=message):
-        FIPOConfig(
+        RecipeConfig(
             output_dir="unused", use_cpu=True, bf16=False, per_device_train_batch_size=4, num_generations=4,
             steps_per_generation=2, **fields,
         )  # fmt: skip
@@ -263,7 +266,7 @@ def reward_id_sum(completion_ids, **kwargs):
     return [float(sum(ids)) for ids in completion_ids]
 
 
-class RecordingTrainer(FIPOTrainer):
+class Recording:
     """Records every filter round (gathered rewards, prompts) and every generation batch handed to TRL."""
 
     def __init__(self, *args, **kwargs):
@@ -291,7 +294,18 @@ class RecordingTrainer(FIPOTrainer):
         return output
 
 
-def make_trainer(model_dir, output_dir, reward=reward_mostly_degenerate, trainer_cls=RecordingTrainer, **overrides):
+class RecordingTrainer(Recording, RecipeTrainer):
+    """The trainer of `fipo-trl train`, recording."""
+
+
+class RecordingDAPOTrainer(Recording, DAPOTrainer):
+    """DAPOTrainer, recording."""
+
+
+def make_trainer(
+    model_dir, output_dir, reward=reward_mostly_degenerate, trainer_cls=RecordingTrainer, config_cls=RecipeConfig,
+    **overrides,
+):  # fmt: skip
     kwargs = {
         "output_dir": str(output_dir),
         "use_cpu": True,
@@ -315,7 +329,7 @@ def make_trainer(model_dir, output_dir, reward=reward_mostly_degenerate, trainer
     peft_config = kwargs.pop("peft_config", None)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        args = FIPOConfig(**kwargs)
+        args = config_cls(**kwargs)
         return trainer_cls(
             model=model_dir, reward_funcs=reward, args=args, train_dataset=Dataset.from_dict({"prompt": PROMPTS}),
             peft_config=peft_config,
@@ -419,6 +433,7 @@ def test_length_metrics_are_extremes_over_all_rounds(tiny_model_dir, tmp_path):
 
 def test_round_limit_raises_as_official(tiny_model_dir, tmp_path):
     trainer = make_trainer(tiny_model_dir, tmp_path, reward=reward_always_wrong, max_num_gen_batches=3)
+    assert issubclass(RoundLimitError, TrainingError)  # a failure during training, not a mistake in the input
     with pytest.raises(RoundLimitError, match=r"kept 0 of the 2 groups .* after max_num_gen_batches=3 rounds"):
         trainer.train()
     assert len(trainer.rounds) == 3
@@ -446,8 +461,9 @@ def test_round_limit_stops_the_cli_with_one_line_and_the_step(tiny_model_dir, tm
     status, err = train_cli(
         tmp_path, capsys, reward_funcs=["test_dynamic_sampling.reward_always_wrong"], max_num_gen_batches=2
     )
-    assert status == 2 and err[-1].startswith("fipo-trl train: error: dynamic sampling kept 0 of the 8 groups")
-    assert err[-1].endswith("(at step 1; no checkpoint yet (save_steps=1))")
+    # a TrainingError: exit 3 and `failed:` (docs/troubleshooting.md), with where the run stopped
+    assert status == 3 and err[-1].startswith("fipo-trl train: failed: dynamic sampling kept 0 of the 8 groups")
+    assert "at step 1; no checkpoint yet (save_steps=1)" in err[-1]
     assert not any("Traceback" in line for line in err)
 
 
@@ -482,7 +498,7 @@ def test_unlimited_rounds_with_max_num_gen_batches_zero(tiny_model_dir, tmp_path
 
 
 def test_option_off_is_bit_identical_to_the_parent_code_path(tiny_model_dir, tmp_path):
-    class ParentPath(FIPOTrainer):  # FIPOTrainer as it was before dynamic sampling: TRL's generation methods
+    class ParentPath(RecipeTrainer):  # the CLI's trainer without its mixins' hooks: TRL's generation methods
         _generate_and_score_completions = GRPOTrainer._generate_and_score_completions
         _generate = GRPOTrainer._generate
         _calculate_rewards = GRPOTrainer._calculate_rewards
@@ -491,7 +507,7 @@ def test_option_off_is_bit_identical_to_the_parent_code_path(tiny_model_dir, tmp
         _get_train_sampler = GRPOTrainer._get_train_sampler
 
     runs = []
-    for cls in (FIPOTrainer, ParentPath):
+    for cls in (RecipeTrainer, ParentPath):
         trainer = make_trainer(tiny_model_dir, tmp_path / cls.__name__, trainer_cls=cls, dynamic_sampling=False)
         trainer.train()
         runs.append((losses(trainer), {n: p.detach().clone() for n, p in trainer.model.named_parameters()}))
@@ -599,15 +615,36 @@ def test_resume_without_saved_stream_warns(tiny_model_dir, tmp_path):
         resumed.train(resume_from_checkpoint=True)
 
 
-def test_dapo_baseline_gets_dynamic_sampling_through_the_mixin(tiny_model_dir, tmp_path):
-    class DAPOTrainer(DynamicSamplingMixin, GRPOTrainer):  # TRL's DAPO loss, FIPOConfig's dynamic_sampling fields
+def test_dapo_trainer_runs_filter_rounds_with_dapos_defaults(tiny_model_dir, tmp_path):
+    # a DAPO baseline is GRPOTrainer + the filter: real steps, several rounds, every trained group has signal
+    trainer = make_trainer(tiny_model_dir, tmp_path, trainer_cls=RecordingDAPOTrainer, config_cls=DAPOConfig)
+    assert isinstance(trainer, GRPOTrainer) and not isinstance(trainer, FIPOTrainer)
+    assert (trainer.args.loss_type, trainer.args.epsilon_high, trainer.args.delta) == ("dapo", 0.28, None)
+    trainer.train()
+    assert len(trainer.batches) == 2 and all(len(batch["rounds"]) > 1 for batch in trainer.batches)
+    for batch in trainer.batches:
+        assert batch["completion_ids"].size(0) == 8
+        assert all(int(prompt.split()[2]) % 4 == 0 for prompt in batch["prompts"])  # only groups with signal
+    generation_log = trainer.state.log_history[0]
+    assert generation_log["num_gen_batches"] == len(trainer.batches[0]["rounds"])
+    assert generation_log["frac_reward_zero_std"] == 0.0
+    assert not any(key.startswith("fipo/") for key in generation_log)
+    assert not list(tmp_path.glob("checkpoint-*/fipo_generation_state_*"))  # no exact resume unless asked
+
+
+def test_dapo_config_changes_only_dapos_defaults():
+    dapo, grpo = DAPOConfig(output_dir="unused", use_cpu=True), GRPOConfig(output_dir="unused", use_cpu=True)
+    changed = {f.name for f in dataclasses.fields(grpo) if getattr(dapo, f.name) != getattr(grpo, f.name)}
+    assert changed == {"epsilon_high"} and dapo.epsilon_high == 0.28 and dapo.dynamic_sampling
+    assert dapo.loss_type == "dapo" and not hasattr(grpo, "dynamic_sampling")
+
+
+def test_mixin_refuses_a_config_without_its_fields(tiny_model_dir, tmp_path):
+    class Filtered(DynamicSamplingMixin, GRPOTrainer):
         pass
 
-    trainer = make_trainer(tiny_model_dir, tmp_path, trainer_cls=DAPOTrainer, max_steps=2)
-    trainer.train()
-    generation_log = trainer.state.log_history[0]
-    assert generation_log["num_gen_batches"] > 1 and generation_log["frac_reward_zero_std"] == 0.0
-    assert not any(key.startswith("fipo/") for key in generation_log)
+    with pytest.raises(TypeError, match="needs a config with DynamicSamplingConfig's fields, got GRPOConfig"):
+        Filtered(tiny_model_dir, reward_always_wrong, args=GRPOConfig(str(tmp_path), use_cpu=True))
 
 
 def test_lora_training_with_dynamic_sampling(tiny_model_dir, tmp_path):
@@ -697,7 +734,7 @@ def test_overrides_defer_to_trl_on_a_trainer_built_without_init(tiny_model_dir, 
     # TRL's own tests build trainers with `object.__new__` and set the attributes they need: with FIPOTrainer's
     # mixins in the MRO, every override must then behave exactly as GRPOTrainer's (dynamic_sampling=True in args)
     grpo = make_trainer(tiny_model_dir, tmp_path, trainer_cls=GRPOTrainer)
-    shell = object.__new__(FIPOTrainer)
+    shell = object.__new__(RecipeTrainer)
     shell.__dict__.update(grpo.__dict__)  # GRPOTrainer's state; FIPOTrainer's and its mixins' __init__ never ran
     grpo.model.train()
     rows = [{"prompt": prompt} for prompt in PROMPTS[:2] for _ in range(G)]
@@ -719,7 +756,7 @@ def test_overrides_defer_to_trl_on_a_trainer_built_without_init(tiny_model_dir, 
     assert shell_batch.keys() == batch.keys() and "advantages" in batch
     for key, value in batch.items():
         assert torch.equal(shell_batch[key], value) if isinstance(value, torch.Tensor) else shell_batch[key] == value
-    assert (tmp_path / "FIPOTrainer" / "fipo_generation_state_0.pt").is_file()
+    assert (tmp_path / "RecipeTrainer" / "fipo_generation_state_0.pt").is_file()
 
 
 # ------------------------------------------------------------------------------------------------ two processes

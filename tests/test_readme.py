@@ -1,9 +1,11 @@
-"""The README's Python usage example and its eval command, and the example of docs/rewards-and-data.md, run as written
-(on the shipped tiny model, offline)."""
+"""The README's Python usage example and its eval command, the examples of docs/rewards-and-data.md and of the trainer
+page docs/fipo_trainer.md, run as written (on the shipped tiny model, offline)."""
 
 import json
 import re
 import shlex
+import sys
+import types
 from pathlib import Path
 
 import pytest
@@ -52,3 +54,31 @@ def test_rewards_page_example_prints_what_its_comments_say(tmp_path, monkeypatch
     monkeypatch.chdir(tmp_path)  # the example writes its small data files in the working directory
     exec(compile(code, "docs/rewards-and-data.md (Example)", "exec"), {})
     assert capsys.readouterr().out.splitlines() == expected
+
+
+def python_blocks(text):
+    """The ```python blocks of a markdown text, in order."""
+    return re.findall(r"^```python\n(.*?)^```", text, re.MULTILINE | re.DOTALL)
+
+
+def test_trainer_page_quick_start_and_every_extra_run(tmp_path, monkeypatch):
+    page = (ROOT / "docs" / "fipo_trainer.md").read_text()
+    quick_start = python_blocks(page[page.index("## Quick start") : page.index("## What FIPO changes")])
+    extras = python_blocks(page[page.index("## The extras") : page.index("## FIPOTrainer")])
+    assert len(quick_start) == 1 and len(extras) == 4, "the quick start and one snippet per extra"
+    monkeypatch.chdir(tmp_path)
+    # run as a user's script is: a module of its own, so that a checkpoint can pickle the classes the snippets define
+    script = types.ModuleType("fipo_trainer_page")
+    monkeypatch.setitem(sys.modules, script.__name__, script)
+    namespace, trainers = script.__dict__, []
+    for number, code in enumerate(quick_start + extras):  # the extras reuse the quick start's names
+        code = code.replace('"fipo_trl/assets/', f'"{ROOT}/fipo_trl/assets/')
+        exec(compile(code, f"docs/fipo_trainer.md (snippet {number})", "exec"), namespace)
+        trainers.append(namespace["trainer"])
+        assert trainers[-1].state.global_step == trainers[-1].args.max_steps
+    names = [type(trainer).__name__ for trainer in trainers]
+    assert names == ["FIPOTrainer", "FilteredFIPOTrainer", "DAPOTrainer", "ResumableFIPOTrainer", "FIPOTrainer"]
+    for filtered in trainers[1:3]:  # dynamic sampling ran
+        assert any("num_gen_batches" in entry for entry in filtered.state.log_history)
+    assert (tmp_path / "outputs" / "fipo-resumable" / "checkpoint-3" / "fipo_generation_state_0.pt").is_file()
+    assert any(type(c).__name__ == "RewardSpreadCallback" for c in trainers[-1].callback_handler.callbacks)

@@ -1,12 +1,20 @@
-"""The reward guard: errors name the reward, mismatched columns name both lengths, a reward without signal stops."""
+"""The reward guard: errors name the reward, mismatched columns name both lengths, a reward without signal stops;
+and the reward-spread stop, `RewardSpreadCallback`, on real runs of FIPOTrainer and GRPOTrainer."""
 
 import asyncio
+import contextlib
 import logging
 import math
 import pickle
+import warnings
 
 import pytest
+from conftest import PROMPTS, TINY_TRAINING
+from datasets import Dataset
+from trl import GRPOConfig, GRPOTrainer
 
+from fipo_trl import FIPOConfig, FIPOTrainer, RewardSpreadCallback
+from fipo_trl.errors import TrainingError
 from fipo_trl.rewards import dapo_accuracy_reward
 from fipo_trl.rewards.guard import (
     MAX_BATCHES_WITHOUT_SIGNAL,
@@ -157,3 +165,62 @@ def test_processes_decide_together_whether_a_batch_had_a_signal():
     results = mp.Manager().dict()
     mp.spawn(_two_process_worker, args=(port, results), nprocs=2)
     assert dict(results) == {0: "stopped", 1: "stopped"}  # both stop at the same call, so neither waits on the other
+
+
+# ------------------------------------------------------------------------------------------- the reward-spread stop
+def spread_only_at_step(step):
+    """The same reward for every completion, except in the generation batch generated at `global_step == step`."""
+
+    def reward(completions, trainer_state=None, **kwargs):
+        if trainer_state.global_step == step:
+            return [float(i % 2) for i in range(len(completions))]
+        return [0.5] * len(completions)
+
+    return reward
+
+
+def train_until_stopped(tiny_model_dir, tmp_path, callbacks, trainer_cls=FIPOTrainer, reward=None, **overrides):
+    """Train the tiny model (2 groups per generation batch, one every 2 steps) at most 8 steps; the last step."""
+    config_cls = FIPOConfig if trainer_cls is FIPOTrainer else GRPOConfig
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        args = config_cls(output_dir=str(tmp_path), **{**TINY_TRAINING, "max_steps": 8, **overrides})
+    trainer = trainer_cls(
+        model=tiny_model_dir,
+        reward_funcs=reward or spread_only_at_step(None),
+        args=args,
+        train_dataset=Dataset.from_dict({"prompt": PROMPTS * 4}),
+        callbacks=callbacks,
+    )
+    with pytest.raises(RewardError) if callbacks else contextlib.nullcontext() as info:
+        trainer.train()
+    return trainer.state.global_step, info
+
+
+@pytest.mark.parametrize("trainer_cls", [FIPOTrainer, GRPOTrainer])
+def test_spread_callback_stops_after_the_batches_and_groups_without_spread(tiny_model_dir, tmp_path, trainer_cls):
+    # generation batches at steps 1, 3, 5, 7, each 2 groups: 3 batches reach 6 groups at step 5, 8 groups take 4
+    step, info = train_until_stopped(tiny_model_dir, tmp_path, [RewardSpreadCallback(3, 6)], trainer_cls)
+    assert step == 5 and "every group of the last 3 generation batches (6 prompts)" in str(info.value)
+    step, _ = train_until_stopped(tiny_model_dir, tmp_path / "8", [RewardSpreadCallback(3, 8)], trainer_cls)
+    assert step == 7
+    assert issubclass(RewardError, TrainingError)
+
+
+def test_without_the_callback_a_run_without_spread_trains_on(tiny_model_dir, tmp_path):
+    # the stop is the CLI's policy: a library trainer is not given it
+    step, _ = train_until_stopped(tiny_model_dir, tmp_path, [])
+    assert step == 8
+
+
+def test_a_batch_with_spread_resets_the_count(tiny_model_dir, tmp_path):
+    # spread in the batch generated at step 3 (global_step 2): batches 1 | 3 reset | 5, 7 -> stops at 7, not 5
+    callbacks = [RewardSpreadCallback(2, 4)]
+    step, _ = train_until_stopped(tiny_model_dir, tmp_path, callbacks, reward=spread_only_at_step(2))
+    assert step == 7
+
+
+def test_a_log_of_several_steps_counts_every_batch_it_covers(tiny_model_dir, tmp_path):
+    # logging_steps=4: each log covers 2 generation batches; the stop waits for the log (step 8, not 5)
+    step, info = train_until_stopped(tiny_model_dir, tmp_path, [RewardSpreadCallback(3, 6)], logging_steps=4)
+    assert step == 8 and "the last 4 generation batches (8 prompts)" in str(info.value)

@@ -28,7 +28,7 @@ import yaml
 
 from ..batch_geometry import GEOMETRY_FIELDS, resolve_geometry
 from ..config import OFFICIAL_STEPS_PER_ROLLOUT
-from ..dynamic_sampling.group_filter import dynamic_sampling_summary
+from ..dynamic_sampling.group_filter import round_sizes
 from ..errors import UsageError
 from ..memory_estimate import GIB, OPTIM_BYTES, WEIGHT_BYTES, Sharding, memory_per_gpu, model_shape, parameter_count
 from .recipe import read_yaml_file
@@ -342,3 +342,70 @@ def read_accelerate_config(path):
         return Sharding(label, 3, offload, offload, **counts)
     label = "DDP (replicated)" if kind == "MULTI_GPU" else "single process"
     return Sharding(label, 0, **counts)
+
+
+def dynamic_sampling_summary(
+    args, generation_batch_size: int, num_processes: int, optimizer_steps_per_generation: float
+) -> list[tuple[str, str]]:
+    """
+    What the dynamic-sampling fields of a recipe imply, as `(name, value)` rows for `fipo-trl check`.
+
+    Args:
+        args: anything with [`~fipo_trl.DynamicSamplingConfig`]'s fields and `num_generations` (a parsed recipe
+            config; its batch geometry is not read).
+        generation_batch_size (`int`): completions per generation batch at the real world size.
+        num_processes (`int`): training processes.
+        optimizer_steps_per_generation (`float`): optimizer steps fed by one generation batch.
+
+    Raises:
+        ValueError: when the fields are impossible at this geometry (the message names the field and the fix).
+    """
+    if not args.dynamic_sampling:
+        return [("dynamic sampling", "off: every generated group is trained on")]
+    group = args.num_generations
+    kept_groups, per_round = round_sizes(
+        generation_batch_size, group, args.dynamic_sampling_prompts_per_round, num_processes
+    )
+    rounds = args.max_num_gen_batches
+    metric = {
+        "accuracy": "accuracy (first reward > 0, official `acc`)",
+        "reward": "summed weighted reward",
+    }.get(args.dynamic_sampling_metric, f"reward function {args.dynamic_sampling_metric!r}")
+    rows = [
+        ("dynamic sampling", f"on: drop groups whose {metric} is the same for all {group} completions"),
+        ("prompts per round", f"{per_round} ({per_round * group} completions)"),
+        ("kept groups per generation batch", f"{kept_groups} ({kept_groups * group} completions)"),
+        ("max rounds per generation batch", str(rounds) if rounds > 0 else "unlimited (max_num_gen_batches <= 0)"),
+    ]
+    if rounds > 0:
+        worst = rounds * per_round * group
+        rows += [
+            ("worst-case completions per generation batch", f"{worst} ({rounds} rounds)"),
+            (
+                "worst-case completions per optimizer step",
+                f"{worst / optimizer_steps_per_generation:g} "
+                f"(filter off: {kept_groups * group / optimizer_steps_per_generation:g})",
+            ),
+            ("groups that must survive to stay under the limit", f"{kept_groups / (rounds * per_round):.1%}"),
+            (
+                "when the limit is hit",
+                "error (official)"
+                if args.dynamic_sampling_on_limit == "raise"
+                else "fill the batch with dropped groups (A = 0), warn and log",
+            ),
+        ]
+    # docs/dynamic-sampling.md: the dataloader gives each prompt once per epoch, the other rounds draw from the stream
+    fewest = per_round / kept_groups
+    most = f"{rounds * fewest:g}×" if rounds > 0 else "unbounded"
+    rows += [
+        (
+            "one epoch (num_train_epochs)",
+            f"one pass of the dataloader: dataset prompts / {kept_groups} generation batches, as with the filter off",
+        ),
+        (
+            "prompts generated per epoch",
+            f"{fewest:g}× to {most} the dataset (extra prompts come from a separate seeded stream; official verl: "
+            "every round uses up the epoch)",
+        ),
+    ]
+    return rows

@@ -1,10 +1,11 @@
 """The recipe of `fipo-trl train` and `fipo-trl check`: a YAML file of fields, overridden by `--field value` flags.
 
 `trl.TrlParser` splits the fields over three dataclasses, as open-r1's recipes do: [`FIPOScriptArguments`] (data,
-rewards, the held-out check, evaluation during training), [`~fipo_trl.FIPOConfig`] (every `GRPOConfig` /
-`TrainingArguments` field plus `fipo_*`) and `trl.ModelConfig`. [`parse_recipe`] turns `RECIPE.yaml [--field value
-...]` into the three, or raises a one-line [`UsageError`]; [`read_yaml_file`] and [`check_recipe_types`] read a YAML
-file and check its values' types before any dataclass sees them.
+rewards, the held-out check, evaluation during training), [`~fipo_trl.cli.recipe_classes.RecipeConfig`] (every
+`GRPOConfig` / `TrainingArguments` field plus `fipo_*` and the dynamic-sampling fields) and `trl.ModelConfig`.
+[`parse_recipe`] turns `RECIPE.yaml [--field value ...]` into the three, or raises a one-line [`UsageError`];
+[`read_yaml_file`] and [`check_recipe_types`] read a YAML file and check its values' types before any dataclass sees
+them.
 """
 
 import ast
@@ -136,12 +137,22 @@ class FIPOScriptArguments(ScriptArguments):
 
 
 def make_parser():
-    """The `TrlParser` of a recipe: (FIPOScriptArguments, FIPOConfig, ModelConfig)."""
+    """The `TrlParser` of a recipe: (FIPOScriptArguments, RecipeConfig, ModelConfig)."""
     from trl import TrlParser
 
-    from ..config import FIPOConfig
+    from .recipe_classes import RecipeConfig
 
-    return TrlParser((FIPOScriptArguments, FIPOConfig, ModelConfig), prog="fipo-trl train")
+    return TrlParser((FIPOScriptArguments, RecipeConfig, ModelConfig), prog="fipo-trl train")
+
+
+def check_dynamic_sampling_metric(training_args, reward_func_names):
+    """[`~fipo_trl.dynamic_sampling.group_filter.check_dynamic_sampling_metric`], as a [`UsageError`]."""
+    from ..dynamic_sampling.group_filter import check_dynamic_sampling_metric as check
+
+    try:
+        check(training_args, reward_func_names)
+    except ValueError as error:
+        raise UsageError(str(error)) from None
 
 
 def join_negative_values(argv):
@@ -173,7 +184,7 @@ def parse_recipe(argv):
     Parse `RECIPE.yaml [--field value ...]` (or `--config RECIPE.yaml ...`) into the three dataclasses.
 
     Returns:
-        `tuple[FIPOScriptArguments, FIPOConfig, ModelConfig]`: CLI flags override the YAML.
+        `tuple[FIPOScriptArguments, RecipeConfig, ModelConfig]`: CLI flags override the YAML.
 
     Raises:
         UsageError: for an unknown field, a bad value, or a recipe file that cannot be read.
@@ -214,19 +225,24 @@ def parse_recipe(argv):
 def fipo_config_fields():
     """
     `(name, default, help)` of the fields that [`~fipo_trl.FIPOConfig`] declares itself (its FIPO fields and the
-    GRPOConfig defaults it changes), read from the source of `config.py`: importing it would import TRL's
-    GRPOConfig and torch, seconds that `--help` should not take.
+    GRPOConfig defaults it changes) and of [`~fipo_trl.DynamicSamplingConfig`], read from their sources: importing
+    them would import TRL's GRPOConfig and torch, seconds that `--help` should not take.
     """
-    tree = ast.parse((Path(__file__).parents[1] / "config.py").read_text())
-    config = next(node for node in tree.body if isinstance(node, ast.ClassDef) and node.name == "FIPOConfig")
+    from .. import official
+
     fields = []
-    for node in config.body:
-        if not (isinstance(node, ast.AnnAssign) and isinstance(node.value, ast.Call)):
-            continue
-        keywords = {keyword.arg: keyword.value for keyword in node.value.keywords}
-        default = ast.unparse(keywords["default"]) if "default" in keywords else "required"
-        metadata = ast.literal_eval(keywords["metadata"]) if "metadata" in keywords else {}
-        fields.append((node.target.id, default, metadata.get("help", "")))
+    for source, name in (("config.py", "FIPOConfig"), ("dynamic_sampling/config.py", "DynamicSamplingConfig")):
+        tree = ast.parse((Path(__file__).parents[1] / source).read_text())
+        config = next(node for node in tree.body if isinstance(node, ast.ClassDef) and node.name == name)
+        for node in config.body:
+            if not (isinstance(node, ast.AnnAssign) and isinstance(node.value, ast.Call)):
+                continue
+            keywords = {keyword.arg: keyword.value for keyword in node.value.keywords}
+            default = ast.unparse(keywords["default"]) if "default" in keywords else "required"
+            if default.startswith("official."):  # a number of the official run, named once in official.py
+                default = repr(getattr(official, default.removeprefix("official.")))
+            metadata = ast.literal_eval(keywords["metadata"]) if "metadata" in keywords else {}
+            fields.append((node.target.id, default, metadata.get("help", "")))
     return fields
 
 
@@ -252,7 +268,7 @@ def short_help() -> str:
         *rows(script_fields),
         "  also from trl.ScriptArguments: --dataset_config, --dataset_train_split, --dataset_test_split",
         "",
-        "FIPO fields and changed GRPOConfig defaults (FIPOConfig):",
+        "FIPO fields, changed GRPOConfig defaults, dynamic sampling (FIPOConfig, DynamicSamplingConfig):",
         *rows(fipo_config_fields()),
         *rows([("steps_per_generation", "None", "None: 8 × gradient_accumulation_steps (official: 8 per batch).")]),
         "",

@@ -46,16 +46,17 @@ def main(script_args, training_args, model_args):
 
     from ..callbacks import get_callbacks
     from ..data.math_datasets import get_dataset
-    from ..dynamic_sampling.group_filter import check_dynamic_sampling_metric
     from ..evaluation.datasets import load_eval_datasets
     from ..evaluation.heldout import heldout_check
     from ..model_loading import check_model_fits, load_tokenizer, resolve_model_path
     from ..rewards import get_reward_funcs
+    from ..rewards.spread import RewardSpreadCallback
     from ..run.checkpoints import ResumedSettingsCallback
     from ..run.preemption import PreemptionCallback
     from ..run.preflight import check_output_dir, check_training_args
     from ..run.weight_files import check_weight_files
-    from ..trainer import FIPOTrainer
+    from .recipe import check_dynamic_sampling_metric
+    from .recipe_classes import RecipeTrainer
 
     check_training_args(training_args)
     check_output_dir(training_args.output_dir)
@@ -78,7 +79,7 @@ def main(script_args, training_args, model_args):
     }
     training_args.model_init_kwargs = {**model_init_kwargs, **(training_args.model_init_kwargs or {})}
 
-    trainer = FIPOTrainer(
+    trainer = RecipeTrainer(
         model=model_args.model_name_or_path,
         reward_funcs=reward_funcs,
         args=training_args,
@@ -94,6 +95,7 @@ def main(script_args, training_args, model_args):
     trainer.add_callback(preemption)
     for callback in get_callbacks(script_args, training_args, trainer, eval_datasets):
         trainer.add_callback(callback)
+    trainer.add_callback(RewardSpreadCallback())  # last: the console has shown the log of the step it stops at
 
     def check():  # one sampled completion per held-out problem, as in training
         return heldout_check(

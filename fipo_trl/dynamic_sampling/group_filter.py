@@ -9,8 +9,8 @@ The official FIPO/DAPO run (verl `algorithm.filter_groups`, docs/fipo.md §3.2) 
    an error past that, 0 = no limit), then truncates the survivors, in generation order, to exactly that number;
 4. it logs the number of rounds as `num_gen_batches`.
 
-`FIPOTrainer` feeds these functions from TRL's batch; they are tested against plain Python references
-(`tests/test_dynamic_sampling.py`).
+[`~fipo_trl.DynamicSamplingMixin`] feeds these functions from TRL's batch; they are tested against plain Python
+references (`tests/test_dynamic_sampling.py`).
 """
 
 from collections.abc import Sequence
@@ -19,7 +19,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 
-from ..errors import UsageError
+from ..errors import TrainingError
 
 
 METRICS = ("accuracy", "reward")  # or the name of one reward function
@@ -27,11 +27,11 @@ ON_LIMIT = ("raise", "fill")
 _STREAM_KEY = 0x5EED  # keeps the stream's order apart from TRL's sampler, which is seeded with the same `seed`
 
 
-class RoundLimitError(UsageError):
+class RoundLimitError(TrainingError):
     """`max_num_gen_batches` rounds kept too few groups (`dynamic_sampling_on_limit="raise"`, the official behaviour).
 
-    A [`UsageError`], like a failing reward: `fipo-trl train` reports it as one line with the step and the last
-    checkpoint, since the fix is in the recipe (more rounds, `"fill"`, other data) and the run can resume from there.
+    A [`TrainingError`], like a failing reward: `fipo-trl train` reports it as one line with the step and the last
+    checkpoint; the fix is in the recipe (more rounds, `"fill"`, other data) and the run can resume from there.
     """
 
 
@@ -79,17 +79,17 @@ def check_dynamic_sampling_metric(args: Any, reward_func_names: Sequence[str]) -
     Refuse a `dynamic_sampling_metric` that names no reward function of the run, before any model is loaded.
 
     Args:
-        args: anything with FIPOConfig's `dynamic_sampling` and `dynamic_sampling_metric` (nothing is checked when
-            the filter is off).
+        args: anything with [`DynamicSamplingConfig`]'s `dynamic_sampling` and `dynamic_sampling_metric` (nothing is
+            checked when the filter is off).
         reward_func_names (`Sequence[str]`): the rewards' names as TRL gives them (`GRPOTrainer.reward_func_names`:
             a function's `__name__`).
 
     Raises:
-        UsageError: naming the metric and the names it may take.
+        ValueError: naming the metric and the names it may take.
     """
     metric = args.dynamic_sampling_metric
     if args.dynamic_sampling and metric not in METRICS and metric not in reward_func_names:
-        raise UsageError(
+        raise ValueError(
             f"dynamic_sampling_metric={metric!r} is not {METRICS[0]!r}, {METRICS[1]!r} or a reward function of "
             f"this run ({', '.join(reward_func_names)})."
         )
@@ -308,71 +308,3 @@ def merge_round_metrics(per_round: dict[str, Sequence[float]], completions_per_r
     else:
         merged.update(dict.fromkeys(ROUND_LENGTH_METRICS[4:], 0.0))
     return merged
-
-
-def dynamic_sampling_summary(
-    args: Any, generation_batch_size: int, num_processes: int, optimizer_steps_per_generation: float
-) -> list[tuple[str, str]]:
-    """
-    What the dynamic-sampling fields of a recipe imply, as `(name, value)` rows for `fipo-trl check`.
-
-    Args:
-        args: anything with FIPOConfig's attributes `dynamic_sampling`, `dynamic_sampling_metric`,
-            `dynamic_sampling_prompts_per_round`, `max_num_gen_batches`, `dynamic_sampling_on_limit` and
-            `num_generations` (a parsed `FIPOConfig`; its batch geometry is not read).
-        generation_batch_size (`int`): completions per generation batch at the real world size.
-        num_processes (`int`): training processes.
-        optimizer_steps_per_generation (`float`): optimizer steps fed by one generation batch.
-
-    Raises:
-        ValueError: when the fields are impossible at this geometry (the message names the field and the fix).
-    """
-    if not args.dynamic_sampling:
-        return [("dynamic sampling", "off: every generated group is trained on")]
-    group = args.num_generations
-    kept_groups, per_round = round_sizes(
-        generation_batch_size, group, args.dynamic_sampling_prompts_per_round, num_processes
-    )
-    rounds = args.max_num_gen_batches
-    metric = {
-        "accuracy": "accuracy (first reward > 0, official `acc`)",
-        "reward": "summed weighted reward",
-    }.get(args.dynamic_sampling_metric, f"reward function {args.dynamic_sampling_metric!r}")
-    rows = [
-        ("dynamic sampling", f"on: drop groups whose {metric} is the same for all {group} completions"),
-        ("prompts per round", f"{per_round} ({per_round * group} completions)"),
-        ("kept groups per generation batch", f"{kept_groups} ({kept_groups * group} completions)"),
-        ("max rounds per generation batch", str(rounds) if rounds > 0 else "unlimited (max_num_gen_batches <= 0)"),
-    ]
-    if rounds > 0:
-        worst = rounds * per_round * group
-        rows += [
-            ("worst-case completions per generation batch", f"{worst} ({rounds} rounds)"),
-            (
-                "worst-case completions per optimizer step",
-                f"{worst / optimizer_steps_per_generation:g} "
-                f"(filter off: {kept_groups * group / optimizer_steps_per_generation:g})",
-            ),
-            ("groups that must survive to stay under the limit", f"{kept_groups / (rounds * per_round):.1%}"),
-            (
-                "when the limit is hit",
-                "error (official)"
-                if args.dynamic_sampling_on_limit == "raise"
-                else "fill the batch with dropped groups (A = 0), warn and log",
-            ),
-        ]
-    # docs/dynamic-sampling.md: the dataloader gives each prompt once per epoch, the other rounds draw from the stream
-    fewest = per_round / kept_groups
-    most = f"{rounds * fewest:g}×" if rounds > 0 else "unbounded"
-    rows += [
-        (
-            "one epoch (num_train_epochs)",
-            f"one pass of the dataloader: dataset prompts / {kept_groups} generation batches, as with the filter off",
-        ),
-        (
-            "prompts generated per epoch",
-            f"{fewest:g}× to {most} the dataset (extra prompts come from a separate seeded stream; official verl: "
-            "every round uses up the epoch)",
-        ),
-    ]
-    return rows

@@ -13,18 +13,16 @@ loss 0 and grad norm 0 for as long as it is left running. [`guard_reward`] wraps
 4. NaN is reported once (TRL treats it like `None`, which is rarely what a NaN means);
 5. a reward that scores none of the completions of [`MAX_BATCHES_WITHOUT_SIGNAL`] batches in a row stops the run.
 
-Rewards that all score, but give every completion of a group the same total (a `solution` that no answer can match,
-a reward that ignores the completion), leave every advantage at 0 as surely: [`RewardSpreadGuardMixin`] stops a
-trainer whose every group has had no reward spread for [`MAX_BATCHES_WITHOUT_SPREAD`] generation batches (and at
-least [`MIN_GROUPS_WITHOUT_SPREAD`] groups) in a row. It reads TRL's own `frac_reward_zero_std`, so it needs the
-group structure that only the trainer has.
+Rewards that all score, but give every completion of a group the same total, leave every advantage at 0 as surely:
+that needs the group structure, which only the trainer has; [`~fipo_trl.rewards.spread.RewardSpreadCallback`] stops
+such a run from TRL's logged `frac_reward_zero_std`.
 """
 
 import logging
 import math
 import traceback
 
-from ..errors import UsageError
+from ..errors import TrainingError
 
 
 logger = logging.getLogger(__name__)
@@ -37,15 +35,8 @@ logger = logging.getLogger(__name__)
 MAX_BATCHES_WITHOUT_SIGNAL = 3
 
 
-# A group with no spread is normal (a problem every completion solves); every group of a batch is not, for long. A
-# model with 90% accuracy and G=4 gives a group no spread with p = 0.9**4 + 0.1**4 ~ 0.66: 64 such groups in a row
-# have p ~ 3e-12. Both counts must be reached, so that tiny batches (2 groups) do not stop a healthy run.
-MAX_BATCHES_WITHOUT_SPREAD = 3
-MIN_GROUPS_WITHOUT_SPREAD = 64
-
-
-class RewardError(UsageError):
-    """A reward function failed or gave no usable reward; the message names it."""
+class RewardError(TrainingError):
+    """A reward function failed or gave no usable reward during training; the message names it."""
 
 
 def check_same_length(**columns) -> None:
@@ -227,42 +218,3 @@ def guard_reward(reward_func, name=None, max_batches_without_signal=MAX_BATCHES_
 
     guard_class = AsyncRewardGuard if is_async_callable(reward_func) else RewardGuard
     return guard_class(reward_func, name=name, max_batches_without_signal=max_batches_without_signal)
-
-
-class RewardSpreadGuardMixin:
-    """
-    Stop a `GRPOTrainer` (subclass) whose generation batches have no reward spread in any group, many in a row.
-
-    After each generation batch, `_generate_and_score_completions` reads the `frac_reward_zero_std` that TRL has just
-    logged (computed from the gathered rewards, hence the same on every process): when it is 1 for
-    [`MAX_BATCHES_WITHOUT_SPREAD`] batches and at least [`MIN_GROUPS_WITHOUT_SPREAD`] groups in a row, every
-    advantage of all of them was 0 and the run has trained on nothing: [`RewardError`] stops it. With dynamic
-    sampling, the check sees the batch trained on (the kept groups), so it fires only when the filter had to fill the
-    batch with groups without spread.
-    """
-
-    _batches_without_spread = 0
-    _groups_without_spread = 0
-
-    def _generate_and_score_completions(self, inputs):
-        output = super()._generate_and_score_completions(inputs)
-        if self.model.training:
-            self._count_spread(self._metrics["train"]["frac_reward_zero_std"][-1])
-        return output
-
-    def _count_spread(self, frac_reward_zero_std):
-        if frac_reward_zero_std < 1:
-            self._batches_without_spread = self._groups_without_spread = 0
-            return
-        self._batches_without_spread += 1
-        self._groups_without_spread += self.args.generation_batch_size // self.num_generations
-        if (
-            self._batches_without_spread >= MAX_BATCHES_WITHOUT_SPREAD
-            and self._groups_without_spread >= MIN_GROUPS_WITHOUT_SPREAD
-        ):
-            raise RewardError(
-                f"every group of the last {self._batches_without_spread} generation batches "
-                f"({self._groups_without_spread} prompts) got the same reward for all its completions: every "
-                "advantage is 0 and the run learns nothing; check the rewards against the data (does any "
-                "completion ever match its solution?)"
-            )

@@ -1,7 +1,7 @@
 """
 DAPO's dynamic sampling as a trainer mixin: filter rounds until a generation batch holds only groups with a reward
-spread (the group filter itself is pure torch in [`fipo_trl.dynamic_sampling.group_filter`]). Resume state comes
-from [`fipo_trl.exact_resume.ExactResumeMixin`].
+spread. The group filter itself is pure torch in [`fipo_trl.dynamic_sampling.group_filter`], the fields in
+[`fipo_trl.dynamic_sampling.config`].
 """
 
 import warnings
@@ -11,7 +11,7 @@ import torch
 from accelerate.utils import gather_object
 from datasets import IterableDataset
 
-from ..exact_resume import ExactResumeMixin
+from .config import DynamicSamplingConfig
 from .group_filter import (
     ROUND_LENGTH_METRICS,
     GroupFilter,
@@ -80,27 +80,35 @@ class Round(NamedTuple):
     verdict: GroupFilter
 
 
-class DynamicSamplingMixin(ExactResumeMixin):
+class DynamicSamplingMixin:
     """
-    DAPO's dynamic sampling (`fipo_trl.dynamic_sampling.group_filter`) for `GRPOTrainer` and its subclasses, with the
-    exact resume of [`ExactResumeMixin`].
+    DAPO's dynamic sampling (docs/dynamic-sampling.md) for `GRPOTrainer` and its subclasses:
+    `class MyTrainer(DynamicSamplingMixin, GRPOTrainer)`, given a config with [`DynamicSamplingConfig`]'s fields.
 
-    With `args.dynamic_sampling=True` (a [`FIPOConfig`]), `_generate_and_score_completions` first runs the filter
-    rounds (`_dynamic_sampling`), then calls the parent once on the kept rows, with `_generate` and
-    `_calculate_rewards` replaying what the rounds produced, so TRL itself derives everything else (old log-probs,
-    advantages, `num_items_in_batch`, vLLM IS ratios, metrics) from the kept batch. For the DAPO baseline:
-    `class DAPOTrainer(DynamicSamplingMixin, GRPOTrainer)` with a `FIPOConfig`.
+    TRL hooks it overrides: `_generate_and_score_completions`, `_generate` and `_calculate_rewards` (and it reads
+    `_metrics` and `_pending_extra_logs`). With `args.dynamic_sampling=True`, `_generate_and_score_completions`
+    first runs the filter rounds (`_dynamic_sampling`), then calls the parent once on the kept rows, with `_generate`
+    and `_calculate_rewards` replaying what the rounds produced, so TRL itself derives everything else (old
+    log-probs, advantages, `num_items_in_batch`, vLLM IS ratios, metrics) from the kept batch. With it off, each
+    override is the parent's call. [`~fipo_trl.DAPOTrainer`] is this mixin on `GRPOTrainer`; the prompt stream is
+    kept across a resume only with [`~fipo_trl.ExactResumeMixin`] in the trainer as well.
     """
 
     # Class-level, so that the overrides defer to TRL on a trainer whose `__init__` did not run (TRL's own tests build
-    # trainers with `object.__new__`); `prompt_stream` is `ExactResumeMixin`'s
+    # trainers with `object.__new__`)
     _replay = None
+    prompt_stream = None
 
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
+    def __init__(self, model, reward_funcs=None, args=None, **kwargs):
+        if not isinstance(args, DynamicSamplingConfig):
+            raise TypeError(
+                f"{type(self).__name__} needs a config with DynamicSamplingConfig's fields, got "
+                f"{type(args).__name__}: pass a DAPOConfig, or a dataclass of DynamicSamplingConfig and your config."
+            )
+        super().__init__(model, reward_funcs, args=args, **kwargs)
         self._replay = None  # one-shot generation + rewards of the kept rows, consumed by the parent's next call
         self.prompt_stream = None
-        if getattr(self.args, "dynamic_sampling", False) and self.train_dataset is not None:
+        if self.args.dynamic_sampling and self.train_dataset is not None:
             self._check_dynamic_sampling_support()
             # in dataset order (shuffle_dataset=False) it continues after the dataloader's first generation batch
             start = 0 if self.shuffle_dataset else self._round_sizes().kept_groups
