@@ -165,7 +165,7 @@ def test_shipped_model_path_resolves_outside_the_repository(tmp_path, monkeypatc
 
 def test_without_wandb_the_recipe_falls_back_to_console_logging(monkeypatch, tmp_path, caplog):
     # wandb is a dependency, so its absence is simulated: the same recipe keeps wandb when it imports
-    from fipo_trl.cli.train import set_up_wandb
+    from fipo_trl.run.setup import set_up_wandb
 
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))  # else set_up_wandb would set it for the rest of the session
     _, training_args, _ = parse_recipe([str(RECIPE), "--output_dir", str(tmp_path / "with")])

@@ -15,7 +15,6 @@ Reads the recipe the way `fipo-trl train` does, loads no model and prints:
 computed from the recipe's raw fields for N processes, with TRL 1.16's rules (`GRPOConfig.__post_init__`).
 """
 
-import argparse
 import dataclasses
 import io
 import json
@@ -31,6 +30,7 @@ from ..config import OFFICIAL_STEPS_PER_ROLLOUT
 from ..dynamic_sampling.group_filter import dynamic_sampling_summary
 from ..errors import UsageError
 from ..memory_estimate import GIB, OPTIM_BYTES, WEIGHT_BYTES, Sharding, memory_per_gpu, model_shape, parameter_count
+from . import RaisingArgumentParser
 from .recipe import read_yaml_file
 
 
@@ -253,14 +253,8 @@ def describe(recipe_path, recipe, geometry, args, script_args, model_args, shard
     return lines
 
 
-class _ArgumentParser(argparse.ArgumentParser):
-    # argparse prints usage and exits on a bad flag; raising keeps the command's error to one line
-    def error(self, message):
-        raise UsageError(message)
-
-
 def make_parser():
-    parser = _ArgumentParser(
+    parser = RaisingArgumentParser(
         prog="fipo-trl check",
         description="Print the batch geometry, FIPO on/off verdict, token and memory budget of a recipe at scale.",
     )
