@@ -11,6 +11,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 import yaml
+from conftest import FAST_RUN, as_flags
 
 from fipo_trl.cli import main as cli_main
 from fipo_trl.cli.recipe import FIPOScriptArguments, make_parser, parse_recipe
@@ -23,21 +24,9 @@ from fipo_trl.rewards import get_reward_funcs
 
 RECIPE = Path(__file__).resolve().parents[1] / "configs" / "quickstart.yaml"
 SHIPPED_MODEL = ASSETS_DIR / "tiny-qwen2-addition"
-# 16 completions per step (4 prompts × G=4), 2 optimizer steps per generation batch: step 2 is off-policy
-FAST = [
-    "--per_device_train_batch_size", "16", "--num_generations", "4", "--steps_per_generation", "2",
-    "--max_completion_length", "12", "--synthetic_train_size", "64", "--heldout_size", "8",
-    "--logging_steps", "1", "--save_steps", "1",
-]  # fmt: skip
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    # the CPU is shared: OpenMP threads spinning against other processes make a step 10x slower
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# conftest's fast run with 8 held-out problems and a checkpoint at every step
+FAST = as_flags({**FAST_RUN, "heldout_size": 8, "save_steps": 1})
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -26,27 +26,40 @@ from pathlib import Path
 import yaml
 
 from ..batch_geometry import GEOMETRY_FIELDS, resolve_geometry
-from ..config import OFFICIAL_STEPS_PER_ROLLOUT
 from ..dynamic_sampling.group_filter import dynamic_sampling_summary
 from ..errors import UsageError
 from ..memory_estimate import GIB, OPTIM_BYTES, WEIGHT_BYTES, Sharding, memory_per_gpu, model_shape, parameter_count
+from ..official import (
+    MAX_COMPLETION_LENGTH,
+    MAX_NUM_GEN_BATCHES,
+    MAX_PROMPT_LENGTH,
+    NUM_GENERATIONS,
+    PROMPTS_PER_MINI_BATCH,
+    PROMPTS_PER_ROUND,
+    PROMPTS_PER_STEP,
+    STEPS_PER_ROLLOUT,
+)
 from . import RaisingArgumentParser
 from .recipe import read_yaml_file
 
 
-# Official 32B run (docs/fipo.md §3.1): 512 prompts × 16 per step, 8 mini-batches of 64 prompts, 20480 + 2048 tokens
+# Official 32B run (docs/fipo.md §3.1), from `fipo_trl.official`
 OFFICIAL = {
-    "prompts_per_generation": 512,
-    "completions_per_generation": 8192,
-    "completions_per_step": 1024,
-    "steps_per_generation": OFFICIAL_STEPS_PER_ROLLOUT,
-    "num_generations": 16,
-    "max_completion_length": 20480,
-    "max_prompt_length": 2048,
+    "prompts_per_generation": PROMPTS_PER_STEP,
+    "completions_per_generation": PROMPTS_PER_STEP * NUM_GENERATIONS,
+    "completions_per_step": PROMPTS_PER_MINI_BATCH * NUM_GENERATIONS,
+    "steps_per_generation": STEPS_PER_ROLLOUT,
+    "num_generations": NUM_GENERATIONS,
+    "max_completion_length": MAX_COMPLETION_LENGTH,
+    "max_prompt_length": MAX_PROMPT_LENGTH,
 }
-# 32B script: algorithm.filter_groups (metric acc, max_num_gen_batches 10), gen_batch_size 2048, train_batch_size 512
-OFFICIAL_DYNAMIC_SAMPLING = "on, 2048 prompts per round, 512 kept, at most 10 rounds, metric acc"
-OFFICIAL_PROMPT_COUNTS = (64, 512, 2048)  # 32B mini-batch, training batch and generation batch, all in prompts
+# 32B script: algorithm.filter_groups (metric acc), gen_batch_size, train_batch_size, max_num_gen_batches
+OFFICIAL_DYNAMIC_SAMPLING = (
+    f"on, {PROMPTS_PER_ROUND} prompts per round, {PROMPTS_PER_STEP} kept, at most "
+    f"{MAX_NUM_GEN_BATCHES} rounds, metric acc"
+)
+# 32B mini-batch, training batch and generation batch, all in prompts
+OFFICIAL_PROMPT_COUNTS = (PROMPTS_PER_MINI_BATCH, PROMPTS_PER_STEP, PROMPTS_PER_ROUND)
 
 
 def cli_overrides(extra_args):
@@ -105,14 +118,14 @@ def find_warnings(recipe, geometry, args, script_args, model_args, sharding):
     for name in ("per_device_train_batch_size", "generation_batch_size"):
         if recipe.get(name) in OFFICIAL_PROMPT_COUNTS:
             found.append(
-                f"{name}={recipe[name]} looks like a count of prompts (official: 512 prompts per batch, mini-batches "
-                f"of 64); TRL counts completions, so this is {recipe[name] / geometry.num_generations:g} prompts "
-                f"× {geometry.num_generations}."
+                f"{name}={recipe[name]} looks like a count of prompts (official: {PROMPTS_PER_STEP} prompts per "
+                f"batch, mini-batches of {PROMPTS_PER_MINI_BATCH}); TRL counts completions, so this is "
+                f"{recipe[name] / geometry.num_generations:g} prompts × {geometry.num_generations}."
             )
     if not geometry.off_policy:
         found.append(
             "every optimizer step is on-policy: log π_θ = log π_old, all FIPO weights are 1 and FIPO is exactly DAPO. "
-            "Set steps_per_generation to a multiple of gradient_accumulation_steps (official: 8 ×)."
+            f"Set steps_per_generation to a multiple of gradient_accumulation_steps (official: {STEPS_PER_ROLLOUT} ×)."
         )
     elif geometry.steps_per_generation % geometry.gradient_accumulation_steps:
         found.append(
@@ -122,8 +135,8 @@ def find_warnings(recipe, geometry, args, script_args, model_args, sharding):
     if geometry.num_iterations > 1:
         found.append(
             f"num_iterations={geometry.num_iterations} revisits the same completions (FIPO then also sees the effect "
-            "of training on that very completion); the official run uses num_iterations=1 and 8 disjoint "
-            "mini-batches: raise steps_per_generation instead."
+            f"of training on that very completion); the official run uses num_iterations=1 and {STEPS_PER_ROLLOUT} "
+            "disjoint mini-batches: raise steps_per_generation instead."
         )
     if args.use_vllm and args.vllm_importance_sampling_correction:
         found.append(
@@ -147,7 +160,10 @@ def find_warnings(recipe, geometry, args, script_args, model_args, sharding):
     if args.max_completion_length >= 8192 and not args.gradient_checkpointing:
         found.append(f"gradient_checkpointing is off with {args.max_completion_length}-token completions.")
     if script_args.max_prompt_length is None:
-        found.append("max_prompt_length is not set: prompts are never truncated (official: 2048, left-truncated).")
+        found.append(
+            "max_prompt_length is not set: prompts are never truncated "
+            f"(official: {MAX_PROMPT_LENGTH}, left-truncated)."
+        )
     return found
 
 

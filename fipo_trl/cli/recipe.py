@@ -21,6 +21,7 @@ from typing import Literal
 from trl import ModelConfig, ScriptArguments
 
 from ..errors import UsageError
+from ..official import MAX_PROMPT_LENGTH, OVERLONG_BUFFER
 
 
 USAGE = "usage: fipo-trl train RECIPE.yaml [--field value ...]   (e.g. fipo-trl train configs/quickstart.yaml)"
@@ -95,10 +96,14 @@ class FIPOScriptArguments(ScriptArguments):
         metadata={"help": "Reward names (dapo_accuracy, math_verify, soft_overlong) or dotted import paths."},
     )
     overlong_buffer_length: int = field(
-        default=4096, metadata={"help": "Buffer of the soft_overlong reward (official DAPO/FIPO: 4096)."}
+        default=OVERLONG_BUFFER,
+        metadata={"help": f"Buffer of the soft_overlong reward (official DAPO/FIPO: {OVERLONG_BUFFER})."},
     )
     max_prompt_length: int | None = field(
-        default=None, metadata={"help": "Left-truncate prompts to this many tokens (official: 2048); None keeps all."}
+        default=None,
+        metadata={
+            "help": f"Left-truncate prompts to this many tokens (official: {MAX_PROMPT_LENGTH}); None keeps all."
+        },
     )
     synthetic_task: str = field(
         default="addition", metadata={"help": "Synthetic task: 'addition', 'linear' or 'long_sum'."}

@@ -35,12 +35,18 @@ def main(script_args, training_args, model_args):
     Train FIPO as the recipe says, save the model and print the summary (held-out accuracy and mean completion
     length before → after, where the model, checkpoints and logs are).
 
-    Every input is checked before the model loads ([`~fipo_trl.run.setup.prepare_run`]): a bad one raises
-    [`UsageError`]; a failure during training raises [`TrainingError`] saying where the run stopped.
+    Every input is checked before the model loads ([`~fipo_trl.run.setup.prepare_run`], which also holds the lock on
+    `output_dir`): a bad one raises [`UsageError`]; a failure during training raises [`TrainingError`] saying where
+    the run stopped.
     """
     from ..run.setup import prepare_run
 
-    run = prepare_run(script_args, training_args, model_args)
+    with prepare_run(script_args, training_args, model_args) as run:
+        return train_and_report(run, script_args, training_args, model_args)
+
+
+def train_and_report(run, script_args, training_args, model_args):
+    """The part of [`main`] after the set-up: build the trainer, check, train, check again, save, summarize."""
     trainer, preemption = build_trainer(run, script_args, training_args, model_args)
     check = functools.partial(heldout_accuracy, trainer, run)
     before = after = None
@@ -224,13 +230,10 @@ def cli(argv=None) -> int:
     if any(arg in ("-h", "--help") for arg in argv):
         print(short_help())
         return 0
-    from ..run.lock import OutputDirLock
-
     script_args, training_args, model_args = parse_recipe(argv)
     command = shlex.join(["fipo-trl", "train", *without_resume_flag(argv), "--resume_from_checkpoint", "last"])
     try:
-        with OutputDirLock(training_args.output_dir):  # checks output_dir: the lock lives in it
-            main(script_args, training_args, model_args)
+        main(script_args, training_args, model_args)
     except StoppedTrainingError as error:
         if error.checkpoint is None:
             raise

@@ -90,7 +90,7 @@ class OutputDirLock:
 
     Args:
         output_dir (`str` or `os.PathLike`):
-            The run's `output_dir`: created when missing, refused ([`UsageError`]) when it is a file or read-only.
+            The run's `output_dir` (it must exist: [`~fipo_trl.run.preflight.check_output_dir`] creates it).
     """
 
     def __init__(self, output_dir: str | os.PathLike):
@@ -100,9 +100,6 @@ class OutputDirLock:
         self._held = False
 
     def __enter__(self):
-        from .preflight import check_output_dir
-
-        check_output_dir(self.path.parent)  # the lock lives in it: a file or a read-only folder is refused here
         refusal = None
         if is_main_process():
             try:

@@ -141,9 +141,10 @@ def check_free_space(output_dir: str | os.PathLike, weight_bytes: int, num_param
 
 def check_training_args(training_args) -> None:
     """
-    Refuse training settings that would train nothing, diverge at once or fail at the first generation, before the
-    model loads. The sampling fields are checked by [`~fipo_trl.evaluation.generation.Sampling`], the check
-    `fipo-trl eval` and the evaluation callback use too.
+    Refuse training settings that would train nothing, diverge at once, fail at the first generation or at the first
+    save, before the model loads: every check of `training_args` alone, `output_dir` included ([`check_output_dir`]).
+    The sampling fields are checked by [`~fipo_trl.evaluation.generation.Sampling`], as in `fipo-trl eval` and the
+    evaluation callback.
 
     Raises:
         UsageError: naming the field, e.g. `max_steps: 0 trains nothing; ...`.
@@ -165,3 +166,4 @@ def check_training_args(training_args) -> None:
         min_p=training_args.min_p,
         max_tokens=training_args.max_completion_length,
     )
+    check_output_dir(training_args.output_dir)

@@ -5,8 +5,10 @@ Everything a training run needs before its trainer is built, checked and loaded 
 `examples/compare_dapo_fipo.py` both build their trainers on what it returns, so both get the same pre-flight checks.
 """
 
+import contextlib
 import logging
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -49,16 +51,25 @@ class RunSetup:
     resume_from_checkpoint: str | None
 
 
-def prepare_run(script_args, training_args, model_args) -> RunSetup:
+@contextlib.contextmanager
+def prepare_run(script_args, training_args, model_args) -> Iterator[RunSetup]:
     """
-    Check a recipe and load what its trainer needs, refusing every mistake that can be found before the model loads.
+    Check a recipe and load what its trainer needs, refusing every mistake that can be found before the model loads;
+    a context manager that holds the lock on `output_dir` ([`~fipo_trl.run.lock.OutputDirLock`]) until it exits.
 
-    In order: the training settings ([`~fipo_trl.run.preflight.check_training_args`]), the model path and its weight
-    files, the tokenizer, the datasets, the rewards, whether the model and data fit the settings
-    ([`check_run_fits`]), the evaluation datasets, the resume policy ([`~fipo_trl.run.resume.resolve_resume`], which
-    may delete an earlier run's checkpoints when `overwrite_output_dir` is set). Then [`apply_run_settings`] is the
-    one place `training_args` is changed. `output_dir` itself is checked by the caller's
-    [`~fipo_trl.run.lock.OutputDirLock`] (which needs it before anything else), or by `TrainingArguments`.
+    In order: the settings of `training_args` and `output_dir` ([`~fipo_trl.run.preflight.check_training_args`]), the
+    lock, the model path and its weight files, the tokenizer, the datasets, the rewards, whether the model and data
+    fit the settings ([`check_run_fits`]), the evaluation datasets and the resume policy
+    ([`~fipo_trl.run.resume.resolve_resume`], which deletes an earlier run's checkpoints when `overwrite_output_dir`
+    is set: under the lock). Then [`apply_run_settings`], the one place `training_args` is changed.
+
+    Usage:
+    ```python
+    >>> with prepare_run(script_args, training_args, model_args) as run:
+    ...     trainer = FIPOTrainer(model=run.model_name_or_path, reward_funcs=run.reward_funcs, args=training_args,
+    ...                           train_dataset=run.train_dataset, processing_class=run.tokenizer)
+    ...     trainer.train(resume_from_checkpoint=run.resume_from_checkpoint)
+    ```
 
     Args:
         script_args ([`~fipo_trl.cli.recipe.FIPOScriptArguments`]):
@@ -68,21 +79,29 @@ def prepare_run(script_args, training_args, model_args) -> RunSetup:
         model_args (`trl.ModelConfig`):
             The model's fields; left as given.
 
-    Returns:
+    Yields:
         [`RunSetup`]
 
     Raises:
         UsageError: naming the field or file and the fix.
     """
+    from .lock import OutputDirLock
+    from .preflight import check_training_args
+
+    check_training_args(training_args)
+    with OutputDirLock(training_args.output_dir):
+        yield load_run(script_args, training_args, model_args)
+
+
+def load_run(script_args, training_args, model_args) -> RunSetup:
+    """The loading and checking part of [`prepare_run`], once `training_args` and the lock are in place."""
     from ..data.math_datasets import get_dataset
     from ..evaluation.datasets import load_eval_datasets
     from ..model_loading import load_tokenizer, resolve_model_path
     from ..rewards import get_reward_funcs
-    from .preflight import check_training_args
     from .resume import resolve_resume
     from .weight_files import check_weight_files
 
-    check_training_args(training_args)
     model_path = resolve_model_path(model_args.model_name_or_path)
     check_weight_files(model_path)
     tokenizer = load_tokenizer(model_path, model_args.model_revision)
