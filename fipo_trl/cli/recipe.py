@@ -205,8 +205,8 @@ def parse_recipe(argv):
         # `fipo-trl` prefixes its own "fipo-trl train: error:"; argparse's would make it appear twice
         message = lines[-1].removeprefix(f"{parser.prog}: error: ") if lines else f"invalid arguments: {argv}"
         raise UsageError(message) from None
-    except (ValueError, TypeError) as exc:
-        raise UsageError(str(exc).splitlines()[0]) from None
+    except (ValueError, TypeError) as exc:  # a config's own check: one line, its origin kept for FIPO_TRL_DEBUG=1
+        raise UsageError(str(exc).splitlines()[0]) from exc
     unknown = [arg[2:] for arg in [*config_unknown, *cli_unknown] if arg.startswith("--")]
     if unknown or cli_unknown:
         raise UsageError(f"unknown recipe field(s): {', '.join(unknown) or ' '.join(cli_unknown)}")
