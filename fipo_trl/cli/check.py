@@ -103,18 +103,13 @@ def parse_typed(recipe_path, raw, extra_args):
 
 
 def find_warnings(recipe, geometry, args, script_args, model_args, sharding):
-    """Known mistakes and deviations from the official run, one sentence each."""
+    """Known mistakes and deviations from the official run, one sentence each: geometry first, then settings."""
+    return geometry_warnings(recipe, geometry) + settings_warnings(geometry, args, script_args, model_args, sharding)
+
+
+def geometry_warnings(recipe, geometry):
+    """Batch sizes given in prompts, on-policy or straddling optimizer steps, revisited completions."""
     found = []
-    shape, _ = model_shape(model_args.model_name_or_path)
-    checkpoint_dtype = (shape or {}).get("dtype") or (shape or {}).get("torch_dtype") or "bfloat16"
-    weight_dtype = checkpoint_dtype if model_args.dtype in ("auto", None) else model_args.dtype
-    if sharding.zero_stage == 0 and weight_dtype == "bfloat16" and args.learning_rate < 1e-4:
-        # DeepSpeed keeps fp32 master weights and FSDP upcasts them; a plain (DDP) run trains the bf16 tensors
-        found.append(
-            f"the weights stay bfloat16 under {sharding.label} (no fp32 master copy): AdamW updates at "
-            f"learning_rate={args.learning_rate:g} mostly round away. Pass --dtype float32 (bf16=True still "
-            "autocasts the compute) or use a DeepSpeed/FSDP config."
-        )
     for name in ("per_device_train_batch_size", "generation_batch_size"):
         if recipe.get(name) in OFFICIAL_PROMPT_COUNTS:
             found.append(
@@ -137,6 +132,22 @@ def find_warnings(recipe, geometry, args, script_args, model_args, sharding):
             f"num_iterations={geometry.num_iterations} revisits the same completions (FIPO then also sees the effect "
             f"of training on that very completion); the official run uses num_iterations=1 and {STEPS_PER_ROLLOUT} "
             "disjoint mini-batches: raise steps_per_generation instead."
+        )
+    return found
+
+
+def settings_warnings(geometry, args, script_args, model_args, sharding):
+    """bf16 weights without a master copy, vLLM settings, and settings the official recipe does not use."""
+    found = []
+    shape, _ = model_shape(model_args.model_name_or_path)
+    checkpoint_dtype = (shape or {}).get("dtype") or (shape or {}).get("torch_dtype") or "bfloat16"
+    weight_dtype = checkpoint_dtype if model_args.dtype in ("auto", None) else model_args.dtype
+    if sharding.zero_stage == 0 and weight_dtype == "bfloat16" and args.learning_rate < 1e-4:
+        # DeepSpeed keeps fp32 master weights and FSDP upcasts them; a plain (DDP) run trains the bf16 tensors
+        found.append(
+            f"the weights stay bfloat16 under {sharding.label} (no fp32 master copy): AdamW updates at "
+            f"learning_rate={args.learning_rate:g} mostly round away. Pass --dtype float32 (bf16=True still "
+            "autocasts the compute) or use a DeepSpeed/FSDP config."
         )
     if args.use_vllm and args.vllm_importance_sampling_correction:
         found.append(
@@ -183,31 +194,47 @@ def format_bytes(size):
 
 
 def describe(recipe_path, recipe, geometry, args, script_args, model_args, sharding, found):
-    """The report, as lines of text."""
-    max_prompt = script_args.max_prompt_length
-    tokens_per_sequence = args.max_completion_length + (max_prompt or 0)
-    prompt_note = "" if max_prompt else " + prompts (no max_prompt_length)"
-    lines = [f"fipo-trl check {recipe_path}", ""]
-    lines.append(
+    """The report, as lines of text: the launch, the geometry table, dynamic sampling, memory, the warnings."""
+    lines = [f"fipo-trl check {recipe_path}", "", *launch_lines(geometry, args, sharding), ""]
+    lines += geometry_table(geometry, args, script_args)
+    lines += ["", *dynamic_sampling_lines(geometry, args), ""]
+    lines += memory_lines(geometry, args, script_args, model_args, sharding)
+    lines.append("")
+    lines += [f"  warning: {text}" for text in found] or ["  no warnings"]
+    return lines
+
+
+def launch_lines(geometry, args, sharding):
+    """The processes, nodes and sharding of the launch, and where generation runs (vLLM or transformers)."""
+    lines = [
         f"  {geometry.num_processes} training process(es) on {geometry.num_nodes} node(s) "
         f"({geometry.num_processes // geometry.num_nodes} per node), {sharding.label}"
+    ]
+    if not args.use_vllm:
+        return [*lines, "  generation: transformers generate() inside each training process (no vLLM)"]
+    server = args.vllm_server_base_url or f"{args.vllm_server_host}:{args.vllm_server_port}"
+    if server.startswith("0.0.0.0"):
+        server = f"--vllm_server_host given at launch, port {args.vllm_server_port}"
+    where = (
+        f"server mode ({server}); its GPUs come on top of these processes"
+        if args.vllm_mode == "server"
+        else f"colocate mode, tensor parallel {args.vllm_tensor_parallel_size}, "
+        f"{args.vllm_gpu_memory_utilization:.0%} of each GPU reserved"
     )
-    if args.use_vllm:
-        server = args.vllm_server_base_url or f"{args.vllm_server_host}:{args.vllm_server_port}"
-        if server.startswith("0.0.0.0"):
-            server = f"--vllm_server_host given at launch, port {args.vllm_server_port}"
-        where = (
-            f"server mode ({server}); its GPUs come on top of these processes"
-            if args.vllm_mode == "server"
-            else f"colocate mode, tensor parallel {args.vllm_tensor_parallel_size}, "
-            f"{args.vllm_gpu_memory_utilization:.0%} of each GPU reserved"
-        )
-        lines.append(f"  vLLM: {where}")
-    else:
-        lines.append("  generation: transformers generate() inside each training process (no vLLM)")
+    return [*lines, f"  vLLM: {where}"]
+
+
+def tokens_per_sequence(args, script_args):
+    """Prompt budget (0 when prompts are not truncated) plus `max_completion_length`."""
+    return args.max_completion_length + (script_args.max_prompt_length or 0)
+
+
+def geometry_table(geometry, args, script_args):
+    """This recipe's batch geometry and token budget beside the official 32B run's, as aligned rows."""
+    sequence = tokens_per_sequence(args, script_args)
+    prompt_note = "" if script_args.max_prompt_length else " + prompts (no max_prompt_length)"
     stale, total = geometry.off_policy_steps
     verdict = f"active: {stale} of {total} steps off-policy" if stale else "identical to DAPO (all on-policy)"
-    micro_batch_tokens = tokens_per_sequence * geometry.per_device_train_batch_size
     official_tokens = OFFICIAL["max_completion_length"] + OFFICIAL["max_prompt_length"]
     official_steps = OFFICIAL["steps_per_generation"]  # the first step of each batch is on-policy
     table = [
@@ -221,51 +248,58 @@ def describe(recipe_path, recipe, geometry, args, script_args, model_args, shard
         ("completions per optimizer step", geometry.completions_per_step, OFFICIAL["completions_per_step"]),
         ("optimizer steps per generation batch", f"{geometry.steps_per_generation_batch:g}", official_steps),
         ("FIPO", verdict, f"active: {official_steps - 1} of {official_steps} steps off-policy"),
-        ("max tokens per sequence", f"{tokens_per_sequence}{prompt_note}", official_tokens),
-        ("max tokens per micro-batch (per GPU)", f"{micro_batch_tokens:,}", f"{official_tokens:,} / 8 (Ulysses SP)"),
+        ("max tokens per sequence", f"{sequence}{prompt_note}", official_tokens),
+        (
+            "max tokens per micro-batch (per GPU)",
+            f"{sequence * geometry.per_device_train_batch_size:,}",
+            f"{official_tokens:,} / 8 (Ulysses SP)",
+        ),
         (
             "max tokens per optimizer step",
-            f"{tokens_per_sequence * geometry.completions_per_step:,}",
+            f"{sequence * geometry.completions_per_step:,}",
             f"{official_tokens * OFFICIAL['completions_per_step']:,}",
         ),
     ]
-    lines.append("")
     width = max(32, *(len(str(value)) for _, value, _ in table))  # the widest value sets the column
-    lines += [f"  {name:<38} {value!s:<{width}}   {official}".rstrip() for name, value, official in table]
+    return [f"  {name:<38} {value!s:<{width}}   {official}".rstrip() for name, value, official in table]
+
+
+def dynamic_sampling_lines(geometry, args):
+    """Dynamic sampling's settings for this geometry, and the official run's."""
     try:
         sampling = dynamic_sampling_summary(
             args, geometry.completions_per_generation, geometry.num_processes, geometry.steps_per_generation_batch
         )
     except ValueError as error:
-        raise UsageError(str(error)) from None
-    official = f"official 32B: {OFFICIAL_DYNAMIC_SAMPLING}"
+        raise UsageError(str(error)) from error
     names = max(len(name) for name, _ in sampling)
-    lines += ["", *(f"  {name:<{names}}   {value}" for name, value in sampling), f"  {'':<{names}}   ({official})"]
+    official = f"official 32B: {OFFICIAL_DYNAMIC_SAMPLING}"
+    return [*(f"  {name:<{names}}   {value}" for name, value in sampling), f"  {'':<{names}}   ({official})"]
 
+
+def memory_lines(geometry, args, script_args, model_args, sharding):
+    """The model's parameter count and a rough per-GPU memory for its states (none when the count is unknown)."""
     shape, source = model_shape(model_args.model_name_or_path)
     num_params = parameter_count(shape) if shape else None
-    lines.append("")
     if num_params is None:
-        lines.append(f"  model: {model_args.model_name_or_path} (parameter count unknown: no memory estimate)")
-    else:
-        state = memory_per_gpu(num_params, sharding, geometry.num_processes)
-        lines.append(f"  model: {model_args.model_name_or_path}, {format_count(num_params)} parameters ({source})")
-        lines.append(
-            f"  weights + grads + AdamW per GPU: {format_bytes(state)} under {sharding.label} "
-            "(excludes activations, logits and the vLLM cache)"
-        )
-        if args.gradient_checkpointing:
-            # One saved hidden state per layer and token (bf16); the recomputed layer and the logits come on top
-            saved = shape["num_hidden_layers"] * shape["hidden_size"] * micro_batch_tokens * 2
-            lines.append(f"  checkpointed activations per GPU: {format_bytes(saved)} for one full micro-batch")
-        if args.beta != 0:
-            divisor = geometry.num_processes if sharding.zero_stage == 3 else 1
-            lines.append(f"  reference model per GPU: {format_bytes(WEIGHT_BYTES * num_params / divisor)}")
-        if sharding.offload_optimizer or sharding.offload_params:
-            cpu = (OPTIM_BYTES + (WEIGHT_BYTES if sharding.offload_params else 0)) * num_params / geometry.num_nodes
-            lines.append(f"  CPU RAM per node for offloaded states: {format_bytes(cpu)}")
-    lines.append("")
-    lines += [f"  warning: {text}" for text in found] or ["  no warnings"]
+        return [f"  model: {model_args.model_name_or_path} (parameter count unknown: no memory estimate)"]
+    state = memory_per_gpu(num_params, sharding, geometry.num_processes)
+    lines = [
+        f"  model: {model_args.model_name_or_path}, {format_count(num_params)} parameters ({source})",
+        f"  weights + grads + AdamW per GPU: {format_bytes(state)} under {sharding.label} "
+        "(excludes activations, logits and the vLLM cache)",
+    ]
+    if args.gradient_checkpointing:
+        # One saved hidden state per layer and token (bf16); the recomputed layer and the logits come on top
+        micro_batch_tokens = tokens_per_sequence(args, script_args) * geometry.per_device_train_batch_size
+        saved = shape["num_hidden_layers"] * shape["hidden_size"] * micro_batch_tokens * 2
+        lines.append(f"  checkpointed activations per GPU: {format_bytes(saved)} for one full micro-batch")
+    if args.beta != 0:
+        divisor = geometry.num_processes if sharding.zero_stage == 3 else 1
+        lines.append(f"  reference model per GPU: {format_bytes(WEIGHT_BYTES * num_params / divisor)}")
+    if sharding.offload_optimizer or sharding.offload_params:
+        cpu = (OPTIM_BYTES + (WEIGHT_BYTES if sharding.offload_params else 0)) * num_params / geometry.num_nodes
+        lines.append(f"  CPU RAM per node for offloaded states: {format_bytes(cpu)}")
     return lines
 
 

@@ -270,10 +270,8 @@ def generate_on_processes(
             Its tokenizer.
         prompts (`list`):
             Every prompt (plain strings or chat messages); each process samples for its share.
-        sampling ([`Sampling`]):
-            How to sample, on every process.
-        batch_size (`int`):
-            Sequences per `generate` call.
+        sampling ([`Sampling`]), batch_size (`int`):
+            How to sample on every process, and sequences per `generate` call.
         accelerator ([`~accelerate.Accelerator`], *optional*):
             The run's accelerator; without one, this process samples for every prompt.
         gradient_checkpointing_kwargs (`dict`, *optional*):
@@ -282,8 +280,8 @@ def generate_on_processes(
             Whether to show a progress bar over batches.
 
     Returns:
-        `tuple[list[int], list[list[dict]]]`: the index of each prompt of this process's share (a padded share
-        repeats the last index) and its samples.
+        `tuple[list[int], list[list[dict]]]`: this process's prompt indices (a padded share repeats the last) and
+        their samples.
     """
     prompts = list(prompts)  # a datasets Column is indexed row by row below
     generate = functools.partial(
