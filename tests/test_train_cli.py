@@ -264,3 +264,31 @@ def test_rewards_by_dotted_path_and_registry_names():
     assert accuracy.__name__ == "dapo_accuracy_reward" and accuracy(["Answer: 2"], solution=["2"]) == [1.0]
     with pytest.raises(UsageError, match="cannot import reward function 'fipo_trl.rewards.nope'"):
         get_reward_funcs(FIPOScriptArguments(reward_funcs=["fipo_trl.rewards.nope"]), SimpleNamespace())
+
+
+def test_output_dir_is_checked_once_on_the_way_to_training(tmp_path, capsys, monkeypatch):
+    # `fipo-trl train` checks output_dir in one place (check_training_args), not once per layer it passes
+    from fipo_trl.run import preflight
+
+    calls, check = [], preflight.check_output_dir
+    monkeypatch.setattr(preflight, "check_output_dir", lambda path: calls.append(path) or check(path))
+    # refused after every check of training_args and the output_dir lock: 100000 tokens exceed the model's positions
+    argv = [str(RECIPE), "--output_dir", str(tmp_path / "run"), "--max_completion_length", "100000"]
+    assert "max_completion_length" in one_line_error(capsys, argv)
+    assert calls == [str(tmp_path / "run")]
+
+
+def test_the_comparison_example_gets_the_pre_flight_checks_of_train(tmp_path):
+    # examples/compare_dapo_fipo.py builds its runs on train's set-up (prepare_run): a bad setting is refused there
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("compare", RECIPE.parents[1] / "examples" / "compare_dapo_fipo.py")
+    compare = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(compare)
+    lib = compare.library()
+    argv = [str(RECIPE), "--output_dir", str(tmp_path / "run"), "--report_to", "none", "--top_p", "0"]
+    with pytest.raises(UsageError, match=r"^top_p: 0\.0 must be in \(0, 1\]"):
+        lib.prepare(*lib.parse_recipe(argv))
+    job = lib.prepare(*lib.parse_recipe(argv[:-2]))
+    assert job.model_name_or_path == resolve_model_path("fipo_trl/assets/tiny-qwen2-addition")
+    assert len(job.train_dataset) and job.resume_from_checkpoint is None
