@@ -13,8 +13,10 @@ same command runs on one CPU or under `accelerate launch`:
 A run holds a lock on its `output_dir` ([`fipo_trl.run.lock`]) and stops cleanly on SIGTERM
 ([`fipo_trl.run.preemption`]); docs/cluster-jobs.md.
 
-This module only calls the library and reports: data from [`fipo_trl.data`], rewards from [`fipo_trl.rewards`],
-callbacks from [`fipo_trl.callbacks`], the held-out check from [`fipo_trl.evaluation.heldout`].
+This module only calls the library and reports: the checked set-up (data, rewards, resume, the lock) from
+[`fipo_trl.run.setup`], callbacks from [`fipo_trl.callbacks`], the held-out check from [`fipo_trl.evaluation.heldout`],
+how a run stopped from [`fipo_trl.run.stop`]. Errors are reported by `fipo-trl` ([`fipo_trl.cli`]): exit status 2
+before the model loads, 3 for a failure during training (docs/troubleshooting.md).
 """
 
 import functools
@@ -26,7 +28,14 @@ import time
 from pathlib import Path
 
 from ..errors import Preempted, TrainingError, UsageError
-from ..run.stop import TrainingInterrupted, TrainingPreempted, close_progress_bar, preempted_at, stopped_at
+from ..run.stop import (
+    StoppedTrainingError,
+    TrainingInterrupted,
+    TrainingPreempted,
+    close_progress_bar,
+    preempted_at,
+    stopped_at,
+)
 from .recipe import make_parser, parse_recipe, short_help
 
 
@@ -57,7 +66,7 @@ def train_and_report(run, script_args, training_args, model_args):
             f"(mean length {before['mean_length']:.1f} tokens)"
         )
     start = time.monotonic()
-    train(trainer, preemption, run.resume_from_checkpoint)
+    run_training(trainer, preemption, run.resume_from_checkpoint)
     seconds = time.monotonic() - start
     if run.heldout_dataset is not None:
         after = check()
@@ -70,7 +79,7 @@ def train_and_report(run, script_args, training_args, model_args):
 
 
 def build_trainer(run, script_args, training_args, model_args):
-    """The run's `FIPOTrainer` with the CLI's callbacks, and its [`PreemptionCallback`] (installed by [`train`])."""
+    """The run's `FIPOTrainer` with the CLI's callbacks, and its [`PreemptionCallback`] for [`run_training`]."""
     from trl import get_peft_config, get_quantization_config
 
     from ..callbacks import get_callbacks
@@ -115,7 +124,7 @@ def heldout_accuracy(trainer, run):
     )
 
 
-def train(trainer, preemption, resume_from_checkpoint):
+def run_training(trainer, preemption, resume_from_checkpoint):
     """
     `trainer.train()`, with each way it can stop reported as one line: a [`TrainingError`] (a reward that raised or
     never scored, dynamic sampling out of rounds) again with where it stopped, Ctrl-C as [`TrainingInterrupted`],
@@ -142,17 +151,6 @@ def train(trainer, preemption, resume_from_checkpoint):
     if preemption.preempted:  # stopped at a step's end: no held-out check, no final model, no summary
         close_progress_bar(trainer)
         raise TrainingPreempted(*preempted_at(trainer, preemption, None))
-
-
-class StoppedTrainingError(TrainingError):
-    """
-    A [`TrainingError`] that says where the run stopped: `message (where)`, with `where` "at step N; last
-    checkpoint: ..." and `checkpoint` the last complete one (or `None`), for the CLI's resume command.
-    """
-
-    def __init__(self, message, where, checkpoint):
-        super().__init__(f"{message} ({where})")
-        self.message, self.where, self.checkpoint = message, where, checkpoint
 
 
 def write_model_card(trainer, model_name, dataset_name):
