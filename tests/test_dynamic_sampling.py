@@ -446,7 +446,7 @@ def test_round_limit_stops_the_cli_with_one_line_and_the_step(tiny_model_dir, tm
     status, err = train_cli(
         tmp_path, capsys, reward_funcs=["test_dynamic_sampling.reward_always_wrong"], max_num_gen_batches=2
     )
-    assert status == 2 and err[-1].startswith("fipo-trl train: error: dynamic sampling kept 0 of the 8 groups")
+    assert status == 3 and err[-1].startswith("fipo-trl train: failed: dynamic sampling kept 0 of the 8 groups")
     assert err[-1].endswith("(at step 1; no checkpoint yet (save_steps=1))")
     assert not any("Traceback" in line for line in err)
 
