@@ -97,31 +97,29 @@ CURVES = {  # CSV column: logged key (None when a method does not log it)
 
 def library():
     """
-    Every `fipo_trl` name this script needs beyond the trainer, in one place: the recipe parser, a `prepare` that
-    builds the tokenizer, datasets and rewards of a recipe as `fipo-trl train` does, and the held-out sampler.
+    Every `fipo_trl` name this script needs beyond the trainer, in one place: the recipe parser, `prepare`, the set-up
+    of `fipo-trl train` ([`fipo_trl.run.setup.prepare_run`]: the same checks, tokenizer, datasets and rewards), and
+    the held-out sampler.
     """
-    from fipo_trl import data, model_loading, rewards
+    import atexit
+    import contextlib
+
     from fipo_trl.cli.recipe import FIPOScriptArguments, parse_recipe
-    from fipo_trl.evaluation.generation import generate_with_transformers, tokenize_prompts
+    from fipo_trl.evaluation.generation import Sampling, score_on_processes
+    from fipo_trl.run.setup import prepare_run
+
+    held = contextlib.ExitStack()  # each run's lock on its output_dir, held until the script ends
+    atexit.register(held.close)
 
     def prepare(script_args, training_args, model_args):
-        model_args.model_name_or_path = model_loading.resolve_model_path(model_args.model_name_or_path)
-        tokenizer = model_loading.load_tokenizer(model_args.model_name_or_path, model_args.model_revision)
-        train_dataset, heldout_dataset = data.get_dataset(script_args, tokenizer)
-        training_args.model_init_kwargs = {"dtype": model_args.dtype}
-        return SimpleNamespace(
-            tokenizer=tokenizer,
-            train_dataset=train_dataset,
-            heldout_dataset=heldout_dataset,
-            reward_funcs=rewards.get_reward_funcs(script_args, training_args),
-        )
+        return held.enter_context(prepare_run(script_args, training_args, model_args))
 
     return SimpleNamespace(
         FIPOScriptArguments=FIPOScriptArguments,
         parse_recipe=parse_recipe,
         prepare=prepare,
-        generate=generate_with_transformers,
-        tokenize_prompts=tokenize_prompts,
+        Sampling=Sampling,
+        score_on_processes=score_on_processes,
     )
 
 
@@ -208,27 +206,20 @@ def heldout_check(lib, trainer, job, args):
     One completion per held-out prompt, sampled as the recipe's held-out check samples it (training temperature,
     top-p 1, `max_completion_length`, seed = the run's seed): accuracy, length and step-by-step share.
     """
-    rows = job.heldout_dataset
-    model = trainer.model
-    model.eval()
-    try:
-        samples = lib.generate(
-            model,
-            job.tokenizer,
-            lib.tokenize_prompts(rows["prompt"], job.tokenizer),
-            k=1,
-            temperature=args.temperature,
-            top_p=1.0,
-            max_tokens=args.max_completion_length,
-            batch_size=64,
-            seed=args.seed,
-            show_progress=False,
-        )
-    finally:
-        model.train()
-    texts = [completions[0]["completion"] for completions in samples]
-    lengths = sorted(completions[0]["num_tokens"] for completions in samples)
-    right = [reward is not None and reward > 0 for reward in job.reward_funcs[0](texts, solution=rows["solution"])]
+
+    def score(rows, indices, samples):
+        texts = [completions[0]["completion"] for completions in samples]
+        rewards = job.reward_funcs[0](texts, solution=rows["solution"])
+        return [
+            (reward is not None and reward > 0, completions[0]["num_tokens"], text)
+            for reward, completions, text in zip(rewards, samples, texts, strict=True)
+        ]
+
+    sampling = lib.Sampling(temperature=args.temperature, max_tokens=args.max_completion_length, seed=args.seed)
+    results = lib.score_on_processes(trainer.model, job.tokenizer, job.heldout_dataset, score, sampling, 64)
+    right = [ok for ok, _, _ in results]
+    lengths = sorted(length for _, length, _ in results)
+    texts = [text for _, _, text in results]
     stepwise = [reasoning_steps(text) > 0 for text in texts]
     step_right = [r for r, s in zip(right, stepwise, strict=True) if s]
     return {
@@ -272,7 +263,7 @@ def train_one(lib, method, seed, argv):
     job = lib.prepare(script_args, training_args, model_args)
     trainer_cls = MeasuredDAPO if method == "dapo" else MeasuredFIPO
     trainer = trainer_cls(
-        model=model_args.model_name_or_path,
+        model=job.model_name_or_path,
         reward_funcs=job.reward_funcs,
         args=training_args,
         train_dataset=job.train_dataset,

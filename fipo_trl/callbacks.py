@@ -17,8 +17,9 @@ from transformers import PrinterCallback, ProgressCallback, Trainer, TrainerCall
 from .core import UNCLIPPED_WEIGHT_MAX, weight_bounds
 from .errors import UsageError
 from .evaluation.datasets import check_eval_dataset
-from .evaluation.generation import check_sampling_arguments, generate_on_processes
+from .evaluation.generation import Sampling, check_batch_size, score_on_processes
 from .evaluation.scoring import score_completions, summarize
+from .official import MAX_COMPLETION_LENGTH
 from .run.checkpoints import CheckpointMarkerCallback
 from .token_view import render_token_view
 
@@ -202,12 +203,13 @@ class MathEvalCallback(TrainerCallback):
         k: int = 32,
         temperature: float = 1.0,
         top_p: float = 0.7,
-        max_tokens: int = 20480,
+        max_tokens: int = MAX_COMPLETION_LENGTH,
         answer_format: str = "dapo",
         batch_size: int = 32,
         seed: int = 42,
     ):
-        check_sampling_arguments(k, temperature, top_p, max_tokens, batch_size)
+        self.sampling = Sampling(k=k, temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=seed)
+        check_batch_size(batch_size)
         if eval_steps < 1:
             raise UsageError(f"eval_steps must be >= 1, got {eval_steps}")
         if answer_format not in ("dapo", "boxed"):
@@ -215,39 +217,33 @@ class MathEvalCallback(TrainerCallback):
         self.trainer = trainer
         self.eval_datasets = {name: check_eval_dataset(ds, name) for name, ds in eval_datasets.items()}
         self.eval_steps = eval_steps
-        self.sampling = {"k": k, "temperature": temperature, "top_p": top_p, "max_tokens": max_tokens}
         self.answer_format = answer_format
         self.batch_size = batch_size
-        self.seed = seed
 
     def evaluate_dataset(self, dataset: Dataset, args) -> dict[str, float]:
         """Generate on this process's share of `dataset`, gather every share, and summarize them all."""
-        from accelerate.utils import gather_object
-
-        indices, completions = generate_on_processes(
+        records = score_on_processes(
             self.trainer.model_wrapped,
             self.trainer.processing_class,
-            dataset["prompt"],
+            dataset,
+            self._score_rows,
+            self.sampling,
+            self.batch_size,
             accelerator=self.trainer.accelerator,
             gradient_checkpointing_kwargs=args.gradient_checkpointing_kwargs,
             show_progress=self.trainer.accelerator.is_main_process,
-            **self.sampling,
-            batch_size=self.batch_size,
-            seed=self.seed,
         )
-        records = score_completions(dataset.select(indices), completions, self.answer_format, indices)
+        return summarize(records)
+
+    def _score_rows(self, rows, indices, samples):
         # only what summarize() reads travels between processes, not the completion texts
-        records = [
+        return [
             {
-                "index": r["index"],
-                "metrics": r["metrics"],
-                "samples": [{"num_tokens": s["num_tokens"], "truncated": s["truncated"]} for s in r["samples"]],
+                "metrics": record["metrics"],
+                "samples": [{"num_tokens": s["num_tokens"], "truncated": s["truncated"]} for s in record["samples"]],
             }
-            for r in records
+            for record in score_completions(rows, samples, self.answer_format, indices)
         ]
-        # padding repeats the last problem on some processes: keep one record per problem
-        unique = {record["index"]: record for record in gather_object(records)}
-        return summarize([unique[index] for index in sorted(unique)])
 
     def on_step_end(self, args, state, control, **kwargs):
         if state.global_step % self.eval_steps != 0:

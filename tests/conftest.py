@@ -77,6 +77,35 @@ def tied_model_dir(tmp_path_factory):
     return build_tiny_model(tmp_path_factory.mktemp("tiny-qwen2-tied"), tie_word_embeddings=True)
 
 
+# a run of the quickstart recipe in seconds: 16 completions per step (4 prompts × G=4), a new generation batch every
+# 2 steps (step 2 is off-policy), 12-token completions, 64 training problems, a log at every step
+FAST_RUN = {
+    "per_device_train_batch_size": 16,
+    "num_generations": 4,
+    "steps_per_generation": 2,
+    "max_completion_length": 12,
+    "synthetic_train_size": 64,
+    "logging_steps": 1,
+}
+
+
+def as_flags(fields):
+    """`{"field": value}` as `--field value` command-line flags."""
+    return [item for name, value in fields.items() for item in (f"--{name}", str(value))]
+
+
+@pytest.fixture
+def one_thread():
+    """One torch thread for the test: the CPU is shared, and OpenMP threads spinning against other processes make a
+    training step 10x slower."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 PROMPTS = ["What is 12 + 30?", "The quick brown fox", "Simple is better", "Beautiful is better"]
 
 # 4 steps of 4 completions (one prompt × 4), 2 optimizer steps per generation: odd steps on-policy, even ones stale

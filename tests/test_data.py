@@ -311,7 +311,8 @@ def test_too_few_prompts_for_one_generation_batch_are_refused(tmp_path):
 
     path = additions_file(tmp_path, 7)
     args = SimpleNamespace(generation_batch_size=32, num_generations=4)  # 8 prompts per generation batch
+    train, _ = data.get_dataset(recipe_args(dataset_name=str(path)))
     with pytest.raises(UsageError, match="has 7 training prompts, fewer than one generation batch of 8"):
-        data.get_dataset(recipe_args(dataset_name=str(path)), training_args=args)
-    path = additions_file(tmp_path, 8)
-    assert len(data.get_dataset(recipe_args(dataset_name=str(path)), training_args=args)[0]) == 8
+        data.check_enough_prompts(train, args, str(path))
+    train, _ = data.get_dataset(recipe_args(dataset_name=str(additions_file(tmp_path, 8))))
+    data.check_enough_prompts(train, args, str(path))

@@ -18,7 +18,7 @@ from fipo_trl.callbacks import MathEvalCallback
 from fipo_trl.cli import main as cli_main
 from fipo_trl.data.math_datasets import apply_dapo_template
 from fipo_trl.evaluation.datasets import load_eval_dataset
-from fipo_trl.evaluation.generation import generate_with_transformers, tokenize_prompts
+from fipo_trl.evaluation.generation import Sampling, generate_with_transformers, tokenize_prompts
 from fipo_trl.evaluation.heldout import heldout_check
 from fipo_trl.evaluation.metrics import aggregate_metrics, length_metrics, majority_vote, pass_at_k, problem_metrics
 from fipo_trl.evaluation.scoring import score_completions, summarize
@@ -166,13 +166,13 @@ def tiny_model(tiny_model_dir):
 def test_generation_counts_tokens_flags_truncation_and_is_seeded(tiny_model):
     model, tokenizer = tiny_model
     prompt_ids = tokenize_prompts(CHAT_PROMPTS, tokenizer)
-    kwargs = {"k": 3, "temperature": 1.0, "top_p": 0.7, "max_tokens": 5, "batch_size": 4, "seed": 0}
-    completions = generate_with_transformers(model, tokenizer, prompt_ids, show_progress=False, **kwargs)
+    sampling = Sampling(k=3, temperature=1.0, top_p=0.7, max_tokens=5, seed=0)
+    completions = generate_with_transformers(model, tokenizer, prompt_ids, sampling, 4, show_progress=False)
     assert [len(samples) for samples in completions] == [3, 3]
     for sample in (s for samples in completions for s in samples):
         # without an EOS a completion runs to max_tokens and is flagged truncated
         assert sample["num_tokens"] == 5 if sample["truncated"] else 1 <= sample["num_tokens"] <= 5
-    assert generate_with_transformers(model, tokenizer, prompt_ids, show_progress=False, **kwargs) == completions
+    assert generate_with_transformers(model, tokenizer, prompt_ids, sampling, 4, show_progress=False) == completions
 
 
 def test_left_padding_does_not_change_greedy_completions(tiny_model):
@@ -181,9 +181,9 @@ def test_left_padding_does_not_change_greedy_completions(tiny_model):
     prompt_ids = tokenize_prompts(prompts, tokenizer)
     assert len(prompt_ids[0]) < len(prompt_ids[1])
     # a tiny top_p is greedy: one prompt per batch and both prompts in one padded batch must agree
-    kwargs = {"k": 1, "temperature": 1.0, "top_p": 1e-6, "max_tokens": 6, "seed": 0, "show_progress": False}
-    alone = generate_with_transformers(model, tokenizer, prompt_ids, batch_size=1, **kwargs)
-    assert generate_with_transformers(model, tokenizer, prompt_ids, batch_size=2, **kwargs) == alone
+    sampling = Sampling(k=1, temperature=1.0, top_p=1e-6, max_tokens=6, seed=0)
+    alone = generate_with_transformers(model, tokenizer, prompt_ids, sampling, batch_size=1, show_progress=False)
+    assert generate_with_transformers(model, tokenizer, prompt_ids, sampling, 2, show_progress=False) == alone
 
 
 def test_generation_stops_at_eos_and_counts_it(tiny_model):
@@ -195,9 +195,8 @@ def test_generation_stops_at_eos_and_counts_it(tiny_model):
     original = model.generation_config.eos_token_id
     model.generation_config.eos_token_id = [original, first]
     try:
-        completions = generate_with_transformers(
-            model, tokenizer, prompt_ids, k=2, temperature=1.0, top_p=1e-6, max_tokens=5, batch_size=2, seed=0
-        )
+        sampling = Sampling(k=2, temperature=1.0, top_p=1e-6, max_tokens=5, seed=0)
+        completions = generate_with_transformers(model, tokenizer, prompt_ids, sampling, batch_size=2)
     finally:
         model.generation_config.eos_token_id = original
     expected = {"completion": tokenizer.decode([first], skip_special_tokens=True), "num_tokens": 1, "truncated": False}
@@ -223,12 +222,8 @@ def test_lora_checkpoint_loads_merged_and_generates(tiny_model_dir, tmp_path):
         model,
         tokenizer,
         tokenize_prompts(CHAT_PROMPTS, tokenizer),
-        k=2,
-        temperature=1.0,
-        top_p=0.7,
-        max_tokens=3,
+        Sampling(k=2, temperature=1.0, top_p=0.7, max_tokens=3, seed=0),
         batch_size=4,
-        seed=0,
         show_progress=False,
     )
     assert [len(samples) for samples in completions] == [2, 2]
@@ -293,9 +288,8 @@ def test_heldout_check_reports_accuracy_and_mean_length(tiny_model):
     dataset = Dataset.from_dict({"prompt": ["1+1=?\n", "Answer: 2", "What is"], "solution": ["2", "2", "7"]})
     result = heldout_check(model, tokenizer, dataset, dapo_accuracy_reward, max_new_tokens=5, seed=3)
     # the same samples drawn directly: one per row, T=1, no top-p, seed 3
-    samples = generate_with_transformers(
-        model, tokenizer, tokenize_prompts(dataset["prompt"], tokenizer), 1, 1.0, 1.0, 5, 64, 3, show_progress=False
-    )
+    prompt_ids = tokenize_prompts(dataset["prompt"], tokenizer)
+    samples = generate_with_transformers(model, tokenizer, prompt_ids, Sampling(max_tokens=5, seed=3), 64, False)
     lengths = [completions[0]["num_tokens"] for completions in samples]
     rewards = dapo_accuracy_reward([c[0]["completion"] for c in samples], solution=dataset["solution"])
     assert result == {"accuracy": sum(r > 0 for r in rewards) / 3, "mean_length": sum(lengths) / 3}
@@ -355,8 +349,9 @@ def one_line_error(capsys, argv):
 @pytest.mark.parametrize(
     ("extra_args", "message"),
     [
-        (["--k", "0"], "k must be >= 1, got 0"),
-        (["--top_p", "0"], "top_p must be in (0, 1]"),
+        (["--k", "0"], "k: 0 must be >= 1"),
+        (["--top_p", "0"], "top_p: 0.0 must be in (0, 1]"),
+        (["--batch_size", "0"], "batch_size: 0 must be >= 1"),
         (["--answer_format", "latex"], "invalid choice: 'latex'"),
     ],
 )

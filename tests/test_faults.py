@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from conftest import FAST_RUN
 from safetensors.torch import load_file, save_file
 
 from fipo_trl.cli import main as fipo_trl
@@ -30,30 +31,17 @@ from fipo_trl.cli import main as fipo_trl
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "configs" / "quickstart.yaml"
 SHIPPED_MODEL = ROOT / "fipo_trl" / "assets" / "tiny-qwen2-addition"
-# 16 completions per step (4 prompts × G=4), a new generation batch every 2 steps, a checkpoint at every step
+# conftest's fast run with a checkpoint at every step, 2 steps, no held-out check, no token view
 FAST = {
-    "per_device_train_batch_size": 16,
-    "num_generations": 4,
-    "steps_per_generation": 2,
-    "max_completion_length": 12,
-    "synthetic_train_size": 64,
+    **FAST_RUN,
     "heldout_size": 0,
-    "logging_steps": 1,
     "save_steps": 1,
     "save_total_limit": None,
     "max_steps": 2,
     "report_to": ["none"],
     "token_view": False,
 }
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    # the CPU is shared: OpenMP threads spinning against other processes make a step 10x slower
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def snapshot(path):
@@ -372,7 +360,7 @@ def seed_output_dir(out):
 def run_cli(capsys, argv):
     status = fipo_trl(argv)
     captured = capsys.readouterr()
-    errors = [line for line in captured.err.splitlines() if ": error: " in line]
+    errors = [line for line in captured.err.splitlines() if ": error: " in line or ": failed: " in line]
     assert "Traceback" not in captured.err, captured.err
     return status, errors, captured
 
@@ -430,28 +418,30 @@ class RunCase:
     id: str
     message: str  # regex for the one line on stderr; "" for a run that must succeed
     recipe: dict = field(default_factory=dict)
-    status: int = 2
+    status: int = 3  # a failure during training (TrainingError)
     stdout: str = ""  # regex the standard output must match
+
+
+RESUME_LINE = r"resume with: fipo-trl train \S+recipe\.yaml --resume_from_checkpoint last\)$"
 
 
 RUN_CASES = [
     RunCase(
         "nan_reward",
-        r"^fipo-trl train: error: reward 'fault_rewards\.nan_reward' returned NaN for every completion of 3 batches "
-        r"in a row: .* \(at step 5; last checkpoint: .*checkpoint-4; resume with --resume_from_checkpoint last\)$",
+        r"^fipo-trl train: failed: reward 'fault_rewards\.nan_reward' returned NaN for every completion of 3 batches "
+        r"in a row: .* \(at step 5; last checkpoint: \S+checkpoint-4; " + RESUME_LINE,
         recipe={"reward_funcs": ["fault_rewards.nan_reward"], "max_steps": 10},
     ),
     RunCase(
         "none_reward",
-        r"^fipo-trl train: error: reward 'fault_rewards\.none_reward' returned None or NaN for every completion of 3 "
+        r"^fipo-trl train: failed: reward 'fault_rewards\.none_reward' returned None or NaN for every completion of 3 "
         r"batches in a row: .*checkpoint-4",
         recipe={"reward_funcs": ["fault_rewards.none_reward"], "max_steps": 10},
     ),
     RunCase(
         "raising_reward",
-        r"^fipo-trl train: error: reward 'fault_rewards\.raising_reward' raised ValueError: cannot parse the "
-        r"completion at .*fault_rewards\.py:\d+ \(at step 3; last checkpoint: .*checkpoint-2; resume with "
-        r"--resume_from_checkpoint last\)$",
+        r"^fipo-trl train: failed: reward 'fault_rewards\.raising_reward' raised ValueError: cannot parse the "
+        r"completion at .*fault_rewards\.py:\d+ \(at step 3; last checkpoint: \S+checkpoint-2; " + RESUME_LINE,
         recipe={"reward_funcs": ["dapo_accuracy", "fault_rewards.raising_reward"], "max_steps": 4},
     ),
     RunCase(
@@ -462,15 +452,16 @@ RUN_CASES = [
     ),
     RunCase(
         "strings_reward",
-        r"^fipo-trl train: error: reward 'fault_rewards\.strings_reward' returned '1\.0' \(str\) for completion 0: a "
-        r"reward is a float, or None where it does not apply \(at step 1; no checkpoint yet",
+        r"^fipo-trl train: failed: reward 'fault_rewards\.strings_reward' returned '1\.0' \(str\) for completion 0: a "
+        r"reward is a float, or None where it does not apply \(at step 1; no checkpoint yet \(save_steps=1\)\)$",
         recipe={"reward_funcs": ["fault_rewards.strings_reward"]},
     ),
     # 8 prompts per generation batch (FAST): 64 prompts without spread take 8 batches, generated at steps 0, 2, ..., 14
     RunCase(
         "no_reward_spread",
-        r"^fipo-trl train: error: every group of the last 8 generation batches \(64 prompts\) got the same reward for "
-        r"all its completions: every advantage is 0 .* \(at step 15; last checkpoint: .*checkpoint-14; resume with",
+        r"^fipo-trl train: failed: every group of the last 8 generation batches \(64 prompts\) got the same reward "
+        r"for all its completions: every advantage is 0 .* \(at step 15; last checkpoint: \S+checkpoint-14; "
+        + RESUME_LINE,
         recipe={"reward_funcs": ["fault_rewards.constant_reward"], "max_steps": 20},
     ),
     # a reward without scores for one batch logs a NaN reward: the run goes on and the summary still prints
@@ -502,6 +493,34 @@ def test_fault_during_training_is_one_line_with_the_last_checkpoint(case, tmp_pa
     else:
         assert not errors, captured.err
     assert re.search(case.stdout, captured.out, re.DOTALL), captured.out
+
+
+@pytest.mark.slow
+def test_debug_switch_shows_the_chained_cause_of_a_training_failure(tmp_path, capsys, monkeypatch):
+    # FIPO_TRL_DEBUG=1: the reward's own ValueError and the line it became, as one chained traceback
+    monkeypatch.syspath_prepend(str(Path(__file__).parent))
+    monkeypatch.setenv("FIPO_TRL_DEBUG", "1")
+    rewards = ["dapo_accuracy", "fault_rewards.raising_reward"]
+    case = Case("raising_reward", "", recipe={"reward_funcs": rewards, "max_steps": 4})
+    status = fipo_trl(["train", str(write_recipe(tmp_path, case, tmp_path / "out"))])
+    err = capsys.readouterr().err
+    assert status == 3, err
+    assert "Traceback" in err and "The above exception was the direct cause of the following exception" in err
+    assert 'fault_rewards.py", line' in err and "ValueError: cannot parse the completion" in err
+    assert re.search(r"TrainingError: reward 'fault_rewards\.raising_reward' raised ValueError: .* \(at step 3", err)
+
+
+def test_debug_switch_shows_where_a_config_check_failed(tmp_path, capsys, monkeypatch):
+    # parse_recipe keeps FIPOConfig's own ValueError as the cause of its one line: the debug switch shows config.py
+    recipe = write_recipe(tmp_path, Case("decay", "", recipe={"fipo_decay_rate": -1.0}), tmp_path / "out")
+    assert fipo_trl(["train", str(recipe)]) == 2
+    assert capsys.readouterr().err.startswith("fipo-trl train: error: fipo_decay_rate must be > 0")
+    monkeypatch.setenv("FIPO_TRL_DEBUG", "1")
+    assert fipo_trl(["train", str(recipe)]) == 2
+    err = capsys.readouterr().err
+    assert "The above exception was the direct cause of the following exception" in err
+    assert re.search(r'fipo_trl/config\.py", line \d+, in __post_init__', err), err
+    assert "UsageError: fipo_decay_rate must be > 0" in err.splitlines()[-1]
 
 
 @pytest.fixture(scope="module")

@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from conftest import FAST_RUN
 from safetensors.torch import load_file
 
 from fipo_trl.cli import main as fipo_trl
@@ -32,30 +33,17 @@ from fipo_trl.run.preemption import PreemptionCallback
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "configs" / "quickstart.yaml"
-# 16 completions per process and step (4 prompts × G=4), a new generation batch every 2 steps
+# conftest's fast run (per process) with a checkpoint every 2 steps, no held-out check, no token view
 FAST = {
-    "per_device_train_batch_size": 16,
-    "num_generations": 4,
-    "steps_per_generation": 2,
-    "max_completion_length": 12,
-    "synthetic_train_size": 64,
+    **FAST_RUN,
     "heldout_size": 0,
-    "logging_steps": 1,
     "save_steps": 2,
     "save_total_limit": None,
     "report_to": ["none"],
     "token_view": False,
 }
+pytestmark = pytest.mark.usefixtures("one_thread")
 TIMEOUT = 300  # seconds for a launch on 2 busy cores
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    # the CPU is shared: OpenMP threads spinning against other processes make a step 10x slower
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def write_recipe(folder, out, **changes):

@@ -72,12 +72,16 @@ def test_default_fipo_trainer_writes_no_generation_state_and_the_cli_trainer_doe
     assert saved == {FIPOTrainer: [], RecipeTrainer: ["fipo_generation_state_0.pt"]}
 
 
-def test_the_cli_trainer_composes_every_extra_and_the_callback_is_added_by_the_cli():
+def test_the_cli_trainer_composes_every_extra_and_a_library_trainer_has_no_spread_stop(tiny_model_dir, tmp_path):
+    # the CLI adds the stop (its fault row in tests/test_faults.py); a library FIPOTrainer carries none unless asked
     assert RecipeTrainer.__mro__[1:4] == (DynamicSamplingMixin, ExactResumeMixin, FIPOTrainer)
     assert issubclass(RecipeConfig, DynamicSamplingConfig) and issubclass(RecipeConfig, FIPOConfig)
-    source = inspect.getsource(__import__("fipo_trl.cli.train", fromlist=["main"]).main)
-    assert "trainer.add_callback(RewardSpreadCallback())" in source
-    assert not any(isinstance(value, RewardSpreadCallback) for value in vars(FIPOTrainer).values())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        args = FIPOConfig(output_dir=str(tmp_path), **{**TINY_TRAINING, "max_steps": 1})
+    dataset = Dataset.from_dict({"prompt": PROMPTS * 4})
+    trainer = FIPOTrainer(model=tiny_model_dir, reward_funcs=reward_length, args=args, train_dataset=dataset)
+    assert not any(isinstance(callback, RewardSpreadCallback) for callback in trainer.callback_handler.callbacks)
 
 
 @pytest.mark.parametrize("config_cls", [DAPOConfig, RecipeConfig], ids=["DAPOConfig", "RecipeConfig"])

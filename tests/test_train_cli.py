@@ -11,6 +11,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 import yaml
+from conftest import FAST_RUN, as_flags
 
 from fipo_trl.cli import main as cli_main
 from fipo_trl.cli.recipe import FIPOScriptArguments, make_parser, parse_recipe
@@ -23,21 +24,9 @@ from fipo_trl.rewards import get_reward_funcs
 
 RECIPE = Path(__file__).resolve().parents[1] / "configs" / "quickstart.yaml"
 SHIPPED_MODEL = ASSETS_DIR / "tiny-qwen2-addition"
-# 16 completions per step (4 prompts × G=4), 2 optimizer steps per generation batch: step 2 is off-policy
-FAST = [
-    "--per_device_train_batch_size", "16", "--num_generations", "4", "--steps_per_generation", "2",
-    "--max_completion_length", "12", "--synthetic_train_size", "64", "--heldout_size", "8",
-    "--logging_steps", "1", "--save_steps", "1",
-]  # fmt: skip
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    # the CPU is shared: OpenMP threads spinning against other processes make a step 10x slower
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# conftest's fast run with 8 held-out problems and a checkpoint at every step
+FAST = as_flags({**FAST_RUN, "heldout_size": 8, "save_steps": 1})
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -165,7 +154,7 @@ def test_shipped_model_path_resolves_outside_the_repository(tmp_path, monkeypatc
 
 def test_without_wandb_the_recipe_falls_back_to_console_logging(monkeypatch, tmp_path, caplog):
     # wandb is a dependency, so its absence is simulated: the same recipe keeps wandb when it imports
-    from fipo_trl.cli.train import set_up_wandb
+    from fipo_trl.run.setup import set_up_wandb
 
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))  # else set_up_wandb would set it for the rest of the session
     _, training_args, _ = parse_recipe([str(RECIPE), "--output_dir", str(tmp_path / "with")])
@@ -275,3 +264,31 @@ def test_rewards_by_dotted_path_and_registry_names():
     assert accuracy.__name__ == "dapo_accuracy_reward" and accuracy(["Answer: 2"], solution=["2"]) == [1.0]
     with pytest.raises(UsageError, match="cannot import reward function 'fipo_trl.rewards.nope'"):
         get_reward_funcs(FIPOScriptArguments(reward_funcs=["fipo_trl.rewards.nope"]), SimpleNamespace())
+
+
+def test_output_dir_is_checked_once_on_the_way_to_training(tmp_path, capsys, monkeypatch):
+    # `fipo-trl train` checks output_dir in one place (check_training_args), not once per layer it passes
+    from fipo_trl.run import preflight
+
+    calls, check = [], preflight.check_output_dir
+    monkeypatch.setattr(preflight, "check_output_dir", lambda path: calls.append(path) or check(path))
+    # refused after every check of training_args and the output_dir lock: 100000 tokens exceed the model's positions
+    argv = [str(RECIPE), "--output_dir", str(tmp_path / "run"), "--max_completion_length", "100000"]
+    assert "max_completion_length" in one_line_error(capsys, argv)
+    assert calls == [str(tmp_path / "run")]
+
+
+def test_the_comparison_example_gets_the_pre_flight_checks_of_train(tmp_path):
+    # examples/compare_dapo_fipo.py builds its runs on train's set-up (prepare_run): a bad setting is refused there
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("compare", RECIPE.parents[1] / "examples" / "compare_dapo_fipo.py")
+    compare = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(compare)
+    lib = compare.library()
+    argv = [str(RECIPE), "--output_dir", str(tmp_path / "run"), "--report_to", "none", "--top_p", "0"]
+    with pytest.raises(UsageError, match=r"^top_p: 0\.0 must be in \(0, 1\]"):
+        lib.prepare(*lib.parse_recipe(argv))
+    job = lib.prepare(*lib.parse_recipe(argv[:-2]))
+    assert job.model_name_or_path == resolve_model_path("fipo_trl/assets/tiny-qwen2-addition")
+    assert len(job.train_dataset) and job.resume_from_checkpoint is None

@@ -138,12 +138,32 @@ SOUND_TRAINING_FIELDS = {
         ({"learning_rate": float("nan")}, "learning_rate: nan must be"),
     ],
 )
-def test_training_fields_that_train_nothing_are_refused(fields, message):
-    args = SimpleNamespace(**{**SOUND_TRAINING_FIELDS, **fields})
+def test_training_fields_that_train_nothing_are_refused(fields, message, tmp_path):
+    args = SimpleNamespace(**{**SOUND_TRAINING_FIELDS, "output_dir": str(tmp_path), **fields})
     with pytest.raises(UsageError, match=message):
         check_training_args(args)
 
 
-def test_sound_training_fields_pass():
-    check_training_args(SimpleNamespace(**{**SOUND_TRAINING_FIELDS, "learning_rate": 0.0}))
-    check_training_args(SimpleNamespace(**{**SOUND_TRAINING_FIELDS, "max_steps": 400, "top_p": 0.7, "min_p": 0.1}))
+def test_sound_training_fields_pass(tmp_path):
+    sound = {**SOUND_TRAINING_FIELDS, "output_dir": str(tmp_path / "run")}
+    check_training_args(SimpleNamespace(**{**sound, "learning_rate": 0.0}))
+    check_training_args(SimpleNamespace(**{**sound, "max_steps": 400, "top_p": 0.7, "min_p": 0.1}))
+    assert (tmp_path / "run").is_dir()  # the one call of the training checks also makes output_dir
+
+
+def test_training_checks_include_the_output_dir(tmp_path):
+    # every check of training_args alone is one call: an output_dir that is a file is refused by it too
+    (tmp_path / "taken").write_text("")
+    with pytest.raises(UsageError, match="output_dir: .* is a file, not a folder"):
+        check_training_args(SimpleNamespace(**SOUND_TRAINING_FIELDS, output_dir=str(tmp_path / "taken")))
+
+
+def test_training_and_eval_share_one_sampling_check(tmp_path):
+    # the recipe's temperature and fipo-trl eval's --temperature are refused by one rule, in the same words
+    from fipo_trl.evaluation.generation import Sampling
+
+    with pytest.raises(UsageError) as training:
+        check_training_args(SimpleNamespace(**{**SOUND_TRAINING_FIELDS, "output_dir": str(tmp_path), "top_p": 0}))
+    with pytest.raises(UsageError) as evaluation:
+        Sampling(top_p=0, max_tokens=16)
+    assert str(training.value) == str(evaluation.value) == "top_p: 0 must be in (0, 1] (1.0 keeps every token)"

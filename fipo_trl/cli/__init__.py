@@ -1,17 +1,20 @@
 """The `fipo-trl` command: `train`, `check` and `eval`, each a thin dispatcher to the module that owns it.
 
-Every subcommand reports a user mistake ([`~fipo_trl.errors.UsageError`]) here, the same way: one line
-`fipo-trl <command>: error: <message>` on stderr and exit status 2. Ctrl-C ends any of them with one line
-`fipo-trl <command>: interrupted ...` (for `train`: where it stopped and how to resume) and exit status 130; SIGTERM
-(a scheduler's preemption or time limit) ends `train` with one line `fipo-trl train: stopped by SIGTERM ...` and exit
-status 143.
+Every subcommand reports its errors here, each kind as one line on stderr with its own exit status (the table of
+docs/troubleshooting.md): a user mistake ([`~fipo_trl.errors.UsageError`]) as `fipo-trl <command>: error: <message>`,
+status 2; a failure during training ([`~fipo_trl.errors.TrainingError`]) as `fipo-trl train: failed: <message>`,
+status 3; Ctrl-C as `fipo-trl <command>: interrupted ...`, status 130; SIGTERM (a scheduler's preemption or time
+limit) as `fipo-trl train: stopped by SIGTERM ...`, status 143. With `FIPO_TRL_DEBUG=1` in the environment an error
+prints its full traceback, chained causes included, instead of the one line.
 """
 
+import argparse
 import importlib
 import os
 import sys
+import traceback
 
-from ..errors import Preempted, UsageError
+from ..errors import Preempted, TrainingError, UsageError
 
 
 COMMANDS = {  # name: (module, entry function, help)
@@ -20,10 +23,21 @@ COMMANDS = {  # name: (module, entry function, help)
     "eval": ("fipo_trl.cli.eval", "cli", "Avg@k / Cons@k / Pass@k of a model on a math dataset"),
 }
 USAGE_ERROR_STATUS = 2  # argparse's status for a bad command line
+TRAINING_ERROR_STATUS = 3  # a run that started and failed: not the user's input, not an interruption
 INTERRUPTED_STATUS = 130  # 128 + SIGINT, what a shell reports for a command stopped by Ctrl-C
 # 128 + SIGTERM, what a shell reports for a process that SIGTERM ended: Slurm requeues a preempted job whatever the
 # status (PreemptMode=REQUEUE); the shipped sbatch script requeues itself on it (docs/cluster-jobs.md)
 PREEMPTED_STATUS = 143
+
+
+class RaisingArgumentParser(argparse.ArgumentParser):
+    """
+    An `argparse.ArgumentParser` whose errors raise [`UsageError`]: argparse prints its usage and exits on a bad flag,
+    and every command reports one line. `fipo-trl check` uses it, `fipo-trl eval` mixes it into `HfArgumentParser`.
+    """
+
+    def error(self, message):
+        raise UsageError(message)
 
 
 def usage() -> str:
@@ -63,8 +77,11 @@ def main(argv=None) -> int:
     try:
         return entry(args)
     except UsageError as error:
-        print(f"fipo-trl {command}: error: {error}", file=sys.stderr)
+        report(f"fipo-trl {command}: error: {error}", error)
         return USAGE_ERROR_STATUS
+    except TrainingError as error:
+        report(f"fipo-trl {command}: failed: {error}", error)
+        return TRAINING_ERROR_STATUS
     except Preempted as preempted:  # SIGTERM from a scheduler: where it stopped and how the requeued job goes on
         if int(os.environ.get("RANK", "0")) == 0:  # every process of the run stops; the main one says where
             print(f"fipo-trl {command}: {preempted}", file=sys.stderr)
@@ -73,6 +90,19 @@ def main(argv=None) -> int:
         # Ctrl-C is how a user stops a run, not a crash: one line (where it stopped, how to go on), no traceback
         print(f"fipo-trl {command}: interrupted" + (f" {interrupt}" if str(interrupt) else ""), file=sys.stderr)
         return INTERRUPTED_STATUS
+
+
+def debug_enabled() -> bool:
+    """Whether `FIPO_TRL_DEBUG` asks for full tracebacks (any value but empty, `0` or `false`)."""
+    return os.environ.get("FIPO_TRL_DEBUG", "").strip().lower() not in ("", "0", "false")
+
+
+def report(line: str, error: BaseException) -> None:
+    """Print `line` on stderr, or with `FIPO_TRL_DEBUG=1` the traceback of `error` and of every cause it chains."""
+    if debug_enabled():
+        traceback.print_exception(error, file=sys.stderr)
+    else:
+        print(line, file=sys.stderr)
 
 
 if __name__ == "__main__":

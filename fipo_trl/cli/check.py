@@ -15,7 +15,6 @@ Reads the recipe the way `fipo-trl train` does, loads no model and prints:
 computed from the recipe's raw fields for N processes, with TRL 1.16's rules (`GRPOConfig.__post_init__`).
 """
 
-import argparse
 import dataclasses
 import io
 import json
@@ -27,26 +26,40 @@ from pathlib import Path
 import yaml
 
 from ..batch_geometry import GEOMETRY_FIELDS, resolve_geometry
-from ..config import OFFICIAL_STEPS_PER_ROLLOUT
 from ..dynamic_sampling.group_filter import round_sizes
 from ..errors import UsageError
 from ..memory_estimate import GIB, OPTIM_BYTES, WEIGHT_BYTES, Sharding, memory_per_gpu, model_shape, parameter_count
+from ..official import (
+    MAX_COMPLETION_LENGTH,
+    MAX_NUM_GEN_BATCHES,
+    MAX_PROMPT_LENGTH,
+    NUM_GENERATIONS,
+    PROMPTS_PER_MINI_BATCH,
+    PROMPTS_PER_ROUND,
+    PROMPTS_PER_STEP,
+    STEPS_PER_ROLLOUT,
+)
+from . import RaisingArgumentParser
 from .recipe import read_yaml_file
 
 
-# Official 32B run (docs/fipo.md §3.1): 512 prompts × 16 per step, 8 mini-batches of 64 prompts, 20480 + 2048 tokens
+# Official 32B run (docs/fipo.md §3.1), from `fipo_trl.official`
 OFFICIAL = {
-    "prompts_per_generation": 512,
-    "completions_per_generation": 8192,
-    "completions_per_step": 1024,
-    "steps_per_generation": OFFICIAL_STEPS_PER_ROLLOUT,
-    "num_generations": 16,
-    "max_completion_length": 20480,
-    "max_prompt_length": 2048,
+    "prompts_per_generation": PROMPTS_PER_STEP,
+    "completions_per_generation": PROMPTS_PER_STEP * NUM_GENERATIONS,
+    "completions_per_step": PROMPTS_PER_MINI_BATCH * NUM_GENERATIONS,
+    "steps_per_generation": STEPS_PER_ROLLOUT,
+    "num_generations": NUM_GENERATIONS,
+    "max_completion_length": MAX_COMPLETION_LENGTH,
+    "max_prompt_length": MAX_PROMPT_LENGTH,
 }
-# 32B script: algorithm.filter_groups (metric acc, max_num_gen_batches 10), gen_batch_size 2048, train_batch_size 512
-OFFICIAL_DYNAMIC_SAMPLING = "on, 2048 prompts per round, 512 kept, at most 10 rounds, metric acc"
-OFFICIAL_PROMPT_COUNTS = (64, 512, 2048)  # 32B mini-batch, training batch and generation batch, all in prompts
+# 32B script: algorithm.filter_groups (metric acc), gen_batch_size, train_batch_size, max_num_gen_batches
+OFFICIAL_DYNAMIC_SAMPLING = (
+    f"on, {PROMPTS_PER_ROUND} prompts per round, {PROMPTS_PER_STEP} kept, at most "
+    f"{MAX_NUM_GEN_BATCHES} rounds, metric acc"
+)
+# 32B mini-batch, training batch and generation batch, all in prompts
+OFFICIAL_PROMPT_COUNTS = (PROMPTS_PER_MINI_BATCH, PROMPTS_PER_STEP, PROMPTS_PER_ROUND)
 
 
 def cli_overrides(extra_args):
@@ -90,7 +103,41 @@ def parse_typed(recipe_path, raw, extra_args):
 
 
 def find_warnings(recipe, geometry, args, script_args, model_args, sharding):
-    """Known mistakes and deviations from the official run, one sentence each."""
+    """Known mistakes and deviations from the official run, one sentence each: geometry first, then settings."""
+    return geometry_warnings(recipe, geometry) + settings_warnings(geometry, args, script_args, model_args, sharding)
+
+
+def geometry_warnings(recipe, geometry):
+    """Batch sizes given in prompts, on-policy or straddling optimizer steps, revisited completions."""
+    found = []
+    for name in ("per_device_train_batch_size", "generation_batch_size"):
+        if recipe.get(name) in OFFICIAL_PROMPT_COUNTS:
+            found.append(
+                f"{name}={recipe[name]} looks like a count of prompts (official: {PROMPTS_PER_STEP} prompts per "
+                f"batch, mini-batches of {PROMPTS_PER_MINI_BATCH}); TRL counts completions, so this is "
+                f"{recipe[name] / geometry.num_generations:g} prompts × {geometry.num_generations}."
+            )
+    if not geometry.off_policy:
+        found.append(
+            "every optimizer step is on-policy: log π_θ = log π_old, all FIPO weights are 1 and FIPO is exactly DAPO. "
+            f"Set steps_per_generation to a multiple of gradient_accumulation_steps (official: {STEPS_PER_ROLLOUT} ×)."
+        )
+    elif geometry.steps_per_generation % geometry.gradient_accumulation_steps:
+        found.append(
+            f"steps_per_generation={geometry.steps_per_generation} is not a multiple of gradient_accumulation_steps="
+            f"{geometry.gradient_accumulation_steps}: optimizer steps straddle two generation batches."
+        )
+    if geometry.num_iterations > 1:
+        found.append(
+            f"num_iterations={geometry.num_iterations} revisits the same completions (FIPO then also sees the effect "
+            f"of training on that very completion); the official run uses num_iterations=1 and {STEPS_PER_ROLLOUT} "
+            "disjoint mini-batches: raise steps_per_generation instead."
+        )
+    return found
+
+
+def settings_warnings(geometry, args, script_args, model_args, sharding):
+    """bf16 weights without a master copy, vLLM settings, and settings the official recipe does not use."""
     found = []
     shape, _ = model_shape(model_args.model_name_or_path)
     checkpoint_dtype = (shape or {}).get("dtype") or (shape or {}).get("torch_dtype") or "bfloat16"
@@ -101,29 +148,6 @@ def find_warnings(recipe, geometry, args, script_args, model_args, sharding):
             f"the weights stay bfloat16 under {sharding.label} (no fp32 master copy): AdamW updates at "
             f"learning_rate={args.learning_rate:g} mostly round away. Pass --dtype float32 (bf16=True still "
             "autocasts the compute) or use a DeepSpeed/FSDP config."
-        )
-    for name in ("per_device_train_batch_size", "generation_batch_size"):
-        if recipe.get(name) in OFFICIAL_PROMPT_COUNTS:
-            found.append(
-                f"{name}={recipe[name]} looks like a count of prompts (official: 512 prompts per batch, mini-batches "
-                f"of 64); TRL counts completions, so this is {recipe[name] / geometry.num_generations:g} prompts "
-                f"× {geometry.num_generations}."
-            )
-    if not geometry.off_policy:
-        found.append(
-            "every optimizer step is on-policy: log π_θ = log π_old, all FIPO weights are 1 and FIPO is exactly DAPO. "
-            "Set steps_per_generation to a multiple of gradient_accumulation_steps (official: 8 ×)."
-        )
-    elif geometry.steps_per_generation % geometry.gradient_accumulation_steps:
-        found.append(
-            f"steps_per_generation={geometry.steps_per_generation} is not a multiple of gradient_accumulation_steps="
-            f"{geometry.gradient_accumulation_steps}: optimizer steps straddle two generation batches."
-        )
-    if geometry.num_iterations > 1:
-        found.append(
-            f"num_iterations={geometry.num_iterations} revisits the same completions (FIPO then also sees the effect "
-            "of training on that very completion); the official run uses num_iterations=1 and 8 disjoint "
-            "mini-batches: raise steps_per_generation instead."
         )
     if args.use_vllm and args.vllm_importance_sampling_correction:
         found.append(
@@ -147,7 +171,10 @@ def find_warnings(recipe, geometry, args, script_args, model_args, sharding):
     if args.max_completion_length >= 8192 and not args.gradient_checkpointing:
         found.append(f"gradient_checkpointing is off with {args.max_completion_length}-token completions.")
     if script_args.max_prompt_length is None:
-        found.append("max_prompt_length is not set: prompts are never truncated (official: 2048, left-truncated).")
+        found.append(
+            "max_prompt_length is not set: prompts are never truncated "
+            f"(official: {MAX_PROMPT_LENGTH}, left-truncated)."
+        )
     return found
 
 
@@ -167,31 +194,47 @@ def format_bytes(size):
 
 
 def describe(recipe_path, recipe, geometry, args, script_args, model_args, sharding, found):
-    """The report, as lines of text."""
-    max_prompt = script_args.max_prompt_length
-    tokens_per_sequence = args.max_completion_length + (max_prompt or 0)
-    prompt_note = "" if max_prompt else " + prompts (no max_prompt_length)"
-    lines = [f"fipo-trl check {recipe_path}", ""]
-    lines.append(
+    """The report, as lines of text: the launch, the geometry table, dynamic sampling, memory, the warnings."""
+    lines = [f"fipo-trl check {recipe_path}", "", *launch_lines(geometry, args, sharding), ""]
+    lines += geometry_table(geometry, args, script_args)
+    lines += ["", *dynamic_sampling_lines(geometry, args), ""]
+    lines += memory_lines(geometry, args, script_args, model_args, sharding)
+    lines.append("")
+    lines += [f"  warning: {text}" for text in found] or ["  no warnings"]
+    return lines
+
+
+def launch_lines(geometry, args, sharding):
+    """The processes, nodes and sharding of the launch, and where generation runs (vLLM or transformers)."""
+    lines = [
         f"  {geometry.num_processes} training process(es) on {geometry.num_nodes} node(s) "
         f"({geometry.num_processes // geometry.num_nodes} per node), {sharding.label}"
+    ]
+    if not args.use_vllm:
+        return [*lines, "  generation: transformers generate() inside each training process (no vLLM)"]
+    server = args.vllm_server_base_url or f"{args.vllm_server_host}:{args.vllm_server_port}"
+    if server.startswith("0.0.0.0"):
+        server = f"--vllm_server_host given at launch, port {args.vllm_server_port}"
+    where = (
+        f"server mode ({server}); its GPUs come on top of these processes"
+        if args.vllm_mode == "server"
+        else f"colocate mode, tensor parallel {args.vllm_tensor_parallel_size}, "
+        f"{args.vllm_gpu_memory_utilization:.0%} of each GPU reserved"
     )
-    if args.use_vllm:
-        server = args.vllm_server_base_url or f"{args.vllm_server_host}:{args.vllm_server_port}"
-        if server.startswith("0.0.0.0"):
-            server = f"--vllm_server_host given at launch, port {args.vllm_server_port}"
-        where = (
-            f"server mode ({server}); its GPUs come on top of these processes"
-            if args.vllm_mode == "server"
-            else f"colocate mode, tensor parallel {args.vllm_tensor_parallel_size}, "
-            f"{args.vllm_gpu_memory_utilization:.0%} of each GPU reserved"
-        )
-        lines.append(f"  vLLM: {where}")
-    else:
-        lines.append("  generation: transformers generate() inside each training process (no vLLM)")
+    return [*lines, f"  vLLM: {where}"]
+
+
+def tokens_per_sequence(args, script_args):
+    """Prompt budget (0 when prompts are not truncated) plus `max_completion_length`."""
+    return args.max_completion_length + (script_args.max_prompt_length or 0)
+
+
+def geometry_table(geometry, args, script_args):
+    """This recipe's batch geometry and token budget beside the official 32B run's, as aligned rows."""
+    sequence = tokens_per_sequence(args, script_args)
+    prompt_note = "" if script_args.max_prompt_length else " + prompts (no max_prompt_length)"
     stale, total = geometry.off_policy_steps
     verdict = f"active: {stale} of {total} steps off-policy" if stale else "identical to DAPO (all on-policy)"
-    micro_batch_tokens = tokens_per_sequence * geometry.per_device_train_batch_size
     official_tokens = OFFICIAL["max_completion_length"] + OFFICIAL["max_prompt_length"]
     official_steps = OFFICIAL["steps_per_generation"]  # the first step of each batch is on-policy
     table = [
@@ -205,62 +248,63 @@ def describe(recipe_path, recipe, geometry, args, script_args, model_args, shard
         ("completions per optimizer step", geometry.completions_per_step, OFFICIAL["completions_per_step"]),
         ("optimizer steps per generation batch", f"{geometry.steps_per_generation_batch:g}", official_steps),
         ("FIPO", verdict, f"active: {official_steps - 1} of {official_steps} steps off-policy"),
-        ("max tokens per sequence", f"{tokens_per_sequence}{prompt_note}", official_tokens),
-        ("max tokens per micro-batch (per GPU)", f"{micro_batch_tokens:,}", f"{official_tokens:,} / 8 (Ulysses SP)"),
+        ("max tokens per sequence", f"{sequence}{prompt_note}", official_tokens),
+        (
+            "max tokens per micro-batch (per GPU)",
+            f"{sequence * geometry.per_device_train_batch_size:,}",
+            f"{official_tokens:,} / 8 (Ulysses SP)",
+        ),
         (
             "max tokens per optimizer step",
-            f"{tokens_per_sequence * geometry.completions_per_step:,}",
+            f"{sequence * geometry.completions_per_step:,}",
             f"{official_tokens * OFFICIAL['completions_per_step']:,}",
         ),
     ]
-    lines.append("")
     width = max(32, *(len(str(value)) for _, value, _ in table))  # the widest value sets the column
-    lines += [f"  {name:<38} {value!s:<{width}}   {official}".rstrip() for name, value, official in table]
+    return [f"  {name:<38} {value!s:<{width}}   {official}".rstrip() for name, value, official in table]
+
+
+def dynamic_sampling_lines(geometry, args):
+    """Dynamic sampling's settings for this geometry, and the official run's."""
     try:
         sampling = dynamic_sampling_summary(
             args, geometry.completions_per_generation, geometry.num_processes, geometry.steps_per_generation_batch
         )
     except ValueError as error:
-        raise UsageError(str(error)) from None
-    official = f"official 32B: {OFFICIAL_DYNAMIC_SAMPLING}"
+        raise UsageError(str(error)) from error
     names = max(len(name) for name, _ in sampling)
-    lines += ["", *(f"  {name:<{names}}   {value}" for name, value in sampling), f"  {'':<{names}}   ({official})"]
+    official = f"official 32B: {OFFICIAL_DYNAMIC_SAMPLING}"
+    return [*(f"  {name:<{names}}   {value}" for name, value in sampling), f"  {'':<{names}}   ({official})"]
 
+
+def memory_lines(geometry, args, script_args, model_args, sharding):
+    """The model's parameter count and a rough per-GPU memory for its states (none when the count is unknown)."""
     shape, source = model_shape(model_args.model_name_or_path)
     num_params = parameter_count(shape) if shape else None
-    lines.append("")
     if num_params is None:
-        lines.append(f"  model: {model_args.model_name_or_path} (parameter count unknown: no memory estimate)")
-    else:
-        state = memory_per_gpu(num_params, sharding, geometry.num_processes)
-        lines.append(f"  model: {model_args.model_name_or_path}, {format_count(num_params)} parameters ({source})")
-        lines.append(
-            f"  weights + grads + AdamW per GPU: {format_bytes(state)} under {sharding.label} "
-            "(excludes activations, logits and the vLLM cache)"
-        )
-        if args.gradient_checkpointing:
-            # One saved hidden state per layer and token (bf16); the recomputed layer and the logits come on top
-            saved = shape["num_hidden_layers"] * shape["hidden_size"] * micro_batch_tokens * 2
-            lines.append(f"  checkpointed activations per GPU: {format_bytes(saved)} for one full micro-batch")
-        if args.beta != 0:
-            divisor = geometry.num_processes if sharding.zero_stage == 3 else 1
-            lines.append(f"  reference model per GPU: {format_bytes(WEIGHT_BYTES * num_params / divisor)}")
-        if sharding.offload_optimizer or sharding.offload_params:
-            cpu = (OPTIM_BYTES + (WEIGHT_BYTES if sharding.offload_params else 0)) * num_params / geometry.num_nodes
-            lines.append(f"  CPU RAM per node for offloaded states: {format_bytes(cpu)}")
-    lines.append("")
-    lines += [f"  warning: {text}" for text in found] or ["  no warnings"]
+        return [f"  model: {model_args.model_name_or_path} (parameter count unknown: no memory estimate)"]
+    state = memory_per_gpu(num_params, sharding, geometry.num_processes)
+    lines = [
+        f"  model: {model_args.model_name_or_path}, {format_count(num_params)} parameters ({source})",
+        f"  weights + grads + AdamW per GPU: {format_bytes(state)} under {sharding.label} "
+        "(excludes activations, logits and the vLLM cache)",
+    ]
+    if args.gradient_checkpointing:
+        # One saved hidden state per layer and token (bf16); the recomputed layer and the logits come on top
+        micro_batch_tokens = tokens_per_sequence(args, script_args) * geometry.per_device_train_batch_size
+        saved = shape["num_hidden_layers"] * shape["hidden_size"] * micro_batch_tokens * 2
+        lines.append(f"  checkpointed activations per GPU: {format_bytes(saved)} for one full micro-batch")
+    if args.beta != 0:
+        divisor = geometry.num_processes if sharding.zero_stage == 3 else 1
+        lines.append(f"  reference model per GPU: {format_bytes(WEIGHT_BYTES * num_params / divisor)}")
+    if sharding.offload_optimizer or sharding.offload_params:
+        cpu = (OPTIM_BYTES + (WEIGHT_BYTES if sharding.offload_params else 0)) * num_params / geometry.num_nodes
+        lines.append(f"  CPU RAM per node for offloaded states: {format_bytes(cpu)}")
     return lines
 
 
-class _ArgumentParser(argparse.ArgumentParser):
-    # argparse prints usage and exits on a bad flag; raising keeps the command's error to one line
-    def error(self, message):
-        raise UsageError(message)
-
-
 def make_parser():
-    parser = _ArgumentParser(
+    parser = RaisingArgumentParser(
         prog="fipo-trl check",
         description="Print the batch geometry, FIPO on/off verdict, token and memory budget of a recipe at scale.",
     )

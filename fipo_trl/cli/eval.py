@@ -14,8 +14,9 @@ from typing import Literal
 
 from ..errors import UsageError
 from ..evaluation.datasets import load_eval_dataset
-from ..evaluation.generation import check_sampling_arguments
+from ..evaluation.generation import Sampling, check_batch_size
 from ..evaluation.scoring import format_table, score_completions, summarize, write_results
+from ..official import MAX_COMPLETION_LENGTH
 
 
 @dataclass
@@ -64,7 +65,10 @@ class EvalArguments:
     k: int = field(default=32, metadata={"help": "Samples per problem. Paper: 32."})
     temperature: float = field(default=1.0, metadata={"help": "Sampling temperature. Paper: 1.0."})
     top_p: float = field(default=0.7, metadata={"help": "Nucleus sampling threshold. Paper: 0.7."})
-    max_tokens: int = field(default=20480, metadata={"help": "Max completion tokens. Official 32B: 20480."})
+    max_tokens: int = field(
+        default=MAX_COMPLETION_LENGTH,
+        metadata={"help": f"Max completion tokens. Official 32B: {MAX_COMPLETION_LENGTH}."},
+    )
     answer_format: Literal["dapo", "boxed"] = field(
         default="dapo",
         metadata={"help": "dapo: 'Answer:' line, dapo_accuracy_reward. boxed: \\boxed{}, math_verify_reward."},
@@ -78,9 +82,17 @@ class EvalArguments:
     output_dir: str = field(default="eval_results", metadata={"help": "Where the JSONL and summary JSON go."})
 
     def __post_init__(self):
-        check_sampling_arguments(self.k, self.temperature, self.top_p, self.max_tokens, self.batch_size)
+        sampling_of(self)  # refuses a sampling field out of range, naming it
+        check_batch_size(self.batch_size)
         if self.dtype not in ("auto", "bfloat16", "float16", "float32"):
             raise UsageError(f"--dtype must be auto, bfloat16, float16 or float32, got {self.dtype!r}")
+
+
+def sampling_of(args) -> Sampling:
+    """The [`~fipo_trl.evaluation.generation.Sampling`] of [`EvalArguments`] (or any object with its fields)."""
+    return Sampling(
+        k=args.k, temperature=args.temperature, top_p=args.top_p, max_tokens=args.max_tokens, seed=args.seed
+    )
 
 
 def cli(argv: list[str] | None = None) -> int:
@@ -88,10 +100,10 @@ def cli(argv: list[str] | None = None) -> int:
     import datasets
     from transformers import HfArgumentParser
 
-    class EvalArgumentParser(HfArgumentParser):
-        # argparse prints usage and exits on a bad flag; raising keeps the CLI's error to one line
-        def error(self, message):
-            raise UsageError(message)
+    from . import RaisingArgumentParser
+
+    class EvalArgumentParser(RaisingArgumentParser, HfArgumentParser):
+        pass
 
     datasets.disable_progress_bars()  # loading a benchmark takes a second; its bars would bury a one-line error
     parser = EvalArgumentParser(EvalArguments, prog="fipo-trl eval", description=__doc__.splitlines()[0])
@@ -125,16 +137,14 @@ def evaluate(args) -> dict:
     backend = args.backend if args.backend != "auto" else "vllm" if vllm_usable() else "transformers"
     if backend == "vllm" and not vllm_usable():
         raise UsageError("--backend vllm needs vLLM installed and a GPU")
-    sampling = {"k": args.k, "temperature": args.temperature, "top_p": args.top_p, "max_tokens": args.max_tokens}
+    sampling = sampling_of(args)
     tokenizer = load_tokenizer(model_path)
     prompt_ids = tokenize_prompts(dataset["prompt"], tokenizer)  # before the model loads: a bad prompt fails fast
     if backend == "vllm":
-        completions = generate_with_vllm(model_path, tokenizer, prompt_ids, **sampling, seed=args.seed)
+        completions = generate_with_vllm(model_path, tokenizer, prompt_ids, sampling)
     else:
         model, _ = load_model_and_tokenizer(model_path, args.dtype)
-        completions = generate_with_transformers(
-            model, tokenizer, prompt_ids, **sampling, batch_size=args.batch_size, seed=args.seed
-        )
+        completions = generate_with_transformers(model, tokenizer, prompt_ids, sampling, args.batch_size)
     records = score_completions(dataset, completions, args.answer_format)
     metrics = summarize(records)
     summary = {**asdict(args), "model_path": model_path, "backend": backend, "num_problems": len(records)}

@@ -22,6 +22,7 @@ from typing import Literal
 from trl import ModelConfig, ScriptArguments
 
 from ..errors import UsageError
+from ..official import MAX_PROMPT_LENGTH, OVERLONG_BUFFER
 
 
 USAGE = "usage: fipo-trl train RECIPE.yaml [--field value ...]   (e.g. fipo-trl train configs/quickstart.yaml)"
@@ -96,10 +97,14 @@ class FIPOScriptArguments(ScriptArguments):
         metadata={"help": "Reward names (dapo_accuracy, math_verify, soft_overlong) or dotted import paths."},
     )
     overlong_buffer_length: int = field(
-        default=4096, metadata={"help": "Buffer of the soft_overlong reward (official DAPO/FIPO: 4096)."}
+        default=OVERLONG_BUFFER,
+        metadata={"help": f"Buffer of the soft_overlong reward (official DAPO/FIPO: {OVERLONG_BUFFER})."},
     )
     max_prompt_length: int | None = field(
-        default=None, metadata={"help": "Left-truncate prompts to this many tokens (official: 2048); None keeps all."}
+        default=None,
+        metadata={
+            "help": f"Left-truncate prompts to this many tokens (official: {MAX_PROMPT_LENGTH}); None keeps all."
+        },
     )
     synthetic_task: str = field(
         default="addition", metadata={"help": "Synthetic task: 'addition', 'linear' or 'long_sum'."}
@@ -143,16 +148,6 @@ def make_parser():
     from .recipe_classes import RecipeConfig
 
     return TrlParser((FIPOScriptArguments, RecipeConfig, ModelConfig), prog="fipo-trl train")
-
-
-def check_dynamic_sampling_metric(training_args, reward_func_names):
-    """[`~fipo_trl.dynamic_sampling.group_filter.check_dynamic_sampling_metric`], as a [`UsageError`]."""
-    from ..dynamic_sampling.group_filter import check_dynamic_sampling_metric as check
-
-    try:
-        check(training_args, reward_func_names)
-    except ValueError as error:
-        raise UsageError(str(error)) from None
 
 
 def join_negative_values(argv):
@@ -211,8 +206,8 @@ def parse_recipe(argv):
         # `fipo-trl` prefixes its own "fipo-trl train: error:"; argparse's would make it appear twice
         message = lines[-1].removeprefix(f"{parser.prog}: error: ") if lines else f"invalid arguments: {argv}"
         raise UsageError(message) from None
-    except (ValueError, TypeError) as exc:
-        raise UsageError(str(exc).splitlines()[0]) from None
+    except (ValueError, TypeError) as exc:  # a config's own check: one line, its origin kept for FIPO_TRL_DEBUG=1
+        raise UsageError(str(exc).splitlines()[0]) from exc
     unknown = [arg[2:] for arg in [*config_unknown, *cli_unknown] if arg.startswith("--")]
     if unknown or cli_unknown:
         raise UsageError(f"unknown recipe field(s): {', '.join(unknown) or ' '.join(cli_unknown)}")

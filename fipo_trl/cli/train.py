@@ -13,11 +13,13 @@ same command runs on one CPU or under `accelerate launch`:
 A run holds a lock on its `output_dir` ([`fipo_trl.run.lock`]) and stops cleanly on SIGTERM
 ([`fipo_trl.run.preemption`]); docs/cluster-jobs.md.
 
-This module only calls the library and reports: data from [`fipo_trl.data`], rewards from [`fipo_trl.rewards`],
-callbacks from [`fipo_trl.callbacks`], the held-out check from [`fipo_trl.evaluation.heldout`].
+This module only calls the library and reports: the checked set-up (data, rewards, resume, the lock) from
+[`fipo_trl.run.setup`], callbacks from [`fipo_trl.callbacks`], the held-out check from [`fipo_trl.evaluation.heldout`],
+how a run stopped from [`fipo_trl.run.stop`]. Errors are reported by `fipo-trl` ([`fipo_trl.cli`]): exit status 2
+before the model loads, 3 for a failure during training (docs/troubleshooting.md).
 """
 
-import logging
+import functools
 import math
 import os
 import shlex
@@ -25,13 +27,16 @@ import sys
 import time
 from pathlib import Path
 
-from ..errors import Preempted, UsageError
-from ..run.resume import resolve_resume
-from ..run.stop import TrainingInterrupted, TrainingPreempted, close_progress_bar, preempted_at, stopped_at
+from ..errors import Preempted, TrainingError, UsageError
+from ..run.stop import (
+    StoppedTrainingError,
+    TrainingInterrupted,
+    TrainingPreempted,
+    close_progress_bar,
+    preempted_at,
+    stopped_at,
+)
 from .recipe import make_parser, parse_recipe, short_help
-
-
-logger = logging.getLogger(__name__)
 
 
 def main(script_args, training_args, model_args):
@@ -39,94 +44,105 @@ def main(script_args, training_args, model_args):
     Train FIPO as the recipe says, save the model and print the summary (held-out accuracy and mean completion
     length before → after, where the model, checkpoints and logs are).
 
-    Every input is checked before the model loads: a bad one raises [`UsageError`].
+    Every input is checked before the model loads ([`~fipo_trl.run.setup.prepare_run`], which also holds the lock on
+    `output_dir`): a bad one raises [`UsageError`]; a failure during training raises [`TrainingError`] saying where
+    the run stopped.
     """
-    from tqdm.contrib.logging import logging_redirect_tqdm
-    from trl import get_peft_config, get_quantization_config
+    from ..run.setup import prepare_run
 
-    from ..callbacks import get_callbacks
-    from ..data.math_datasets import get_dataset
-    from ..evaluation.datasets import load_eval_datasets
-    from ..evaluation.heldout import heldout_check
-    from ..model_loading import check_model_fits, load_tokenizer, resolve_model_path
-    from ..rewards import get_reward_funcs
-    from ..rewards.spread import RewardSpreadCallback
-    from ..run.checkpoints import ResumedSettingsCallback
-    from ..run.preemption import PreemptionCallback
-    from ..run.preflight import check_output_dir, check_training_args
-    from ..run.weight_files import check_weight_files
-    from .recipe import check_dynamic_sampling_metric
-    from .recipe_classes import RecipeTrainer
+    with prepare_run(script_args, training_args, model_args) as run:
+        return train_and_report(run, script_args, training_args, model_args)
 
-    check_training_args(training_args)
-    check_output_dir(training_args.output_dir)
-    recipe_model = model_args.model_name_or_path
-    model_args.model_name_or_path = resolve_model_path(model_args.model_name_or_path)
-    check_weight_files(model_args.model_name_or_path)
-    tokenizer = load_tokenizer(model_args.model_name_or_path, model_args.model_revision)
-    train_dataset, heldout_dataset = get_dataset(script_args, tokenizer, training_args)
-    check_model_fits(model_args.model_name_or_path, tokenizer, train_dataset, script_args, training_args, model_args)
-    reward_funcs = get_reward_funcs(script_args, training_args)
-    check_dynamic_sampling_metric(training_args, [func.__name__ for func in reward_funcs])  # TRL's names for them
-    eval_datasets = load_eval_datasets(script_args.math_eval_datasets)
-    set_up_wandb(training_args)
-    resolve_resume(training_args, script_args.overwrite_output_dir, model_args.model_name_or_path)
-    model_init_kwargs = {
-        "revision": model_args.model_revision,
-        "trust_remote_code": training_args.trust_remote_code,
-        "attn_implementation": model_args.attn_implementation,
-        "dtype": model_args.dtype,
-    }
-    training_args.model_init_kwargs = {**model_init_kwargs, **(training_args.model_init_kwargs or {})}
 
-    trainer = RecipeTrainer(
-        model=model_args.model_name_or_path,
-        reward_funcs=reward_funcs,
-        args=training_args,
-        train_dataset=train_dataset,
-        processing_class=tokenizer,
-        peft_config=get_peft_config(model_args),
-        quantization_config=get_quantization_config(model_args),
-    )
-    if training_args.resume_from_checkpoint is not None:
-        trainer.add_callback(ResumedSettingsCallback(training_args.resume_from_checkpoint))
-    # before get_callbacks' CheckpointMarkerCallback, which must see a save decided on SIGTERM
-    preemption = PreemptionCallback(trainer.accelerator, script_args.preemption_grace_period)
-    trainer.add_callback(preemption)
-    for callback in get_callbacks(script_args, training_args, trainer, eval_datasets):
-        trainer.add_callback(callback)
-    trainer.add_callback(RewardSpreadCallback())  # last: the console has shown the log of the step it stops at
-
-    def check():  # one sampled completion per held-out problem, as in training
-        return heldout_check(
-            trainer.model_wrapped,
-            tokenizer,
-            heldout_dataset,
-            reward_funcs[0],
-            accelerator=trainer.accelerator,
-            gradient_checkpointing_kwargs=training_args.gradient_checkpointing_kwargs,
-            max_new_tokens=training_args.max_completion_length,
-            temperature=training_args.temperature,
-            seed=training_args.seed,
-        )
-
+def train_and_report(run, script_args, training_args, model_args):
+    """The part of [`main`] after the set-up: build the trainer, check, train, check again, save, summarize."""
+    trainer, preemption = build_trainer(run, script_args, training_args, model_args)
+    check = functools.partial(heldout_accuracy, trainer, run)
     before = after = None
-    if heldout_dataset is not None and training_args.resume_from_checkpoint is None:
+    if run.heldout_dataset is not None and run.resume_from_checkpoint is None:
         before = check()
         trainer.accelerator.print(
             f"Held-out accuracy before training: {before['accuracy']:.1%} "
             f"(mean length {before['mean_length']:.1f} tokens)"
         )
     start = time.monotonic()
+    run_training(trainer, preemption, run.resume_from_checkpoint)
+    seconds = time.monotonic() - start
+    if run.heldout_dataset is not None:
+        after = check()
+    trainer.save_model(training_args.output_dir)
+    if trainer.accelerator.is_main_process:
+        write_model_card(trainer, run.recipe_model, script_args.dataset_name)
+        print_summary(trainer, before, after, seconds, len(run.heldout_dataset or []))
+    trainer.end()  # finish trackers (wandb) and the process group
+    return trainer
+
+
+def build_trainer(run, script_args, training_args, model_args):
+    """The run's `RecipeTrainer` (cli/recipe_classes.py) with the CLI's callbacks, and its [`PreemptionCallback`]."""
+    from trl import get_peft_config, get_quantization_config
+
+    from ..callbacks import get_callbacks
+    from ..rewards.spread import RewardSpreadCallback
+    from ..run.checkpoints import ResumedSettingsCallback
+    from ..run.preemption import PreemptionCallback
+    from .recipe_classes import RecipeTrainer
+
+    trainer = RecipeTrainer(
+        model=run.model_name_or_path,
+        reward_funcs=run.reward_funcs,
+        args=training_args,
+        train_dataset=run.train_dataset,
+        processing_class=run.tokenizer,
+        peft_config=get_peft_config(model_args),
+        quantization_config=get_quantization_config(model_args),
+    )
+    if run.resume_from_checkpoint is not None:
+        trainer.add_callback(ResumedSettingsCallback(run.resume_from_checkpoint))
+    # before get_callbacks' CheckpointMarkerCallback, which must see a save decided on SIGTERM
+    preemption = PreemptionCallback(trainer.accelerator, script_args.preemption_grace_period)
+    trainer.add_callback(preemption)
+    for callback in get_callbacks(script_args, training_args, trainer, run.eval_datasets):
+        trainer.add_callback(callback)
+    trainer.add_callback(RewardSpreadCallback())  # last: the console has shown the log of the step it stops at
+    return trainer, preemption
+
+
+def heldout_accuracy(trainer, run):
+    """The held-out check on the trainer's model: one sampled completion per problem, as in training."""
+    from ..evaluation.heldout import heldout_check
+
+    args = trainer.args
+    return heldout_check(
+        trainer.model_wrapped,
+        run.tokenizer,
+        run.heldout_dataset,
+        run.reward_funcs[0],
+        accelerator=trainer.accelerator,
+        gradient_checkpointing_kwargs=args.gradient_checkpointing_kwargs,
+        max_new_tokens=args.max_completion_length,
+        temperature=args.temperature,
+        seed=args.seed,
+    )
+
+
+def run_training(trainer, preemption, resume_from_checkpoint):
+    """
+    `trainer.train()`, with each way it can stop reported as one line: a [`TrainingError`] (a reward that raised or
+    never scored, dynamic sampling out of rounds) again with where it stopped, Ctrl-C as [`TrainingInterrupted`],
+    SIGTERM as [`TrainingPreempted`].
+    """
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
     preemption.install()
     try:
         with logging_redirect_tqdm():  # a warning during training gets a line of its own, not the progress bar's
-            trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
-    except UsageError as error:  # a reward that raised or gave no signal: say where the run can go on from
+            trainer.train(resume_from_checkpoint=resume_from_checkpoint)
+    # a reward that raised or never scored, dynamic sampling out of rounds: say where the run can go on from. A
+    # UsageError raised once training runs (a user's reward checking its input) is a failure of the run too: exit 3
+    except (TrainingError, UsageError) as error:
         close_progress_bar(trainer)
-        where, checkpoint = stopped_at(trainer)
-        resume = "; resume with --resume_from_checkpoint last" if checkpoint else ""
-        raise UsageError(f"{error} ({where}{resume})") from error
+        raise StoppedTrainingError(str(error), *stopped_at(trainer)) from error
     except KeyboardInterrupt as interrupt:
         close_progress_bar(trainer)
         if preemption.preempted:
@@ -137,29 +153,6 @@ def main(script_args, training_args, model_args):
     if preemption.preempted:  # stopped at a step's end: no held-out check, no final model, no summary
         close_progress_bar(trainer)
         raise TrainingPreempted(*preempted_at(trainer, preemption, None))
-    seconds = time.monotonic() - start
-    if heldout_dataset is not None:
-        after = check()
-    trainer.save_model(training_args.output_dir)
-    if trainer.accelerator.is_main_process:
-        write_model_card(trainer, recipe_model, script_args.dataset_name)
-        print_summary(trainer, before, after, seconds, len(heldout_dataset or []))
-    trainer.end()  # finish trackers (wandb) and the process group
-    return trainer
-
-
-def set_up_wandb(training_args):
-    """wandb logs next to the checkpoints; without wandb installed, console logging only."""
-    if "wandb" not in training_args.report_to:
-        return
-    try:
-        import wandb  # noqa: F401
-    except ImportError:
-        logger.warning("wandb is not installed (pip install wandb): logging to the console only.")
-        training_args.report_to = [r for r in training_args.report_to if r != "wandb"]
-        return
-    os.makedirs(training_args.output_dir, exist_ok=True)
-    os.environ.setdefault("WANDB_DIR", training_args.output_dir)  # the run's logs next to its checkpoints
 
 
 def write_model_card(trainer, model_name, dataset_name):
@@ -237,18 +230,17 @@ def cli(argv=None) -> int:
     if any(arg in ("-h", "--help") for arg in argv):
         print(short_help())
         return 0
-    from ..run.lock import OutputDirLock
-    from ..run.preflight import check_output_dir
-
     script_args, training_args, model_args = parse_recipe(argv)
-    check_output_dir(training_args.output_dir)  # the lock lives in it
+    command = shlex.join(["fipo-trl", "train", *without_resume_flag(argv), "--resume_from_checkpoint", "last"])
     try:
-        with OutputDirLock(training_args.output_dir):
-            main(script_args, training_args, model_args)
+        main(script_args, training_args, model_args)
+    except StoppedTrainingError as error:
+        if error.checkpoint is None:
+            raise
+        raise TrainingError(f"{error.message} ({error.where}; resume with: {command})") from error
     except TrainingInterrupted as interrupt:
         if interrupt.checkpoint is None:
             raise
-        command = shlex.join(["fipo-trl", "train", *without_resume_flag(argv), "--resume_from_checkpoint", "last"])
         stop = Preempted if isinstance(interrupt, Preempted) else KeyboardInterrupt
         raise stop(f"{interrupt}; resume with: {command}") from None
     return 0

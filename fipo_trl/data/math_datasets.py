@@ -23,6 +23,7 @@ from datasets import Dataset, Value, load_dataset
 from datasets.exceptions import DatasetGenerationError
 
 from ..errors import UsageError
+from ..official import MAX_PROMPT_LENGTH  # the official run's prompt budget, truncated "left"
 from ..run.preflight import check_data_file, check_prompts
 from ..text import solution_text
 
@@ -42,7 +43,6 @@ DAPO_PROMPT_TEMPLATE = (
     "Answer: $Answer (without quotes) where $Answer is the answer to the problem.\n\n{problem}\n\n"
     'Remember to put your answer on its own line after "Answer:".'
 )
-MAX_PROMPT_LENGTH = 2048  # official run: max prompt length, truncation "left"
 
 REQUIRED_COLUMNS = ("prompt", "solution")  # what FIPOTrainer and the rewards read
 _FILE_BUILDERS = {".parquet": "parquet", ".jsonl": "json", ".json": "json"}
@@ -298,18 +298,8 @@ def load_dapo_math(
     return _finish(_from_verl_layout(dataset, path_or_id, conversational, deduplicate), tokenizer, max_prompt_length)
 
 
-def _load_competition(path_or_id, split, problem_column, answer_column, conversational, tokenizer, max_prompt_length):
-    dataset = read_dataset(path_or_id, split=split)
-    if "reward_model" in dataset.column_names:  # verl layout, as in the official run's aime-2024.parquet
-        dataset = _from_verl_layout(dataset, path_or_id, conversational, deduplicate=True)
-    else:
-        require_columns(dataset, [problem_column, answer_column], path_or_id)
-        dataset = _from_problem_answer(dataset, problem_column, answer_column, conversational, DAPO_PROMPT_TEMPLATE)
-    return _finish(dataset, tokenizer, max_prompt_length)
-
-
-def load_aime_2024(
-    path_or_id: str = AIME_2024_ID,
+def load_aime(
+    path_or_id: str,
     split: str = "train",
     problem_column: str = "problem",
     answer_column: str = "answer",
@@ -318,14 +308,15 @@ def load_aime_2024(
     max_prompt_length: int = MAX_PROMPT_LENGTH,
 ) -> Dataset:
     """
-    AIME 2024, one row per problem (the official run's validation set).
+    An AIME set, one row per problem: [`load_aime_2024`] (the official run's validation set) and [`load_aime_2025`]
+    (the paper's supplementary benchmark) are this loader with their own default source.
 
     A source in the verl layout (`prompt` chat list and `reward_model`, like `BytedTsinghua-SIA/AIME-2024`, which
     repeats each of its 30 problems 32 times) is de-duplicated; any other source is read from `problem_column` and
     `answer_column` and gets the DAPO template.
 
     Args:
-        path_or_id (`str`, *optional*, defaults to `"BytedTsinghua-SIA/AIME-2024"`):
+        path_or_id (`str`):
             Hub id or local file/folder.
         split (`str`, *optional*, defaults to `"train"`):
             Split of a folder or hub dataset.
@@ -343,32 +334,23 @@ def load_aime_2024(
     Returns:
         [`~datasets.Dataset`]: columns `prompt` and `solution`.
     """
-    return _load_competition(
-        path_or_id, split, problem_column, answer_column, conversational, tokenizer, max_prompt_length
-    )
+    dataset = read_dataset(path_or_id, split=split)
+    if "reward_model" in dataset.column_names:  # verl layout, as in the official run's aime-2024.parquet
+        dataset = _from_verl_layout(dataset, path_or_id, conversational, deduplicate=True)
+    else:
+        require_columns(dataset, [problem_column, answer_column], path_or_id)
+        dataset = _from_problem_answer(dataset, problem_column, answer_column, conversational, DAPO_PROMPT_TEMPLATE)
+    return _finish(dataset, tokenizer, max_prompt_length)
 
 
-def load_aime_2025(
-    path_or_id: str = AIME_2025_ID,
-    split: str = "train",
-    problem_column: str = "problem",
-    answer_column: str = "answer",
-    conversational: bool = True,
-    tokenizer=None,
-    max_prompt_length: int = MAX_PROMPT_LENGTH,
-) -> Dataset:
-    """
-    AIME 2025 (I and II), one row per problem; the paper's supplementary benchmark.
+def load_aime_2024(path_or_id: str = AIME_2024_ID, **kwargs) -> Dataset:
+    """AIME 2024 by [`load_aime`], by default from `BytedTsinghua-SIA/AIME-2024` (the official validation file)."""
+    return load_aime(path_or_id, **kwargs)
 
-    Same layouts and arguments as [`load_aime_2024`]; the default source `yentinglin/aime_2025` has `problem` and
-    `answer` columns.
 
-    Returns:
-        [`~datasets.Dataset`]: columns `prompt` and `solution`.
-    """
-    return _load_competition(
-        path_or_id, split, problem_column, answer_column, conversational, tokenizer, max_prompt_length
-    )
+def load_aime_2025(path_or_id: str = AIME_2025_ID, **kwargs) -> Dataset:
+    """AIME 2025 (I and II) by [`load_aime`], from `yentinglin/aime_2025` (`problem` / `answer` columns) by default."""
+    return load_aime(path_or_id, **kwargs)
 
 
 def load_math_500(
@@ -431,7 +413,7 @@ def load_gsm8k(
 # --- the datasets of a `fipo-trl train` recipe -----------------------------------------------------------------------
 
 
-def get_dataset(script_args, tokenizer=None, training_args=None) -> tuple[Dataset, Dataset | None]:
+def get_dataset(script_args, tokenizer=None) -> tuple[Dataset, Dataset | None]:
     """
     The `(train, heldout)` datasets of a recipe's [`~fipo_trl.cli.recipe.FIPOScriptArguments`].
 
@@ -441,14 +423,14 @@ def get_dataset(script_args, tokenizer=None, training_args=None) -> tuple[Datase
     from `dataset_test_split`). A source without a test split (a single file, DAPO-Math-17k) gives `heldout_size` of
     its rows to the held-out set, drawn with `seed` 0 and never trained on, and says so. Both datasets are checked for
     those columns and for one answer per `solution`; with a `tokenizer`, chat prompts need its chat template, and
-    with `max_prompt_length` set, training prompts are left-truncated. With `training_args`, the training set must
-    hold at least one generation batch of prompts.
+    with `max_prompt_length` set, training prompts are left-truncated. Whether the training set holds one
+    generation batch of prompts is [`check_enough_prompts`] (called by `fipo_trl.run.setup.check_run_fits`).
 
     Returns:
         `tuple[Dataset, Dataset | None]`: `heldout` is `None` when `heldout_size` is 0.
 
     Raises:
-        UsageError: when the dataset cannot be loaded, lacks a column, or cannot feed one generation batch.
+        UsageError: when the dataset cannot be loaded or lacks a column.
     """
     check_script_args(script_args)
     name = script_args.dataset_name
@@ -477,8 +459,6 @@ def get_dataset(script_args, tokenizer=None, training_args=None) -> tuple[Datase
         check_solutions(heldout, f"{name} (held-out)")
     if tokenizer is not None:
         check_chat_template(train, tokenizer, name)
-    if training_args is not None:
-        check_enough_prompts(train, training_args, name)
     if tokenizer is not None and script_args.max_prompt_length is not None:
         train = truncate_prompts(train, tokenizer, script_args.max_prompt_length)
     return train, heldout

@@ -7,7 +7,10 @@ offline `LLM.generate` (GPU only, not exercised by the test suite). Both return,
 `{"completion", "num_tokens", "truncated"}` dicts.
 """
 
+import functools
 import importlib.util
+import math
+from dataclasses import dataclass
 
 import torch
 from tqdm.auto import tqdm
@@ -53,24 +56,75 @@ def eos_token_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) ->
     return sorted(set(configured) | ({tokenizer.eos_token_id} - {None}))
 
 
+@dataclass(frozen=True)
+class Sampling:
+    """
+    How completions are sampled, the same for both back ends ([`generate_with_transformers`], [`generate_with_vllm`])
+    and checked once, here: a value out of range raises [`UsageError`] naming the field.
+
+    Parameters:
+        k (`int`, *optional*, defaults to `1`):
+            Samples per prompt (transformers' `num_return_sequences`, vLLM's `n`).
+        temperature (`float`, *optional*, defaults to `1.0`):
+            Sampling temperature, > 0 (RL and the paper's evaluation sample; greedy decoding is not offered).
+        top_p (`float`, *optional*, defaults to `1.0`):
+            Nucleus sampling threshold in (0, 1]; 1.0 keeps every token.
+        top_k (`int`, *optional*, defaults to `0`):
+            Keep only the `top_k` most likely tokens; 0 keeps every token.
+        min_p (`float` or `None`, *optional*, defaults to `None`):
+            Drop tokens below `min_p` times the most likely one's probability, in [0, 1]; `None` keeps every token.
+        max_tokens (`int`, *optional*, defaults to `64`):
+            Maximum completion length in tokens (transformers' `max_new_tokens`).
+        seed (`int`, *optional*, defaults to `0`):
+            Seed of the sampling; the training random stream is left untouched.
+    """
+
+    k: int = 1
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    min_p: float | None = None
+    max_tokens: int = 64
+    seed: int = 0
+
+    def __post_init__(self):
+        # transformers and vLLM refuse these only at the first generation, after the model has loaded
+        if self.k < 1:
+            raise UsageError(f"k: {self.k} must be >= 1 (samples per prompt)")
+        if not math.isfinite(self.temperature) or self.temperature <= 0:
+            raise UsageError(
+                f"temperature: {self.temperature} must be > 0: RL samples its completions (the official runs use 1.0)"
+            )
+        if not 0 < self.top_p <= 1:
+            raise UsageError(f"top_p: {self.top_p} must be in (0, 1] (1.0 keeps every token)")
+        if self.top_k < 0:
+            raise UsageError(f"top_k: {self.top_k} must be >= 0 (0 keeps every token)")
+        if self.min_p is not None and not 0 <= self.min_p <= 1:
+            raise UsageError(f"min_p: {self.min_p} must be in [0, 1] (or null)")
+        if self.max_tokens < 1:
+            raise UsageError(f"max_tokens: {self.max_tokens} must be >= 1")
+
+
+def check_batch_size(batch_size: int) -> None:
+    """Refuse a transformers `generate` batch of fewer than one sequence, naming the field."""
+    if batch_size < 1:
+        raise UsageError(f"batch_size: {batch_size} must be >= 1 (sequences per generate call)")
+
+
 def generate_with_transformers(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
     prompt_ids: list[list[int]],
-    k: int,
-    temperature: float,
-    top_p: float,
-    max_tokens: int,
+    sampling: Sampling,
     batch_size: int,
-    seed: int,
     show_progress: bool = True,
 ) -> list[list[dict]]:
     """
-    Sample `k` completions per prompt with transformers `generate`, `batch_size` sequences at a time.
+    Sample `sampling.k` completions per prompt with transformers `generate`, `batch_size` sequences at a time.
 
     The torch RNG is forked, so a call inside training leaves the training random stream untouched. Sampling is
-    pure temperature and top-p (top-k off, no repetition penalty), as TRL's GRPOTrainer and vLLM's `SamplingParams`
-    sample; the model's own generation defaults are not used.
+    exactly `sampling` (top-k off unless set, no repetition penalty), as TRL's GRPOTrainer and vLLM's
+    `SamplingParams` sample; the model's own generation defaults are not used.
 
     Args:
         model ([`~transformers.PreTrainedModel`]):
@@ -79,18 +133,10 @@ def generate_with_transformers(
             Its tokenizer.
         prompt_ids (`list[list[int]]`):
             Output of [`tokenize_prompts`].
-        k (`int`):
-            Samples per prompt.
-        temperature (`float`):
-            Sampling temperature.
-        top_p (`float`):
-            Nucleus sampling threshold.
-        max_tokens (`int`):
-            Maximum completion length.
+        sampling ([`Sampling`]):
+            Samples per prompt, temperature, top-p / top-k / min-p, maximum length and seed.
         batch_size (`int`):
             Sequences per `generate` call.
-        seed (`int`):
-            Seed of the forked torch RNG.
         show_progress (`bool`, *optional*, defaults to `True`):
             Whether to show a progress bar over batches.
 
@@ -100,52 +146,60 @@ def generate_with_transformers(
     eos_ids = eos_token_ids(model, tokenizer)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_ids[0]
     generation_config = GenerationConfig(
-        max_new_tokens=max_tokens,
+        max_new_tokens=sampling.max_tokens,
         do_sample=True,
-        temperature=temperature,
-        top_p=top_p,
-        top_k=0,
+        temperature=sampling.temperature,
+        top_p=sampling.top_p,
+        top_k=sampling.top_k,
+        min_p=sampling.min_p,
         pad_token_id=pad_id,
         eos_token_id=eos_ids,
         disable_compile=True,
     )
-    requests = [(i, j) for i in range(len(prompt_ids)) for j in range(k)]
-    completions = [[None] * k for _ in prompt_ids]
+    requests = [(i, j) for i in range(len(prompt_ids)) for j in range(sampling.k)]
+    completions = [[None] * sampling.k for _ in prompt_ids]
     devices = [model.device] if model.device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices), torch.no_grad():
-        torch.manual_seed(seed)
+        torch.manual_seed(sampling.seed)
         for start in tqdm(range(0, len(requests), batch_size), desc="generate", disable=not show_progress):
             batch = requests[start : start + batch_size]
-            width = max(len(prompt_ids[i]) for i, _ in batch)
-            # left padding by hand: tokenizer.pad needs a pad token, which many base-model tokenizers lack
-            input_ids = [[pad_id] * (width - len(prompt_ids[i])) + prompt_ids[i] for i, _ in batch]
-            attention_mask = [[0] * (width - len(prompt_ids[i])) + [1] * len(prompt_ids[i]) for i, _ in batch]
-            outputs = model.generate(
-                input_ids=torch.tensor(input_ids, device=model.device),
-                attention_mask=torch.tensor(attention_mask, device=model.device),
-                generation_config=generation_config,
-            )
-            generated = outputs[:, width:]
-            is_eos = torch.isin(generated, torch.tensor(eos_ids, device=generated.device))
-            for (i, j), ids, eos in zip(batch, generated.tolist(), is_eos.tolist(), strict=True):
-                # everything after the first EOS is padding; no EOS means the completion hit max_tokens
-                num_tokens = eos.index(True) + 1 if True in eos else len(ids)
-                completions[i][j] = make_completion(tokenizer, ids[:num_tokens], truncated=True not in eos)
+            outputs = _generate_batch(model, generation_config, [prompt_ids[i] for i, _ in batch], pad_id)
+            for (i, j), ids in zip(batch, outputs, strict=True):
+                completions[i][j] = _completion_from_ids(tokenizer, ids, eos_ids)
     return completions
+
+
+def _generate_batch(model, generation_config, prompts, pad_id) -> list[list[int]]:
+    """One `generate` call on left-padded `prompts`; returns the generated ids of each, padding included."""
+    width = max(len(ids) for ids in prompts)
+    # left padding by hand: tokenizer.pad needs a pad token, which many base-model tokenizers lack
+    input_ids = [[pad_id] * (width - len(ids)) + ids for ids in prompts]
+    attention_mask = [[0] * (width - len(ids)) + [1] * len(ids) for ids in prompts]
+    outputs = model.generate(
+        input_ids=torch.tensor(input_ids, device=model.device),
+        attention_mask=torch.tensor(attention_mask, device=model.device),
+        generation_config=generation_config,
+    )
+    return outputs[:, width:].tolist()
+
+
+def _completion_from_ids(tokenizer, ids, eos_ids) -> dict:
+    """A generated row as [`make_completion`]: everything after the first EOS is padding; no EOS means truncated."""
+    ends = [position for position, token in enumerate(ids) if token in eos_ids]
+    if not ends:
+        return make_completion(tokenizer, ids, truncated=True)
+    return make_completion(tokenizer, ids[: ends[0] + 1], truncated=False)
 
 
 def generate_with_vllm(
     model_path: str,
     tokenizer: PreTrainedTokenizerBase,
     prompt_ids: list[list[int]],
-    k: int,
-    temperature: float,
-    top_p: float,
-    max_tokens: int,
-    seed: int,
+    sampling: Sampling,
 ) -> list[list[dict]]:
     """
-    Sample `k` completions per prompt with vLLM's offline `LLM.generate`; LoRA adapters are served with `LoRARequest`.
+    Sample `sampling.k` completions per prompt with vLLM's offline `LLM.generate`; LoRA adapters are served with
+    `LoRARequest`.
 
     Not run by the test suite (it needs a GPU). Same inputs and outputs as [`generate_with_transformers`].
     """
@@ -162,12 +216,20 @@ def generate_with_vllm(
         model=base_path,
         tokenizer=tokenizer_path(model_path),
         tensor_parallel_size=tensor_parallel_size,
-        seed=seed,
+        seed=sampling.seed,
         **lora_kwargs,
     )
     # one seed per prompt: one seeded SamplingParams shared by all prompts would correlate them (vllm#50440)
     sampling_params = [
-        SamplingParams(n=k, temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=seed + i * k)
+        SamplingParams(
+            n=sampling.k,
+            temperature=sampling.temperature,
+            top_p=sampling.top_p,
+            top_k=sampling.top_k or -1,  # vLLM's "every token"
+            min_p=sampling.min_p or 0.0,
+            max_tokens=sampling.max_tokens,
+            seed=sampling.seed + i * sampling.k,
+        )
         for i in range(len(prompt_ids))
     ]
     outputs = llm.generate(
@@ -188,10 +250,11 @@ def generate_on_processes(
     model,
     tokenizer: PreTrainedTokenizerBase,
     prompts: list,
+    sampling: Sampling,
+    batch_size: int,
     accelerator=None,
     gradient_checkpointing_kwargs: dict | None = None,
     show_progress: bool = False,
-    **sampling,
 ) -> tuple[list[int], list[list[dict]]]:
     """
     Sample completions for this process's share of `prompts` with transformers `generate`, the way every process of
@@ -207,22 +270,29 @@ def generate_on_processes(
             Its tokenizer.
         prompts (`list`):
             Every prompt (plain strings or chat messages); each process samples for its share.
+        sampling ([`Sampling`]), batch_size (`int`):
+            How to sample on every process, and sequences per `generate` call.
         accelerator ([`~accelerate.Accelerator`], *optional*):
             The run's accelerator; without one, this process samples for every prompt.
         gradient_checkpointing_kwargs (`dict`, *optional*):
             The run's, to turn gradient checkpointing back on after generation.
         show_progress (`bool`, *optional*, defaults to `False`):
             Whether to show a progress bar over batches.
-        **sampling:
-            `k`, `temperature`, `top_p`, `max_tokens`, `batch_size`, `seed` of [`generate_with_transformers`].
 
     Returns:
-        `tuple[list[int], list[list[dict]]]`: the index of each prompt of this process's share (a padded share
-        repeats the last index) and its samples.
+        `tuple[list[int], list[list[dict]]]`: this process's prompt indices (a padded share repeats the last) and
+        their samples.
     """
     prompts = list(prompts)  # a datasets Column is indexed row by row below
+    generate = functools.partial(
+        _generate_in_eval_mode,
+        tokenizer=tokenizer,
+        sampling=sampling,
+        batch_size=batch_size,
+        show_progress=show_progress,
+    )
     if accelerator is None:
-        return list(range(len(prompts))), _generate_in_eval_mode(model, tokenizer, prompts, show_progress, sampling)
+        return list(range(len(prompts))), generate(model, prompts)
 
     from trl.distributed import DistributedBackend
     from trl.models import unwrap_model_for_generation
@@ -234,35 +304,50 @@ def generate_on_processes(
             ) as unwrapped,
             DistributedBackend(accelerator).summon_full_params(model, recurse=False),
         ):
-            share = [prompts[index] for index in indices]
-            return list(indices), _generate_in_eval_mode(unwrapped, tokenizer, share, show_progress, sampling)
+            return list(indices), generate(unwrapped, [prompts[index] for index in indices])
 
 
-def _generate_in_eval_mode(model, tokenizer, prompts, show_progress, sampling):
+def _generate_in_eval_mode(model, prompts, tokenizer, sampling, batch_size, show_progress):
     was_training = model.training
     model.eval()
     try:
-        return generate_with_transformers(
-            model, tokenizer, tokenize_prompts(prompts, tokenizer), **sampling, show_progress=show_progress
-        )
+        prompt_ids = tokenize_prompts(prompts, tokenizer)
+        return generate_with_transformers(model, tokenizer, prompt_ids, sampling, batch_size, show_progress)
     finally:
         model.train(was_training)
+
+
+def score_on_processes(model, tokenizer, dataset, score, sampling, batch_size, accelerator=None, **generate_kwargs):
+    """
+    Sample for each process's padded share of `dataset` ([`generate_on_processes`]), score the share on its own
+    process, gather every process's scores and keep one per row: the one gather path of the held-out check and of
+    `MathEvalCallback`.
+
+    Args:
+        model, tokenizer, sampling, batch_size, accelerator:
+            As in [`generate_on_processes`] (`**generate_kwargs`: its `gradient_checkpointing_kwargs`,
+            `show_progress`).
+        dataset ([`~datasets.Dataset`]):
+            Rows with a `prompt` column.
+        score (`callable`):
+            `score(rows, indices, samples) -> list`: one small, picklable result per row of this process's share
+            (what travels between processes; keep completion texts out of it).
+
+    Returns:
+        `list`: one result per row of `dataset`, in row order, the same on every process.
+    """
+    from accelerate.utils import gather_object
+
+    indices, samples = generate_on_processes(
+        model, tokenizer, dataset["prompt"], sampling, batch_size, accelerator=accelerator, **generate_kwargs
+    )
+    results = list(zip(indices, score(dataset.select(indices), indices, samples), strict=True))
+    if accelerator is not None and accelerator.num_processes > 1:
+        results = gather_object(results)
+    unique = dict(results)  # a padded share repeats its last row: one result per row
+    return [unique[index] for index in sorted(unique)]
 
 
 def vllm_usable() -> bool:
     """vLLM is installed and there is a GPU for it."""
     return importlib.util.find_spec("vllm") is not None and torch.cuda.is_available()
-
-
-def check_sampling_arguments(k: int, temperature: float, top_p: float, max_tokens: int, batch_size: int) -> None:
-    """Raise [`UsageError`] naming the first sampling argument out of range."""
-    if k < 1:
-        raise UsageError(f"k must be >= 1, got {k}")
-    if temperature <= 0:
-        raise UsageError(f"temperature must be > 0 (sampling), got {temperature}")
-    if not 0 < top_p <= 1:
-        raise UsageError(f"top_p must be in (0, 1], got {top_p}")
-    if max_tokens < 1:
-        raise UsageError(f"max_tokens must be >= 1, got {max_tokens}")
-    if batch_size < 1:
-        raise UsageError(f"batch_size must be >= 1, got {batch_size}")

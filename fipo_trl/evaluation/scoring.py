@@ -16,9 +16,6 @@ from datasets import Dataset
 from .metrics import aggregate_metrics, length_metrics, majority_vote, problem_metrics
 
 
-# --- inputs ---------------------------------------------------------------------------------------------------------
-
-
 # --- scoring --------------------------------------------------------------------------------------------------------
 
 
@@ -72,23 +69,24 @@ def score_completions(
     for index, row, samples in zip(indices, dataset, completions, strict=True):
         span = slice(start, start + len(samples))
         start = span.stop
-        records.append(
-            {
-                "index": index,
-                "prompt": row["prompt"],
-                "solution": row["solution"],
-                "majority_answer": answers[span][majority_vote(answers[span])],
-                "num_correct": sum(correct[span]),
-                "metrics": problem_metrics(answers[span], correct[span], len(samples)),
-                "samples": [
-                    {**sample, "answer": answer, "reward": reward, "correct": ok}
-                    for sample, answer, reward, ok in zip(
-                        samples, answers[span], rewards[span], correct[span], strict=True
-                    )
-                ],
-            }
-        )
+        records.append(problem_record(index, row, samples, answers[span], rewards[span], correct[span]))
     return records
+
+
+def problem_record(index, row, samples, answers, rewards, correct) -> dict:
+    """One problem's record of [`score_completions`]: its metrics and each sample with its answer and score."""
+    return {
+        "index": index,
+        "prompt": row["prompt"],
+        "solution": row["solution"],
+        "majority_answer": answers[majority_vote(answers)],
+        "num_correct": sum(correct),
+        "metrics": problem_metrics(answers, correct, len(samples)),
+        "samples": [
+            {**sample, "answer": answer, "reward": reward, "correct": ok}
+            for sample, answer, reward, ok in zip(samples, answers, rewards, correct, strict=True)
+        ],
+    }
 
 
 def summarize(records: list[dict]) -> dict[str, float]:
@@ -142,9 +140,3 @@ def write_results(records: list[dict], summary: dict, output_dir: str, name: str
             f.write(json.dumps(record, ensure_ascii=False) + "\n")
     summary_path.write_text(json.dumps(summary, indent=2) + "\n")
     return samples_path, summary_path
-
-
-# --- the command ----------------------------------------------------------------------------------------------------
-
-
-# --- the held-out check of `fipo-trl train` -------------------------------------------------------------------------

@@ -8,6 +8,7 @@ last "Answer:" in the last 300 characters, Minerva-normalised, string-equal to t
 import functools
 import re
 
+from ..official import MAX_COMPLETION_LENGTH, OVERLONG_BUFFER
 from ..text import completion_text, solution_text
 from .guard import check_same_length
 
@@ -214,7 +215,9 @@ def dapo_accuracy_reward(completions: list, solution: list, log_extra=None, **kw
     return rewards
 
 
-def dapo_reward_funcs(max_completion_len: int = 20480, soft_punish_cache: int = 4096) -> list:
+def dapo_reward_funcs(
+    max_completion_len: int = MAX_COMPLETION_LENGTH, soft_punish_cache: int = OVERLONG_BUFFER
+) -> list:
     """
     The official FIPO/DAPO reward list: [`dapo_accuracy_reward`] and TRL's soft overlong punishment.
 

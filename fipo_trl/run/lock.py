@@ -90,7 +90,7 @@ class OutputDirLock:
 
     Args:
         output_dir (`str` or `os.PathLike`):
-            The run's `output_dir` (it must exist).
+            The run's `output_dir` (it must exist: [`~fipo_trl.run.preflight.check_output_dir`] creates it).
     """
 
     def __init__(self, output_dir: str | os.PathLike):

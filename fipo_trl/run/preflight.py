@@ -141,28 +141,29 @@ def check_free_space(output_dir: str | os.PathLike, weight_bytes: int, num_param
 
 def check_training_args(training_args) -> None:
     """
-    Refuse training settings that would train nothing, diverge at once or fail at the first generation, before the
-    model loads.
+    Refuse training settings that would train nothing, diverge at once, fail at the first generation or at the first
+    save, before the model loads: every check of `training_args` alone, `output_dir` included ([`check_output_dir`]).
+    The sampling fields are checked by [`~fipo_trl.evaluation.generation.Sampling`], as in `fipo-trl eval` and the
+    evaluation callback.
 
     Raises:
         UsageError: naming the field, e.g. `max_steps: 0 trains nothing; ...`.
     """
+    from ..evaluation.generation import Sampling
+
     if training_args.max_steps == 0:
         raise UsageError("max_steps: 0 trains nothing; set max_steps > 0 (or -1 to train num_train_epochs epochs)")
     learning_rate = training_args.learning_rate
     if not math.isfinite(learning_rate) or learning_rate < 0:
         raise UsageError(f"learning_rate: {learning_rate} must be a finite number >= 0 (the quickstart uses 5e-5)")
-    # sampling: TRL divides the logits by the temperature, and transformers / vLLM refuse these only at generation
-    temperature = training_args.temperature
-    if not math.isfinite(temperature) or temperature <= 0:
-        raise UsageError(
-            f"temperature: {temperature} must be > 0: RL samples its completions (the official runs use 1.0)"
-        )
-    if not 0 < training_args.top_p <= 1:
-        raise UsageError(f"top_p: {training_args.top_p} must be in (0, 1] (1.0 keeps every token)")
-    if training_args.top_k < 0:
-        raise UsageError(f"top_k: {training_args.top_k} must be >= 0 (0 keeps every token)")
-    if training_args.min_p is not None and not 0 <= training_args.min_p <= 1:
-        raise UsageError(f"min_p: {training_args.min_p} must be in [0, 1] (or null)")
     if training_args.max_completion_length is None or training_args.max_completion_length < 1:
         raise UsageError(f"max_completion_length: {training_args.max_completion_length} must be >= 1")
+    # TRL divides the logits by the temperature, and transformers / vLLM refuse these only at generation
+    Sampling(
+        temperature=training_args.temperature,
+        top_p=training_args.top_p,
+        top_k=training_args.top_k,
+        min_p=training_args.min_p,
+        max_tokens=training_args.max_completion_length,
+    )
+    check_output_dir(training_args.output_dir)

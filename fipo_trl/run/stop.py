@@ -1,8 +1,8 @@
-"""How a run stopped during `trainer.train()`: Ctrl-C and SIGTERM, where it stopped and what it saved."""
+"""How a run stopped during `trainer.train()`: a failure, Ctrl-C or SIGTERM, where it stopped and what it saved."""
 
 from pathlib import Path
 
-from ..errors import Preempted
+from ..errors import Preempted, TrainingError
 
 
 def close_progress_bar(trainer):
@@ -64,3 +64,14 @@ def preempted_at(trainer, preemption, abandoned):
         f"last checkpoint: {checkpoint}" if checkpoint else f"no checkpoint yet (save_steps={trainer.args.save_steps})"
     )
     return f"stopped by SIGTERM {how}; {saved}", checkpoint
+
+
+class StoppedTrainingError(TrainingError):
+    """
+    A [`TrainingError`] that says where the run stopped: `message (where)`, with `where` "at step N; last
+    checkpoint: ..." and `checkpoint` the last complete one (or `None`), for the CLI's resume command.
+    """
+
+    def __init__(self, message, where, checkpoint):
+        super().__init__(f"{message} ({where})")
+        self.message, self.where, self.checkpoint = message, where, checkpoint
