@@ -287,7 +287,8 @@ def settings_that_fit(config, sharding, world, step, budget):
     found = [(setting, micro_step_memory(config, shard, world, s)[1]) for setting, shard, s in tries]
     length = longest_completion(config, sharding, world, step, budget)
     longest = replace(step, completion_length=length)
-    found.append((f"max_completion_length: {length}", micro_step_memory(config, sharding, world, longest)[1]))
+    setting = f"max_completion_length: {length}" if length else "max_completion_length: none fits (even 0)"
+    found.append((setting, micro_step_memory(config, sharding, world, longest)[1]))
     return found
 
 
