@@ -108,7 +108,7 @@ def test_settings_that_fit_an_80gb_gpu():
     ]
     assert all(new < peak for new in found.values())  # each change lowers the peak
     assert found["gradient_checkpointing: true"] > budget  # but not enough alone: the states do not fit
-    assert found["max_completion_length: none fits (even 0)"] > budget  # the states alone are too large: no length fits
+    assert found["max_completion_length: none fits (even 0)"] > budget  # the states alone are too large
 
 
 @pytest.mark.parametrize("capacity", [75 * GIB, 100 * GIB])
