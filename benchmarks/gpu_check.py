@@ -185,7 +185,8 @@ def part_config(options, sizes):
         return {**sizes[options.part]["model"], "num_key_value_heads": 2, "tie_word_embeddings": True}
     if options.dry_run:
         shape = dict(DRY["shapes"][options.model])
-        return {**shape, "tie_word_embeddings": shape.pop("tied"), "vocab_size": DRY["vocab_size"]}
+        vocab = options.vocab_size or DRY["vocab_size"]
+        return {**shape, "tie_word_embeddings": shape.pop("tied"), "vocab_size": vocab}
     return model_shape(f"Qwen2.5-{options.model}")[0]
 
 
@@ -340,7 +341,9 @@ def part_long(options, sizes):
         from peak_memory import ensure_exact_peaks
 
         ensure_exact_peaks()
-    cuda, config, long = torch.cuda.is_available(), part_config(options, sizes), sizes["long"]
+    cuda, config, long = torch.cuda.is_available(), part_config(options, sizes), dict(sizes["long"])
+    if options.lengths:
+        long["lengths"] = tuple(int(length) for length in options.lengths.split(","))
     device = "cuda" if cuda else "cpu"
     usable = usable_memory(torch.cuda.get_device_properties(0).total_memory) / MIB if cuda else float("inf")
     tokenizer = tiny_model.build_tokenizer(None, model_max_length=32768)
@@ -474,6 +477,8 @@ def main(argv=None):
     parser.add_argument("--part", choices=("long", "engine", "vllm", "future_sum"), help=argparse.SUPPRESS)
     parser.add_argument("--model", choices=("1.5b", "7b"), help=argparse.SUPPRESS)
     parser.add_argument("--engine", choices=("zero3", "fsdp2"), help=argparse.SUPPRESS)
+    parser.add_argument("--lengths", help="with --part long: completion lengths, comma-separated (a CPU measurement)")
+    parser.add_argument("--vocab_size", type=int, help="with --part long --dry-run: the stand-in's vocabulary")
     options = parser.parse_args(argv)
     if options.part is None:
         import torch

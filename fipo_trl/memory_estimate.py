@@ -106,8 +106,9 @@ def memory_per_gpu(num_params, sharding, world):
 
 # TRL 1.16's fused LM head (trl/kernels/chunked_logprob.py): logits exist only as tiles of 4096 tokens × 32768 words
 LM_HEAD_TILE_TOKENS, LM_HEAD_TILE_VOCAB = 4096, 32768
-# fp32 tiles alive at once in its torch fallback (no Triton, e.g. CPU): the logits, log p, p and the gradient
-LM_HEAD_TORCH_TILES = 4
+# fp32 tiles alive at once in its torch fallback's backward (no Triton, e.g. CPU): the scaled logits twice, log p, p,
+# the gradient, the one-hot target and two temporaries of the gradient's update
+LM_HEAD_TORCH_TILES = 8
 # (B, T) fp32 tensors of TRL's clipped loss and FIPO's weights alive at once (ratios, clips, masks, future sums)
 LOSS_TENSORS = 32
 # What CUDA's context and the caching allocator's slack take before the first tensor, per GPU
@@ -184,7 +185,7 @@ def lm_head_memory(config, step):
     Bytes of TRL 1.16's fused LM head (`add_fused_lm_head`) at its peak, the backward; it never holds the logits.
 
     With `N = scored_tokens`, `c` the compute bytes (4 with `lm_head_fp32`, else `activation_bytes`):
-    one logits tile `min(N, 4096) × min(V, 32768) × c` (plus 4 fp32 tiles in the torch fallback), the saved hidden
+    one logits tile `min(N, 4096) × min(V, 32768) × c` (plus 8 fp32 tiles in the torch fallback), the saved hidden
     states `N × H × c`, the fp32 gradient accumulators of the hidden states `N × H × 4` and of the head's weight
     `V × H × 4`, and their casts `N × H × a + V × H × weight_bytes`.
     """

@@ -58,9 +58,9 @@ def test_fused_lm_head_holds_tiles_and_fp32_accumulators_not_the_logits():
     assert lm_head_memory(config, step) == tile + hidden + accumulators
     # cast_lm_head_to_fp32: the tile and the hidden copy in fp32
     assert lm_head_memory(config, replace(step, lm_head_fp32=True)) == 2 * tile + 2 * hidden + accumulators
-    # torch fallback (CPU): every position scored, 4 fp32 tiles more
+    # torch fallback (CPU): every position scored, 8 fp32 tiles more
     cpu = replace(step, triton=False)
-    assert lm_head_memory(config, cpu) == tile + 4 * 4096 * 32768 * 4 + 5001 * 8 * 2 + 5001 * 8 * 6 + 40_000 * 8 * 6
+    assert lm_head_memory(config, cpu) == tile + 8 * 4096 * 32768 * 4 + 5001 * 8 * 2 + 5001 * 8 * 6 + 40_000 * 8 * 6
     assert full_logits(config, step) == 5000 * 40_000 * (2 + 4 + 4)
 
 
@@ -136,3 +136,29 @@ def test_check_prints_each_term_the_peak_and_the_fixes(capsys):
     assert "80 GB (H100, A100): 72.5 GiB usable, does not fit; change one of:" in out
     assert "--config_file configs/accelerate/zero3_offload.yaml: peak" in out
     assert "max_completion_length: none fits (even 0): peak" in out
+
+
+@pytest.mark.slow
+def test_gpu_check_dry_run_runs_every_part(tmp_path):
+    # benchmarks/gpu_check.py --dry-run: every part's code path on CPU, so the GPU script cannot rot unseen
+    import json
+    import subprocess
+    import sys
+
+    command = [sys.executable, "benchmarks/gpu_check.py", "--dry-run", "--results", str(tmp_path)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    parts = {part["part"]: part for part in json.loads((tmp_path / "dry_run_cpu.json").read_text())["parts"]}
+    assert list(parts) == ["long 1.5b", "zero3", "fsdp2", "vllm", "long 7b", "future_sum"]
+    for name in ("long 1.5b", "long 7b"):
+        rows = parts[name]["rows"]
+        assert [row["T"] for row in rows] == [256, 512, 640] and "status" not in parts[name]
+        for row in rows:  # both trainers trained, and the measured peak sits beside the estimate
+            assert row["FIPO peak MiB"] > 0 and row["DAPO peak MiB"] > 0 and row["estimate MiB"] > 0
+            assert row["FIPO/DAPO time"] > 0
+    assert {row["engine"] for row in parts["zero3"]["rows"]} == {"DeepSpeedEngine, ZeRO stage 3"}
+    assert [row["trainer"] for row in parts["fsdp2"]["rows"]] == ["FIPO", "DAPO"]
+    assert parts["vllm"]["status"] == "skipped: no CUDA"
+    assert len(parts["future_sum"]["rows"]) == 4 and all(
+        row["max abs err"] < 1e-2 for row in parts["future_sum"]["rows"]
+    )
