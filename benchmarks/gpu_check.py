@@ -96,14 +96,17 @@ def run_part(name, command, box, dry_run):
     )
     try:
         output, _ = process.communicate(timeout=box)
+        late = None
     except subprocess.TimeoutExpired:
         os.killpg(process.pid, signal.SIGKILL)  # accelerate launch's children too
         output, _ = process.communicate()
-        return {"part": name, "status": f"timed out after {box} s", "wall s": box}
+        late = {"status": f"timed out after {box} s (the rows finished before)"}
     wall = time.perf_counter() - start
     lines = [line[len(RESULT) :] for line in output.splitlines() if line.startswith(RESULT)]
-    if lines:
-        return {"part": name, "wall s": wall, **json.loads(lines[-1])}
+    if lines:  # the last result line: a part that times out keeps the rows it printed
+        return {"part": name, "wall s": wall, **json.loads(lines[-1]), **(late or {})}
+    if late:
+        return {"part": name, "wall s": wall, **late}
     out_of_memory = "OutOfMemoryError" in output or "out of memory" in output
     last = [line for line in output.splitlines() if line.strip()][-3:]
     status = "out of memory" if out_of_memory else f"failed (exit {process.returncode}): {' | '.join(last)[-400:]}"
@@ -355,7 +358,8 @@ def part_long(options, sizes):
         if expected > usable:
             rows.append({**row, "status": f"skipped: estimate {expected / 1024:.1f} GiB > {usable / 1024:.1f} usable"})
             continue
-        model = model or build_model(config, tokenizer, device, torch.float32)
+        if model is None:
+            model = build_model(config, tokenizer, device, torch.float32)
         try:
             with tempfile.TemporaryDirectory() as tmp:
                 for name in ("FIPO", "DAPO"):
@@ -368,6 +372,7 @@ def part_long(options, sizes):
             row["status"] = f"out of memory: {str(error)[:120]}"
             torch.cuda.empty_cache()
         rows.append(row)
+        print(RESULT + json.dumps({"rows": rows}), flush=True)  # kept if a later length runs out of time
     params = sum(p.numel() for p in model.parameters()) if model is not None else None
     return {
         "model": f"random Qwen2.5-{options.model} shape",
