@@ -151,11 +151,11 @@ def layer_activations(config, step):
     """
     Bytes one decoder layer holds for its backward, over the micro-step's tokens, with flash / SDPA attention.
 
-    Per token, from Qwen2's layer: two RMSNorms keep an fp32 copy of their input and its normalised value (16H) and
-    a bf16 output each (2H·a); attention keeps rotated q, k, v and its output (2q + 2kv) and o_proj's input (q); the
-    MLP keeps gate, up, silu(gate) and their product (4I); gradients in flight add the MLP's three (3I) and two of
-    the residual stream (2H). In all `16H + a·(4H + 3q + 2kv + 7I)`, with `a = activation_bytes`; eager attention
-    would add `heads × S²` per sequence.
+    Per token, from Qwen2's layer, in elements of `a = activation_bytes` unless stated: the two RMSNorms keep an
+    fp32 copy of their input and its normalised value (16H bytes) and an output each (2H); attention keeps the
+    rotated q, k, the v and its output (2q + 2kv) and o_proj's input (q); the MLP keeps gate, up, silu(gate) and
+    their product (4I); gradients in flight add the MLP's three (3I) and two of the residual stream (2H). In all
+    `16H + a·(4H + 3q + 2kv + 7I)` bytes; eager attention would add `heads × S²` per sequence.
     """
     hidden, inter, heads = config["hidden_size"], config["intermediate_size"], config["num_attention_heads"]
     head_dim = config.get("head_dim") or hidden // heads
