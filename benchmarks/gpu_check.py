@@ -428,6 +428,7 @@ def part_vllm(options, sizes):
         return {"status": "skipped: no vLLM"}
     config, part = part_config(options, sizes), sizes["vllm"]
     tokenizer = tiny_model.build_tokenizer(None, model_max_length=32768)
+    config["vocab_size"] = len(tokenizer)  # vLLM samples real tokens: every id must decode
     with tempfile.TemporaryDirectory() as tmp:
         model = build_model(config, tokenizer, "cpu", torch.float32)
         path = tiny_model.save_tiny_model(os.path.join(tmp, "model"), tokenizer, model)
