@@ -49,7 +49,7 @@ SMALL = {"hidden_size": 512, "intermediate_size": 1536, "num_hidden_layers": 4, 
 FULL = {
     "long": {"models": ("1.5b", "7b"), "lengths": (8192, 16384, 20480), "prompt_length": 256, "max_steps": 2},
     "engine": {"model": {**SMALL, "vocab_size": 151936}, "completion_length": 2048, "max_steps": 4},
-    "vllm": {"model": {**SMALL, "vocab_size": 151936}, "completion_length": 256, "max_steps": 2},
+    "vllm": {"model": SMALL, "completion_length": 256, "max_steps": 2},
     "future_sum": {"batch": 8, "lengths": (4096, 20480, 65536), "repeats": 10},
     # seconds per part on an H100; a part not started within the budget left is reported as skipped
     "time_box": {"long 1.5b": 150, "zero3": 80, "fsdp2": 80, "vllm": 110, "long 7b": 100, "future_sum": 30},
