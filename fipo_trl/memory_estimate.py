@@ -164,20 +164,29 @@ def layer_activations(config, step):
     return step.tokens * (16 * hidden + a * (4 * hidden + 3 * q + 2 * kv + 7 * inter))
 
 
+def weight_casts(config, step):
+    """
+    fp32 weights under bf16 autocast: each linear keeps the bf16 copy of its weight for the backward,
+    `layer parameters × activation_bytes` per layer; 0 when the weights already are in the compute dtype.
+    """
+    return layer_parameter_count(config) * step.activation_bytes if step.weight_bytes > step.activation_bytes else 0
+
+
 def saved_activations(config, step):
     """
     Activations kept through the whole backward: with gradient checkpointing, each layer's input
-    (`L × tokens × H × activation_bytes`); without, every layer's saved tensors (`L × layer_activations`).
+    (`L × tokens × H × activation_bytes`); without, every layer's saved tensors and weight casts
+    (`L × (layer_activations + weight_casts)`).
     """
     layers = config["num_hidden_layers"]
     if step.gradient_checkpointing:
         return layers * step.tokens * config["hidden_size"] * step.activation_bytes
-    return layers * layer_activations(config, step)
+    return layers * (layer_activations(config, step) + weight_casts(config, step))
 
 
 def recomputed_layer(config, step):
-    """The layer being recomputed and backpropagated (`layer_activations`), with gradient checkpointing; else 0."""
-    return layer_activations(config, step) if step.gradient_checkpointing else 0
+    """With gradient checkpointing, the layer being recomputed and backpropagated: `layer_activations + weight_casts`."""
+    return layer_activations(config, step) + weight_casts(config, step) if step.gradient_checkpointing else 0
 
 
 def lm_head_memory(config, step):

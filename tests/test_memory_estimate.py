@@ -23,6 +23,7 @@ from fipo_trl.memory_estimate import (
     saved_activations,
     settings_that_fit,
     usable_memory,
+    weight_casts,
 )
 
 
@@ -47,6 +48,16 @@ def test_saved_activations_with_and_without_checkpointing():
     assert round(saved_activations(QWEN_32B, OFFICIAL_STEP) / GIB, 2) == 13.75
     everything = replace(OFFICIAL_STEP, gradient_checkpointing=False)
     assert saved_activations(QWEN_32B, everything) == 64 * 22_528 * 544_768
+
+
+def test_fp32_weights_under_bf16_autocast_keep_a_bf16_copy_per_layer():
+    assert weight_casts(QWEN_32B, OFFICIAL_STEP) == 0  # bf16 weights: nothing to cast
+    autocast = replace(OFFICIAL_STEP, weight_bytes=4)
+    assert weight_casts(QWEN_32B, autocast) == layer_parameter_count(QWEN_32B) * 2
+    layer = layer_activations(QWEN_32B, autocast)
+    assert recomputed_layer(QWEN_32B, autocast) == layer + layer_parameter_count(QWEN_32B) * 2
+    everything = replace(autocast, gradient_checkpointing=False)
+    assert saved_activations(QWEN_32B, everything) == 64 * (layer + layer_parameter_count(QWEN_32B) * 2)
 
 
 def test_fused_lm_head_holds_tiles_and_fp32_accumulators_not_the_logits():
