@@ -185,7 +185,7 @@ def saved_activations(config, step):
 
 
 def recomputed_layer(config, step):
-    """With gradient checkpointing, the layer being recomputed and backpropagated: `layer_activations + weight_casts`."""
+    """With gradient checkpointing, the layer recomputed and backpropagated: `layer_activations + weight_casts`."""
     return layer_activations(config, step) + weight_casts(config, step) if step.gradient_checkpointing else 0
 
 
