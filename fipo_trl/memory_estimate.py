@@ -155,13 +155,16 @@ def layer_activations(config, step):
     fp32 copy of their input and its normalised value (16H bytes) and an output each (2H); attention keeps the
     rotated q, k, the v and its output (2q + 2kv) and o_proj's input (q); the MLP keeps gate, up, silu(gate) and
     their product (4I); gradients in flight add the MLP's three (3I) and two of the residual stream (2H). In all
-    `16H + a·(4H + 3q + 2kv + 7I)` bytes; eager attention would add `heads × S²` per sequence.
+    `16H + a·(4H + 3q + 2kv + 7I)` bytes. With fp32 weights under bf16 autocast the residual stream stays fp32, so
+    the norms' outputs and the rotated q, k are fp32: `4H + 2(q + kv)` bytes more. Eager attention would add
+    `heads × S²` per sequence.
     """
     hidden, inter, heads = config["hidden_size"], config["intermediate_size"], config["num_attention_heads"]
     head_dim = config.get("head_dim") or hidden // heads
     q, kv = heads * head_dim, (config.get("num_key_value_heads") or heads) * head_dim
     a = step.activation_bytes
-    return step.tokens * (16 * hidden + a * (4 * hidden + 3 * q + 2 * kv + 7 * inter))
+    fp32_stream = 4 * hidden + 2 * (q + kv) if step.weight_bytes > a else 0
+    return step.tokens * (16 * hidden + a * (4 * hidden + 3 * q + 2 * kv + 7 * inter) + fp32_stream)
 
 
 def weight_casts(config, step):

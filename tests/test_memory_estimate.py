@@ -55,6 +55,7 @@ def test_fp32_weights_under_bf16_autocast_keep_a_bf16_copy_per_layer():
     autocast = replace(OFFICIAL_STEP, weight_bytes=4)
     assert weight_casts(QWEN_32B, autocast) == layer_parameter_count(QWEN_32B) * 2
     layer = layer_activations(QWEN_32B, autocast)
+    assert layer == 22_528 * (544_768 + 4 * 5120 + 2 * (5120 + 1024))  # the norms' outputs, rotated q and k in fp32
     assert recomputed_layer(QWEN_32B, autocast) == layer + layer_parameter_count(QWEN_32B) * 2
     everything = replace(autocast, gradient_checkpointing=False)
     assert saved_activations(QWEN_32B, everything) == 64 * (layer + layer_parameter_count(QWEN_32B) * 2)
