@@ -7,8 +7,8 @@ Reads the recipe the way `fipo-trl train` does, loads no model and prints:
 1. the batch geometry for N training processes: prompts and completions per generation batch, completions per
    optimizer step, optimizer steps per generation batch, and whether FIPO is active (some updates off-policy) or
    numerically identical to DAPO (docs/fipo.md §1);
-2. tokens per optimizer step (upper bound) and a rough per-GPU memory for the policy weights, gradients and AdamW
-   states under the ZeRO/FSDP stage of the accelerate config (activations, logits and the vLLM cache not included);
+2. tokens per optimizer step (upper bound) and the peak memory per GPU of one training micro-step, term by term,
+   under the ZeRO/FSDP stage of the accelerate config, with what fits 80 and 141 GB (`memory_estimate.memory_rows`);
 3. warnings for known mistakes. An impossible configuration exits with status 2 and a one-line message.
 
 `FIPOConfig.__post_init__` resolves the geometry for the current world size (1 on a laptop), so the geometry here is
@@ -28,7 +28,7 @@ import yaml
 from ..batch_geometry import GEOMETRY_FIELDS, resolve_geometry
 from ..dynamic_sampling.group_filter import round_sizes
 from ..errors import UsageError
-from ..memory_estimate import GIB, OPTIM_BYTES, WEIGHT_BYTES, Sharding, memory_per_gpu, model_shape, parameter_count
+from ..memory_estimate import Sharding, memory_rows, model_shape
 from ..official import (
     MAX_COMPLETION_LENGTH,
     MAX_NUM_GEN_BATCHES,
@@ -178,21 +178,6 @@ def settings_warnings(geometry, args, script_args, model_args, sharding):
     return found
 
 
-def format_count(count):
-    """A parameter count in billions, or in millions below 0.1B (`32.76B`, `494.03M`, `0.79M`), never `0.00B`."""
-    if count >= 1e8:
-        return f"{count / 1e9:.2f}B"
-    return f"{count / 1e6:.2f}M"
-
-
-def format_bytes(size):
-    """A memory size in GiB, or MiB / KiB below one GiB (a tiny model's states are not "0.0 GiB")."""
-    for unit, scale in (("GiB", GIB), ("MiB", 1024**2), ("KiB", 1024)):
-        if size >= scale:
-            return f"{size / scale:.1f} {unit}"
-    return f"{size:.0f} B"
-
-
 def describe(recipe_path, recipe, geometry, args, script_args, model_args, sharding, found):
     """The report, as lines of text: the launch, the geometry table, dynamic sampling, memory, the warnings."""
     lines = [f"fipo-trl check {recipe_path}", "", *launch_lines(geometry, args, sharding), ""]
@@ -278,29 +263,8 @@ def dynamic_sampling_lines(geometry, args):
 
 
 def memory_lines(geometry, args, script_args, model_args, sharding):
-    """The model's parameter count and a rough per-GPU memory for its states (none when the count is unknown)."""
-    shape, source = model_shape(model_args.model_name_or_path)
-    num_params = parameter_count(shape) if shape else None
-    if num_params is None:
-        return [f"  model: {model_args.model_name_or_path} (parameter count unknown: no memory estimate)"]
-    state = memory_per_gpu(num_params, sharding, geometry.num_processes)
-    lines = [
-        f"  model: {model_args.model_name_or_path}, {format_count(num_params)} parameters ({source})",
-        f"  weights + grads + AdamW per GPU: {format_bytes(state)} under {sharding.label} "
-        "(excludes activations, logits and the vLLM cache)",
-    ]
-    if args.gradient_checkpointing:
-        # One saved hidden state per layer and token (bf16); the recomputed layer and the logits come on top
-        micro_batch_tokens = tokens_per_sequence(args, script_args) * geometry.per_device_train_batch_size
-        saved = shape["num_hidden_layers"] * shape["hidden_size"] * micro_batch_tokens * 2
-        lines.append(f"  checkpointed activations per GPU: {format_bytes(saved)} for one full micro-batch")
-    if args.beta != 0:
-        divisor = geometry.num_processes if sharding.zero_stage == 3 else 1
-        lines.append(f"  reference model per GPU: {format_bytes(WEIGHT_BYTES * num_params / divisor)}")
-    if sharding.offload_optimizer or sharding.offload_params:
-        cpu = (OPTIM_BYTES + (WEIGHT_BYTES if sharding.offload_params else 0)) * num_params / geometry.num_nodes
-        lines.append(f"  CPU RAM per node for offloaded states: {format_bytes(cpu)}")
-    return lines
+    """The model's parameter count and the per-GPU peak of a micro-step by term, with what fits 80 and 141 GB."""
+    return memory_rows(model_args.model_name_or_path, args, script_args.max_prompt_length, geometry, sharding)
 
 
 def make_parser():
