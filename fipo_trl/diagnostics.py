@@ -63,12 +63,15 @@ def fipo_diagnostics(
         "pos_mini_frac": token_mean(positive & (ratio < 1e-3)),
         "dropped_frac": torch.stack([(has_tokens & ~w.keep.squeeze(-1)).sum().float(), has_tokens.sum().float()]),
     }
-    valid_w, valid_raw = w.weights[mask], w.raw_weights[mask]
-    neg_is, pos_is = ratio[negative], ratio[positive]
-    minima = {"weight_min": _min(valid_w), "raw_weight_min": _min(valid_raw), "pos_is_min": _min(pos_is)}
+    return FIPODiagnostics(sums, *_extremes(w.weights[mask], w.raw_weights[mask], ratio[negative], ratio[positive]))
+
+
+def _extremes(weights, raw_weights, neg_is, pos_is):
+    """Minima, maxima and quantiles of the valid tokens' weights and of the ratios of A<0 / A>0 tokens."""
+    minima = {"weight_min": _min(weights), "raw_weight_min": _min(raw_weights), "pos_is_min": _min(pos_is)}
     maxima = {
-        "weight_max": _max(valid_w),
-        "raw_weight_max": _max(valid_raw),
+        "weight_max": _max(weights),
+        "raw_weight_max": _max(raw_weights),
         "neg_is_max": _max(neg_is),
         "pos_is_max": _max(pos_is),
     }
@@ -77,7 +80,7 @@ def fipo_diagnostics(
     quantiles = dict(zip(("neg_is_p75", "neg_is_p995", "neg_is_p999"), neg_q, strict=True))
     pos_names = ("pos_is_p25", "pos_is_median", "pos_is_p75", "pos_is_p995", "pos_is_p999")
     quantiles.update(zip(pos_names, pos_q, strict=True))
-    return FIPODiagnostics(sums, minima, maxima, quantiles)
+    return minima, maxima, quantiles
 
 
 def _min(x):

@@ -61,31 +61,9 @@ class FIPOTrainer(GRPOTrainer):
         return super()._get_per_token_logps_and_entropies(model, *args, **kwargs)
 
     def _compute_loss(self, model, inputs):
-        prompt_ids, prompt_mask = inputs["prompt_ids"], inputs["prompt_mask"]
-        completion_ids, completion_mask = inputs["completion_ids"], inputs["completion_mask"]
-        input_ids = torch.cat([prompt_ids, completion_ids], dim=1)
-        attention_mask = torch.cat([prompt_mask, completion_mask], dim=1)
-        logits_to_keep = completion_ids.size(1)
+        completion_mask = inputs["completion_mask"]
         mask = completion_mask if "tool_mask" not in inputs else completion_mask * inputs["tool_mask"]
-
-        per_token_logps, entropies, aux_loss = self._get_per_token_logps_and_entropies(
-            model,
-            input_ids,
-            attention_mask,
-            logits_to_keep,
-            compute_entropy=True,
-            compute_aux_loss=self.aux_loss_enabled,
-            pixel_values=inputs.get("pixel_values"),
-            image_grid_thw=inputs.get("image_grid_thw"),
-            num_images=inputs.get("num_images"),
-            pixel_attention_mask=inputs.get("pixel_attention_mask"),
-            spatial_shapes=inputs.get("spatial_shapes"),
-            num_tiles=inputs.get("num_tiles"),
-            image_sizes=inputs.get("image_sizes"),
-            token_type_ids=inputs.get("token_type_ids"),
-            mm_token_type_ids=inputs.get("mm_token_type_ids"),
-            image_position_ids=inputs.get("image_position_ids"),
-        )
+        per_token_logps, entropies, aux_loss = self._policy_forward(model, inputs)
         # Δ comes from the trainer's recomputed log π_old, never from vLLM's sampling log-probs (docs/fipo.md §6.2)
         old_per_token_logps = inputs.get("old_per_token_logps")
         old_per_token_logps = per_token_logps.detach() if old_per_token_logps is None else old_per_token_logps
@@ -127,18 +105,43 @@ class FIPOTrainer(GRPOTrainer):
 
         self._log_fipo_metrics(w, inputs["advantages"], mask)
         if self.model.training and w.log_ratio.abs().amax() > 0:
-            # the longest completion whose advantage is not zero: the weights of an A = 0 row change nothing
-            lengths = mask.sum(-1) * (advantages != 0).any(-1)
-            row = int(lengths.argmax()) if lengths.any() else int(mask.sum(-1).argmax())
-            length = int(mask[row].sum())
-            self.fipo_token_view = {
-                "prompt_ids": prompt_ids[row][prompt_mask[row].bool()].detach(),
-                "completion_ids": completion_ids[row, :length].detach(),
-                "weights": w.weights[row, :length],
-                "log_ratio": w.log_ratio[row, :length],
-                "advantage": advantages[row].flatten()[0].detach(),
-            }
+            self._keep_token_view(inputs, w, advantages, mask)
         return loss
+
+    def _policy_forward(self, model, inputs):
+        """The policy's per-token log-probs, entropies and aux loss on `inputs`, as TRL's own loss computes them."""
+        prompt_ids, completion_ids = inputs["prompt_ids"], inputs["completion_ids"]
+        return self._get_per_token_logps_and_entropies(
+            model,
+            torch.cat([prompt_ids, completion_ids], dim=1),
+            torch.cat([inputs["prompt_mask"], inputs["completion_mask"]], dim=1),
+            completion_ids.size(1),
+            compute_entropy=True,
+            compute_aux_loss=self.aux_loss_enabled,
+            pixel_values=inputs.get("pixel_values"),
+            image_grid_thw=inputs.get("image_grid_thw"),
+            num_images=inputs.get("num_images"),
+            pixel_attention_mask=inputs.get("pixel_attention_mask"),
+            spatial_shapes=inputs.get("spatial_shapes"),
+            num_tiles=inputs.get("num_tiles"),
+            image_sizes=inputs.get("image_sizes"),
+            token_type_ids=inputs.get("token_type_ids"),
+            mm_token_type_ids=inputs.get("mm_token_type_ids"),
+            image_position_ids=inputs.get("image_position_ids"),
+        )
+
+    def _keep_token_view(self, inputs, w, advantages, mask):
+        """Keep the latest off-policy completion for the token view: the longest one whose advantage is not zero."""
+        lengths = mask.sum(-1) * (advantages != 0).any(-1)  # the weights of an A = 0 row change nothing
+        row = int(lengths.argmax()) if lengths.any() else int(mask.sum(-1).argmax())
+        length = int(mask[row].sum())
+        self.fipo_token_view = {
+            "prompt_ids": inputs["prompt_ids"][row][inputs["prompt_mask"][row].bool()].detach(),
+            "completion_ids": inputs["completion_ids"][row, :length].detach(),
+            "weights": w.weights[row, :length],
+            "log_ratio": w.log_ratio[row, :length],
+            "advantage": advantages[row].flatten()[0].detach(),
+        }
 
     def _log_fipo_metrics(self, w, advantages, mask):
         mode = "train" if self.model.training else "eval"

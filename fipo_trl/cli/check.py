@@ -386,22 +386,7 @@ def dynamic_sampling_summary(
         ("max rounds per generation batch", str(rounds) if rounds > 0 else "unlimited (max_num_gen_batches <= 0)"),
     ]
     if rounds > 0:
-        worst = rounds * per_round * group
-        rows += [
-            ("worst-case completions per generation batch", f"{worst} ({rounds} rounds)"),
-            (
-                "worst-case completions per optimizer step",
-                f"{worst / optimizer_steps_per_generation:g} "
-                f"(filter off: {kept_groups * group / optimizer_steps_per_generation:g})",
-            ),
-            ("groups that must survive to stay under the limit", f"{kept_groups / (rounds * per_round):.1%}"),
-            (
-                "when the limit is hit",
-                "error (official)"
-                if args.dynamic_sampling_on_limit == "raise"
-                else "fill the batch with dropped groups (A = 0), warn and log",
-            ),
-        ]
+        rows += round_limit_rows(args, kept_groups, per_round, optimizer_steps_per_generation)
     # docs/dynamic-sampling.md: the dataloader gives each prompt once per epoch, the other rounds draw from the stream
     fewest = per_round / kept_groups
     most = f"{rounds * fewest:g}×" if rounds > 0 else "unbounded"
@@ -417,3 +402,24 @@ def dynamic_sampling_summary(
         ),
     ]
     return rows
+
+
+def round_limit_rows(args, kept_groups, per_round, optimizer_steps_per_generation):
+    """The worst case at the round limit (`max_num_gen_batches` rounds), and what happens when it is hit."""
+    group, rounds = args.num_generations, args.max_num_gen_batches
+    worst = rounds * per_round * group
+    return [
+        ("worst-case completions per generation batch", f"{worst} ({rounds} rounds)"),
+        (
+            "worst-case completions per optimizer step",
+            f"{worst / optimizer_steps_per_generation:g} "
+            f"(filter off: {kept_groups * group / optimizer_steps_per_generation:g})",
+        ),
+        ("groups that must survive to stay under the limit", f"{kept_groups / (rounds * per_round):.2%}"),
+        (
+            "when the limit is hit",
+            "error (official)"
+            if args.dynamic_sampling_on_limit == "raise"
+            else "fill the batch with dropped groups (A = 0), warn and log",
+        ),
+    ]
