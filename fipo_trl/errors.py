@@ -16,8 +16,13 @@ class TrainingError(RuntimeError):
     A run that failed during training: a reward that raised or gave no signal, dynamic sampling that ran out of rounds.
 
     `fipo-trl train` prints `fipo-trl train: failed: <message> (at step N; last checkpoint: ...; resume with: ...)`
-    and exits with status 3; the message says what went wrong and what to change.
+    and exits with status 3; the message says what went wrong and what to change. `after_step` is set by a check
+    that runs once a step has finished (a callback), so that the line says "after step N" rather than "at step N+1".
     """
+
+    def __init__(self, message: str, after_step: int | None = None):
+        super().__init__(message)
+        self.after_step = after_step
 
 
 class Preempted(KeyboardInterrupt):

@@ -460,7 +460,7 @@ RUN_CASES = [
     RunCase(
         "no_reward_spread",
         r"^fipo-trl train: failed: every group of the last 8 generation batches \(64 prompts\) got the same reward "
-        r"for all its completions: every advantage is 0 .* \(at step 15; last checkpoint: \S+checkpoint-14; "
+        r"for all its completions: every advantage is 0 .* \(after step 15; last checkpoint: \S+checkpoint-14; "
         + RESUME_LINE,
         recipe={"reward_funcs": ["fault_rewards.constant_reward"], "max_steps": 20},
     ),

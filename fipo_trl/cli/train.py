@@ -142,7 +142,8 @@ def run_training(trainer, preemption, resume_from_checkpoint):
     # UsageError raised once training runs (a user's reward checking its input) is a failure of the run too: exit 3
     except (TrainingError, UsageError) as error:
         close_progress_bar(trainer)
-        raise StoppedTrainingError(str(error), *stopped_at(trainer)) from error
+        after_step = error.after_step if isinstance(error, TrainingError) else None
+        raise StoppedTrainingError(str(error), *stopped_at(trainer, after_step)) from error
     except KeyboardInterrupt as interrupt:
         close_progress_bar(trainer)
         if preemption.preempted:

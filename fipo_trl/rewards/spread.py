@@ -76,5 +76,6 @@ class RewardSpreadCallback(TrainerCallback):
                 f"every group of the last {self.batches_without_spread} generation batches "
                 f"({self.groups_without_spread} prompts) got the same reward for all its completions: every "
                 "advantage is 0 and the run learns nothing; check the rewards against the data (does any "
-                "completion ever match its solution?)"
+                "completion ever match its solution?)",
+                after_step=state.global_step,
             )

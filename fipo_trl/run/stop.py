@@ -15,10 +15,11 @@ def close_progress_bar(trainer):
             callback.training_bar = None
 
 
-def stopped_at(trainer):
+def stopped_at(trainer, after_step=None):
     """
-    `("at step N; last checkpoint: ...", checkpoint)` for the one line that reports a run stopped during training;
-    `checkpoint` is `None` before the first save.
+    `("at step N; last checkpoint: ...", checkpoint)` for the one line that reports a run stopped during training
+    (`"after step N; ..."` when a check stopped it once step `after_step` had finished); `checkpoint` is `None` before
+    the first save.
     """
     from ..run.checkpoints import last_complete_checkpoint
 
@@ -26,7 +27,8 @@ def stopped_at(trainer):
     saved = (
         f"last checkpoint: {checkpoint}" if checkpoint else f"no checkpoint yet (save_steps={trainer.args.save_steps})"
     )
-    return f"at step {trainer.state.global_step + 1}; {saved}", checkpoint
+    where = f"at step {trainer.state.global_step + 1}" if after_step is None else f"after step {after_step}"
+    return f"{where}; {saved}", checkpoint
 
 
 class TrainingInterrupted(KeyboardInterrupt):
