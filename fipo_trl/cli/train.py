@@ -48,8 +48,10 @@ def main(script_args, training_args, model_args):
     `output_dir`): a bad one raises [`UsageError`]; a failure during training raises [`TrainingError`] saying where
     the run stopped.
     """
+    from ..run.launch import configure_processes
     from ..run.setup import prepare_run
 
+    configure_processes(training_args)  # the launcher's processes and engine, made true without a GPU; announced
     with prepare_run(script_args, training_args, model_args) as run:
         return train_and_report(run, script_args, training_args, model_args)
 
@@ -179,11 +181,13 @@ def write_model_card(trainer, model_name, dataset_name):
 def print_summary(trainer, before, after, seconds, heldout_size):
     """One screen at the end: held-out accuracy and length before → after; where the model, checkpoints, logs are."""
     from ..run.checkpoints import last_complete_checkpoint
+    from ..run.launch import describe
 
     args = trainer.args
     out = Path(args.output_dir)
     took = f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
     lines = ["", "=" * 72, f"FIPO run finished: {trainer.state.global_step} optimizer steps in {took}"]
+    lines.append(f"Trained on:        {describe(trainer.accelerator)}")
     if after is not None:
         sampled = f"{heldout_size} problems, sampled at T={args.temperature}"
         if before is None:

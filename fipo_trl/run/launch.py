@@ -1,0 +1,148 @@
+"""
+How many processes a run trains on and under which engine, read from the launcher, made true on a machine without a GPU.
+
+`accelerate launch` and `torchrun` say what they started in the environment (`WORLD_SIZE`, `RANK`, `LOCAL_RANK`,
+`MASTER_ADDR`, `ACCELERATE_USE_DEEPSPEED`, `ACCELERATE_USE_FSDP`, ...). On a GPU machine accelerate turns that into a
+process group and an engine by itself. Without a GPU, accelerate 1.16 picks no backend: DeepSpeed then sees 2
+processes while the trainer counts 1 (`Check batch related parameters ... 32 != 32 * 1 * 2`), `--multi_gpu` starts
+processes that each train alone as rank 0 of 1, and FSDP is enabled only for GPU-type backends, so an FSDP launch
+trains as plain DDP. [`configure_processes`] sets accelerate's state up once, before the trainer, so that every one
+of these launches trains on all its processes under the engine it asked for (gloo connects them), refuses in one line
+the launch that starts a single process where several were asked for, and says which it is (docs/scaling.md, "CPU").
+"""
+
+import json
+import os
+from pathlib import Path
+
+from ..errors import UsageError
+
+
+LAUNCH_LINE = "accelerate launch --config_file configs/accelerate/zero3.yaml --num_processes 2 -m fipo_trl train RECIPE"
+
+
+def launched_processes() -> int:
+    """The number of processes the launcher started (`WORLD_SIZE`; 1 when run directly)."""
+    return int(os.environ.get("WORLD_SIZE", 1))
+
+
+def requested_engine() -> str:
+    """The engine the launcher's environment asks for: `DeepSpeed ZeRO-n`, `FSDP2` (or `FSDP1`), else `DDP`."""
+    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true":
+        return f"DeepSpeed ZeRO-{deepspeed_stage()}"
+    if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true":
+        return f"FSDP{os.environ.get('FSDP_VERSION', '1')}"
+    return "DDP"
+
+
+def deepspeed_stage() -> str:
+    """The ZeRO stage of an accelerate DeepSpeed launch: its config file's, else the accelerate config's."""
+    config_file = os.environ.get("ACCELERATE_DEEPSPEED_CONFIG_FILE", "none")
+    if config_file != "none" and Path(config_file).is_file():
+        return str(json.loads(Path(config_file).read_text())["zero_optimization"]["stage"])
+    return os.environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE", "?")
+
+
+def check_launch() -> None:
+    """
+    Refuse a launch that trains on fewer processes than were asked for.
+
+    `accelerate launch --num_processes N` with N > 1 and neither a GPU, `--multi_gpu` nor a multi-process config
+    file (DeepSpeed, FSDP, MULTI_GPU) runs its simple launcher: one process, with only `MASTER_ADDR` telling that more
+    were meant (accelerate sets it for N > 1 and nothing else).
+
+    Raises:
+        UsageError: naming the launch line that starts them all.
+    """
+    by_accelerate = "ACCELERATE_MIXED_PRECISION" in os.environ
+    if by_accelerate and "MASTER_ADDR" in os.environ and "WORLD_SIZE" not in os.environ:
+        raise UsageError(
+            "accelerate launch asked for several processes but started one (its simple launcher, used without a GPU "
+            "unless --multi_gpu or a config file names the engine): add --multi_gpu for DDP, or name the engine, "
+            f"e.g. {LAUNCH_LINE}"
+        )
+
+
+def configure_processes(training_args) -> str:
+    """
+    Check the launch ([`check_launch`]) and, on a machine without a GPU, make accelerate's state train on every
+    launched process under the requested engine; print what the run trains on (main process) and return it.
+
+    Called once by `fipo-trl train` before the model loads. `training_args` has already set accelerate's state up
+    for one process (`TrainingArguments` does it when parsed): that state is replaced with a gloo one over all
+    processes, which `training_args` and the trainer then read.
+
+    Returns:
+        `str`: e.g. `2 processes (DeepSpeed ZeRO-3)`, as [`describe`] says it of the trainer's accelerator.
+    """
+    import torch
+    from accelerate import PartialState
+
+    check_launch()
+    processes, engine = launched_processes(), requested_engine()
+    if (processes > 1 or engine != "DDP") and not torch.cuda.is_available():
+        use_gloo(engine, training_args)
+    state = PartialState()
+    if state.num_processes != processes:  # never a process training alone while the launcher counts more
+        raise UsageError(
+            f"the launcher started {processes} processes but this one trains as 1 of {state.num_processes}: "
+            f"launch with {LAUNCH_LINE}"
+        )
+    announced = phrase(processes, engine)
+    if state.is_main_process:
+        print(f"fipo-trl train: training on {announced}", flush=True)
+    return announced
+
+
+def use_gloo(engine, training_args) -> None:
+    """Replace accelerate's one-process state with a gloo one over all processes (DeepSpeed's own group for it)."""
+    from accelerate import PartialState
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    if engine.startswith("DeepSpeed"):
+        # accelerate hands the group to DeepSpeed only when not told `cpu`; naming gloo keeps the world size
+        PartialState(backend="gloo")
+    else:
+        PartialState(cpu=True, backend="gloo")
+    if engine.startswith("FSDP"):
+        enable_fsdp(training_args)
+    training_args.accelerator_config.use_configured_state = True
+
+
+def enable_fsdp(training_args) -> None:
+    """
+    Accelerate's FSDP state over gloo: `AcceleratorState` enables FSDP only for GPU-type backends, so the plugin of
+    the launch (read from its environment, as `Accelerator` does) is set on the state the trainer's accelerator
+    takes over.
+    """
+    from accelerate.state import AcceleratorState
+    from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
+
+    plugin = FullyShardedDataParallelPlugin()
+    state = AcceleratorState(mixed_precision=training_args.mixed_precision, _from_accelerator=True)
+    state.distributed_type = DistributedType.FSDP
+    state.fsdp_plugin = plugin
+    if state.mixed_precision != "no":
+        plugin.set_mixed_precision(state.mixed_precision)
+
+
+def phrase(processes, engine) -> str:
+    """`2 processes (DeepSpeed ZeRO-3)`, `2 processes (DDP)`, `1 process (single process)`."""
+    if processes == 1 and engine == "DDP":
+        return "1 process (single process)"
+    return f"{processes} process{'es' if processes > 1 else ''} ({engine})"
+
+
+def describe(accelerator) -> str:
+    """What `accelerator` trains on, as [`configure_processes`] announced it: the final screen repeats it."""
+    from accelerate.utils import DistributedType
+
+    state = accelerator.state
+    if accelerator.distributed_type == DistributedType.DEEPSPEED:
+        engine = f"DeepSpeed ZeRO-{state.deepspeed_plugin.zero_stage}"
+    elif accelerator.distributed_type == DistributedType.FSDP:
+        engine = f"FSDP{state.fsdp_plugin.fsdp_version}"
+    else:
+        engine = "DDP"
+    return phrase(accelerator.num_processes, engine)
