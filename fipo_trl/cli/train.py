@@ -51,7 +51,7 @@ def main(script_args, training_args, model_args):
     from ..run.launch import configure_processes
     from ..run.setup import prepare_run
 
-    configure_processes(training_args)  # the launcher's processes and engine, made true without a GPU; announced
+    configure_processes(training_args)  # FSDP without a GPU, the process count checked and announced
     with prepare_run(script_args, training_args, model_args) as run:
         return train_and_report(run, script_args, training_args, model_args)
 
@@ -234,7 +234,10 @@ def cli(argv=None) -> int:
     if any(arg in ("-h", "--help") for arg in argv):
         print(short_help())
         return 0
-    script_args, training_args, model_args = parse_recipe(argv)
+    from ..run.launch import launch_flags
+
+    # before the config is built: it sets accelerate's state up and sizes batches by the world size it sees
+    script_args, training_args, model_args = parse_recipe([*argv, *launch_flags(argv)])
     command = shlex.join(["fipo-trl", "train", *without_resume_flag(argv), "--resume_from_checkpoint", "last"])
     try:
         main(script_args, training_args, model_args)

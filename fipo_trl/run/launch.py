@@ -57,31 +57,58 @@ def check_launch() -> None:
     by_accelerate = "ACCELERATE_MIXED_PRECISION" in os.environ
     if by_accelerate and "MASTER_ADDR" in os.environ and "WORLD_SIZE" not in os.environ:
         raise UsageError(
-            "accelerate launch asked for several processes but started one (its simple launcher, used without a GPU "
-            "unless --multi_gpu or a config file names the engine): add --multi_gpu for DDP, or name the engine, "
-            f"e.g. {LAUNCH_LINE}"
+            "accelerate launch asked for several processes but started one (without a GPU, only --multi_gpu or a "
+            "config file with an engine starts them all): add --multi_gpu (DDP) or --config_file, e.g. "
+            "accelerate launch --multi_gpu --num_processes 2 -m fipo_trl train RECIPE"
         )
+
+
+def launch_fields() -> dict:
+    """
+    The training-argument fields that make accelerate's state count every launched process on a machine without a
+    GPU, for the config to be built with them ([`check_launch`] first): `TrainingArguments` sets the state up when
+    built, and TRL's `GRPOConfig` sizes its generation batch by the world size it then sees.
+
+    DeepSpeed: `ddp_backend="gloo"` (accelerate hands the group to DeepSpeed only when not told `cpu`; without a
+    backend it counts 1 process). DDP and FSDP: `use_cpu=True` (accelerate's multi-CPU state, over gloo).
+
+    Returns:
+        `dict`: empty with a GPU and for one plain process.
+    """
+    import torch
+
+    check_launch()
+    engine = requested_engine()
+    if torch.cuda.is_available() or (launched_processes() == 1 and engine == "DDP"):
+        return {}
+    return {"ddp_backend": "gloo"} if engine.startswith("DeepSpeed") else {"use_cpu": True}
+
+
+def launch_flags(argv) -> list[str]:
+    """[`launch_fields`] as `--field value` flags, those that `argv` does not set itself."""
+    fields = {name: value for name, value in launch_fields().items() if f"--{name}" not in argv}
+    return [item for name, value in fields.items() for item in (f"--{name}", str(value).lower())]
 
 
 def configure_processes(training_args) -> str:
     """
-    Check the launch ([`check_launch`]) and, on a machine without a GPU, make accelerate's state train on every
-    launched process under the requested engine; print what the run trains on (main process) and return it.
+    Finish accelerate's state for the launch and say what the run trains on: FSDP on a machine without a GPU
+    ([`enable_fsdp`]), then the check that this process counts every launched one, then one line (main process).
 
-    Called once by `fipo-trl train` before the model loads. `training_args` has already set accelerate's state up
-    for one process (`TrainingArguments` does it when parsed): that state is replaced with a gloo one over all
-    processes, which `training_args` and the trainer then read.
+    Called once by `fipo-trl train` before the model loads, on `training_args` built with [`launch_fields`].
 
     Returns:
         `str`: e.g. `2 processes (DeepSpeed ZeRO-3)`, as [`describe`] says it of the trainer's accelerator.
+
+    Raises:
+        UsageError: when this process trains as fewer processes than were launched.
     """
     import torch
     from accelerate import PartialState
 
-    check_launch()
     processes, engine = launched_processes(), requested_engine()
-    if (processes > 1 or engine != "DDP") and not torch.cuda.is_available():
-        use_gloo(engine, training_args)
+    if engine.startswith("FSDP") and not torch.cuda.is_available():
+        enable_fsdp(training_args)
     state = PartialState()
     if state.num_processes != processes:  # never a process training alone while the launcher counts more
         raise UsageError(
@@ -94,34 +121,22 @@ def configure_processes(training_args) -> str:
     return announced
 
 
-def use_gloo(engine, training_args) -> None:
-    """Replace accelerate's one-process state with a gloo one over all processes (DeepSpeed's own group for it)."""
-    from accelerate import PartialState
-    from accelerate.state import AcceleratorState
-
-    AcceleratorState._reset_state(reset_partial_state=True)
-    if engine.startswith("DeepSpeed"):
-        # accelerate hands the group to DeepSpeed only when not told `cpu`; naming gloo keeps the world size
-        PartialState(backend="gloo")
-    else:
-        PartialState(cpu=True, backend="gloo")
-    if engine.startswith("FSDP"):
-        enable_fsdp(training_args)
-    training_args.accelerator_config.use_configured_state = True
-
-
 def enable_fsdp(training_args) -> None:
     """
     Accelerate's FSDP state over gloo: `AcceleratorState` enables FSDP only for GPU-type backends, so the plugin of
     the launch (read from its environment, as `Accelerator` does) is set on the state the trainer's accelerator
     takes over.
     """
+    from accelerate import PartialState
     from accelerate.state import AcceleratorState
-    from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
+    from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin, TorchDynamoPlugin
 
     plugin = FullyShardedDataParallelPlugin()
-    state = AcceleratorState(mixed_precision=training_args.mixed_precision, _from_accelerator=True)
-    state.distributed_type = DistributedType.FSDP
+    state = AcceleratorState(
+        mixed_precision=training_args.mixed_precision, dynamo_plugin=TorchDynamoPlugin(), _from_accelerator=True
+    )
+    # both views: each later AcceleratorState() (the trainer's Accelerator makes one) copies PartialState's over its own
+    state.distributed_type = PartialState().distributed_type = DistributedType.FSDP
     state.fsdp_plugin = plugin
     if state.mixed_precision != "no":
         plugin.set_mixed_precision(state.mixed_precision)
