@@ -1,5 +1,5 @@
 """
-How many processes a run trains on and under which engine, read from the launcher, made true on a machine without a GPU.
+How many processes a run trains on and under which engine: read from the launcher, made true without a GPU.
 
 `accelerate launch` and `torchrun` say what they started in the environment (`WORLD_SIZE`, `RANK`, `LOCAL_RANK`,
 `MASTER_ADDR`, `ACCELERATE_USE_DEEPSPEED`, `ACCELERATE_USE_FSDP`, ...). On a GPU machine accelerate turns that into a
@@ -18,7 +18,9 @@ from pathlib import Path
 from ..errors import UsageError
 
 
-LAUNCH_LINE = "accelerate launch --config_file configs/accelerate/zero3.yaml --num_processes 2 -m fipo_trl train RECIPE"
+LAUNCH_LINE = (
+    "accelerate launch --config_file configs/accelerate/zero3.yaml --num_processes 2 -m fipo_trl train RECIPE"
+)
 
 
 def launched_processes() -> int:
@@ -135,7 +137,7 @@ def enable_fsdp(training_args) -> None:
     state = AcceleratorState(
         mixed_precision=training_args.mixed_precision, dynamo_plugin=TorchDynamoPlugin(), _from_accelerator=True
     )
-    # both views: each later AcceleratorState() (the trainer's Accelerator makes one) copies PartialState's over its own
+    # both views: each later AcceleratorState() (the trainer's Accelerator makes one) copies PartialState's over it
     state.distributed_type = PartialState().distributed_type = DistributedType.FSDP
     state.fsdp_plugin = plugin
     if state.mixed_precision != "no":
