@@ -49,7 +49,8 @@ def accelerate_launch(launcher_flags, recipe, *flags, log):
     """`accelerate launch LAUNCHER_FLAGS -m fipo_trl train RECIPE FLAGS` on loopback, in a process group of its own."""
     env = {
         **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+        # tests/ for the rewards named by dotted path
+        "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")]),
         "OMP_NUM_THREADS": "1",
         "CUDA_VISIBLE_DEVICES": "",
         "DS_ACCELERATOR": "cpu",  # DeepSpeed's own device detection, which would otherwise fail without CUDA
@@ -90,7 +91,9 @@ def test_zero3_cli_checks_evaluates_and_resumes_after_sigterm_as_an_uninterrupte
     problems = tmp_path / "sums.jsonl"
     problems.write_text("".join(f'{{"problem": "{i}+{i}=?", "answer": "{2 * i}"}}\n' for i in range(3)))
     # 5 held-out problems and 3 evaluation problems: shares of unequal size, padded so both ranks generate alike
+    # the tiny chat model (benchmark prompts are chat messages), scored by a reward that varies within a group
     fields = {"max_steps": 8, "heldout_size": 5, "model_name_or_path": tiny_model_dir}
+    fields.update(reward_funcs=["test_distributed.reward_digits"])
     fields.update(math_eval_datasets=[str(problems)], math_eval_steps=4, math_eval_k=1)
     launcher, flags = ["--config_file", config, "--num_processes", "2"], ["--resume_from_checkpoint", "auto"]
     for name in ("whole", "requeued"):
