@@ -140,9 +140,9 @@ def test_ddp_cli_with_multi_gpu_trains_both_ranks_on_cpu(tmp_path):
 
 
 @pytest.mark.slow  # 2 launches of 2 processes
-def test_fsdp2_config_trains_sharded_through_the_cli_and_resumes(tmp_path):
+def test_fsdp2_config_trains_sharded_through_the_cli_in_bf16_and_resumes(tmp_path):
     launcher = ["--config_file", "configs/accelerate/fsdp2.yaml", "--num_processes", "2"]
-    recipe = write_recipe(tmp_path, max_steps=2)
+    recipe = write_recipe(tmp_path, max_steps=2, bf16=True, gradient_checkpointing=True)  # as the recipes train
     announced(
         finished(accelerate_launch(launcher, recipe, log=tmp_path / "a.log"), tmp_path / "a.log"),
         "2 processes (FSDP2)",
