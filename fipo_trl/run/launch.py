@@ -103,15 +103,22 @@ def configure_processes(training_args) -> str:
         `str`: e.g. `2 processes (DeepSpeed ZeRO-3)`, as [`describe`] says it of the trainer's accelerator.
 
     Raises:
-        UsageError: when this process trains as fewer processes than were launched.
+        UsageError: when this process trains as fewer processes than were launched, or without the DeepSpeed asked
+            for.
     """
     import torch
     from accelerate import PartialState
+    from accelerate.utils import DistributedType
 
     processes, engine = launched_processes(), requested_engine()
     if engine.startswith("FSDP") and not torch.cuda.is_available():
         enable_fsdp(training_args)
     state = PartialState()
+    if engine.startswith("DeepSpeed") and state.distributed_type != DistributedType.DEEPSPEED:
+        raise UsageError(
+            f"the launch asks for {engine} but accelerate set up without DeepSpeed: use_cpu turns it off; drop "
+            "--use_cpu (without a GPU, bf16 under DeepSpeed is refused by transformers: train with --bf16 false)"
+        )
     if state.num_processes != processes:  # never a process training alone while the launcher counts more
         raise UsageError(
             f"the launcher started {processes} processes but this one trains as 1 of {state.num_processes}: "
