@@ -1,14 +1,16 @@
 """
-FIPOTrainer in 2 real processes on CPU: DDP over gloo (torchrun), DeepSpeed ZeRO-2 and ZeRO-3 (accelerate launch).
+FIPOTrainer in 2 real processes on CPU: DDP over gloo (torchrun), DeepSpeed ZeRO-2, ZeRO-3 that partitions, and FSDP2
+(accelerate launch), each asserted for what its engine does to the parameters and equal in losses to DDP.
 
 Launch lines exercised here, on a machine without a GPU:
 
     torchrun --nproc_per_node 2 --master_addr 127.0.0.1 --master_port PORT SCRIPT   # FIPOConfig(use_cpu=True)
-    DS_ACCELERATOR=cpu accelerate launch --config_file configs/accelerate/zero3.yaml --num_processes 2 \
-        --mixed_precision no SCRIPT   # after PartialState(backend="gloo"), see `worker`
+    DS_ACCELERATOR=cpu accelerate launch --config_file CONFIG --num_processes 2 --mixed_precision no SCRIPT
+    # CONFIG: configs/accelerate/zero2.yaml, fsdp2.yaml, or zero3.yaml with a persistence threshold of 0
 
-The test module is also the worker script: `python tests/test_distributed.py MODEL_DIR OUT_DIR MODE`. The multi-node
-Slurm launcher is run with stub `srun`/`vllm`/`accelerate` commands that log the command lines it builds.
+The accelerate runs build their config as `fipo-trl train` does (`fipo_trl.run.launch`). The test module is also
+the worker script: `python tests/test_distributed.py MODEL_DIR OUT_DIR MODE`. The multi-node Slurm launcher is run
+with stub `srun`/`vllm`/`accelerate` commands that log the command lines it builds.
 """
 
 import json

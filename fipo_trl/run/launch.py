@@ -6,9 +6,10 @@ How many processes a run trains on and under which engine: read from the launche
 process group and an engine by itself. Without a GPU, accelerate 1.16 picks no backend: DeepSpeed then sees 2
 processes while the trainer counts 1 (`Check batch related parameters ... 32 != 32 * 1 * 2`), `--multi_gpu` starts
 processes that each train alone as rank 0 of 1, and FSDP is enabled only for GPU-type backends, so an FSDP launch
-trains as plain DDP. [`configure_processes`] sets accelerate's state up once, before the trainer, so that every one
-of these launches trains on all its processes under the engine it asked for (gloo connects them), refuses in one line
-the launch that starts a single process where several were asked for, and says which it is (docs/scaling.md, "CPU").
+trains as plain DDP. Built with [`launch_fields`] and finished by [`configure_processes`] before the trainer, the
+config of every one of these launches trains on all its processes under the engine it asked for (gloo connects
+them); the launch that starts one process where several were asked for is refused in one line ([`check_launch`]),
+and the run says what it trains on (docs/scaling.md, "CPU").
 """
 
 import json
@@ -121,8 +122,8 @@ def configure_processes(training_args) -> str:
         )
     if state.num_processes != processes:  # never a process training alone while the launcher counts more
         raise UsageError(
-            f"the launcher started {processes} processes but this one trains as 1 of {state.num_processes}: "
-            f"launch with {LAUNCH_LINE}"
+            f"the launcher started {processes} processes but accelerate counts {state.num_processes}: launch with "
+            f"{LAUNCH_LINE}"
         )
     announced = phrase(processes, engine)
     if state.is_main_process:
