@@ -187,7 +187,6 @@ def print_summary(trainer, before, after, seconds, heldout_size):
     out = Path(args.output_dir)
     took = f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
     lines = ["", "=" * 72, f"FIPO run finished: {trainer.state.global_step} optimizer steps in {took}"]
-    lines.append(f"Trained on:        {describe(trainer.accelerator)}")
     if after is not None:
         sampled = f"{heldout_size} problems, sampled at T={args.temperature}"
         if before is None:
@@ -208,6 +207,7 @@ def print_summary(trainer, before, after, seconds, heldout_size):
         lines.append(
             f"Mean training reward: first log {first:+.3f} (step {first_step}), last {last:+.3f} (step {last_step})"
         )
+    lines.append(f"Trained on:        {describe(trainer.accelerator)}")  # as announced at the start
     lines.append(f"Final model:       {out}")
     checkpoint = last_complete_checkpoint(out, quiet=True)
     if checkpoint:
