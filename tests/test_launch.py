@@ -168,6 +168,21 @@ def test_accelerate_launch_that_would_train_one_process_of_two_is_refused_in_one
     assert not (tmp_path / "out").exists()  # refused before anything was loaded or written
 
 
+@pytest.mark.slow  # 1 launch of 2 processes
+def test_a_deepspeed_launch_that_use_cpu_would_turn_into_ddp_is_refused(tmp_path):
+    recipe = write_recipe(tmp_path, max_steps=2)
+    launcher = ["--config_file", "configs/accelerate/zero3.yaml", "--num_processes", "2"]
+    process = accelerate_launch(launcher, recipe, "--use_cpu", "true", log=tmp_path / "run.log")
+    assert process.wait(timeout=TIMEOUT) != 0
+    lines = {line for line in (tmp_path / "run.err").read_text().splitlines() if line.startswith("fipo-trl train:")}
+    assert lines == {
+        "fipo-trl train: error: the launch asks for DeepSpeed ZeRO-3 but accelerate set up without DeepSpeed: use_cpu "
+        "turns it off; drop --use_cpu (without a GPU, bf16 under DeepSpeed is refused by transformers: train with "
+        "--bf16 false)"
+    }
+    assert not (tmp_path / "out").exists()  # refused before the model loaded
+
+
 LAUNCHER_VARIABLES = ("WORLD_SIZE", "MASTER_ADDR", "ACCELERATE_MIXED_PRECISION", "ACCELERATE_USE_DEEPSPEED",
                       "ACCELERATE_USE_FSDP", "FSDP_VERSION", "ACCELERATE_DEEPSPEED_CONFIG_FILE",
                       "ACCELERATE_DEEPSPEED_ZERO_STAGE")  # fmt: skip
