@@ -1,14 +1,16 @@
 """
-FIPOTrainer in 2 real processes on CPU: DDP over gloo (torchrun), DeepSpeed ZeRO-2 and ZeRO-3 (accelerate launch).
+FIPOTrainer in 2 real processes on CPU: DDP over gloo (torchrun), DeepSpeed ZeRO-2, ZeRO-3 that partitions, and FSDP2
+(accelerate launch), each asserted for what its engine does to the parameters and equal in losses to DDP.
 
 Launch lines exercised here, on a machine without a GPU:
 
     torchrun --nproc_per_node 2 --master_addr 127.0.0.1 --master_port PORT SCRIPT   # FIPOConfig(use_cpu=True)
-    DS_ACCELERATOR=cpu accelerate launch --config_file configs/accelerate/zero3.yaml --num_processes 2 \
-        --mixed_precision no SCRIPT   # after PartialState(backend="gloo"), see `worker`
+    DS_ACCELERATOR=cpu accelerate launch --config_file CONFIG --num_processes 2 --mixed_precision no SCRIPT
+    # CONFIG: configs/accelerate/zero2.yaml, fsdp2.yaml, or zero3.yaml with a persistence threshold of 0
 
-The test module is also the worker script: `python tests/test_distributed.py MODEL_DIR OUT_DIR MODE`. The multi-node
-Slurm launcher is run with stub `srun`/`vllm`/`accelerate` commands that log the command lines it builds.
+The accelerate runs build their config as `fipo-trl train` does (`fipo_trl.run.launch`). The test module is also
+the worker script: `python tests/test_distributed.py MODEL_DIR OUT_DIR MODE`. The multi-node Slurm launcher is run
+with stub `srun`/`vllm`/`accelerate` commands that log the command lines it builds.
 """
 
 import json
@@ -20,6 +22,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch.distributed.fsdp import FSDPModule
+from transformers import TrainerCallback
 
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -34,22 +38,23 @@ def reward_digits(completions, **kwargs):
 
 
 def worker(model_dir, out_dir, mode):
-    """One process of the run: train `MAX_STEPS` steps, record every FIPO metric with the tensors it came from."""
+    """
+    One process of the run: train `MAX_STEPS` steps, record every FIPO metric with the tensors it came from. `mode`:
+    `ddp` (torchrun, `use_cpu`), `deepspeed` (accelerate launch with a ZeRO config) or `fsdp2` (accelerate launch with
+    configs/accelerate/fsdp2.yaml); the last two set accelerate's state up as `fipo-trl train` does
+    ([`fipo_trl.run.launch.configure_processes`]).
+    """
     if mode == "deepspeed":
         import deepspeed.ops
 
         # Skip DeepSpeed's CPU shared-memory all-reduce, a C++ extension built on first use (60-90 s): gloo suffices
         deepspeed.ops.__compatible_ops__ = {**deepspeed.ops.__compatible_ops__, "deepspeed_shm_comm": False}
-        from accelerate import PartialState
-
-        # Without a GPU, accelerate 1.15 picks no backend, lets DeepSpeed open the process group anyway and then
-        # reports 1 process; naming gloo keeps both views at the real world size (report: 2-process ZeRO on CPU)
-        PartialState(backend="gloo")
 
     from datasets import Dataset
     from transformers import AutoModelForCausalLM
 
     from fipo_trl import FIPOConfig, FIPOTrainer
+    from fipo_trl.run.launch import configure_processes, launch_fields
 
     class RecordingFIPOTrainer(FIPOTrainer):
         def __init__(self, *args, **kwargs):
@@ -62,15 +67,6 @@ def worker(model_dir, out_dir, mode):
             tensors = {name: value.detach().cpu() for name, value in w._asdict().items()}
             self.records.append({**tensors, "advantages": advantages.cpu(), "mask": mask.cpu(), "logged": logged})
 
-    # Built before FIPOConfig, which turns on ZeRO-3 sharded loading (the lm_head swap needs whole tensors)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-    # Sharper, context-dependent logits plus an EOS bias end completions at lengths that differ between ranks (which
-    # share one sampling seed), so a token-weighted reduction differs from a mean of per-rank means
-    head = torch.nn.Linear(model.config.hidden_size, model.config.vocab_size, bias=True)
-    head.weight.data.copy_(model.lm_head.weight.data * LOGIT_SCALE)
-    head.bias.data.zero_()
-    head.bias.data[model.config.eos_token_id] = EOS_BIAS
-    model.lm_head = head
     config = FIPOConfig(
         output_dir=out_dir,
         per_device_train_batch_size=4,
@@ -85,16 +81,24 @@ def worker(model_dir, out_dir, mode):
         save_steps=MAX_STEPS,
         report_to="none",
         bf16=False,
-        gradient_checkpointing=False,
+        # as the recipes run ZeRO and FSDP2; recomputing a layer in float32 gives the values of the DDP run's forward
+        gradient_checkpointing=mode != "ddp",
         seed=0,
-        use_cpu=mode == "ddp",
-        accelerator_config={"use_configured_state": mode == "deepspeed"},
+        **({"use_cpu": True} if mode == "ddp" else launch_fields()),  # as `fipo-trl train` builds its config
     )
+    if mode != "ddp":
+        configure_processes(config)
+    # Loaded after FIPOConfig: under a ZeRO-3 launch with zero3_init_flag, from_pretrained builds it partitioned
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    loaded_partitioned = all(hasattr(p, "ds_tensor") for p in model.parameters())
+    model.lm_head = sharp_head(model)
     dataset = Dataset.from_dict({"prompt": [f"What is {i} + {i}?" for i in range(32)]})
     trainer = RecordingFIPOTrainer(model, reward_funcs=reward_digits, args=config, train_dataset=dataset)
     from fipo_trl.run.checkpoints import CheckpointMarkerCallback
 
     trainer.add_callback(CheckpointMarkerCallback())  # as `fipo-trl train` adds it
+    layout = ParameterLayoutCallback(trainer)
+    trainer.add_callback(layout)
     trainer.train()
 
     rank = trainer.accelerator.process_index
@@ -103,16 +107,103 @@ def worker(model_dir, out_dir, mode):
         "num_processes": trainer.accelerator.num_processes,
         "distributed_type": str(trainer.accelerator.distributed_type),
         "engine": type(trainer.model_wrapped).__name__,
+        "fsdp_module": isinstance(trainer.model_wrapped, FSDPModule),
         "zero_stage": trainer.accelerator.state.deepspeed_plugin.zero_stage if trainer.is_deepspeed_enabled else 0,
         "losses": [entry["loss"] for entry in trainer.state.log_history if "loss" in entry],
         # ZeRO-3 keeps only this rank's shard in .data; the sum is compared across ranks only without ZeRO-3
         "param_sum": float(sum(p.detach().double().sum() for p in model.parameters())),
+        "loaded_partitioned": loaded_partitioned,
+        "layouts": layout.layouts,
+        "parts": layout.parts(),
+        "generate_calls": count_generate_calls(trainer, model),
     }
     # a gloo group still alive at interpreter exit can abort the process (SIGABRT, "terminate called without an
     # active exception") while its worker threads release tensors: end it, as `fipo-trl train` does
     trainer.end()
     summary["process_group_ended"] = not torch.distributed.is_initialized()
     torch.save({"records": trainer.records, "summary": summary}, Path(out_dir) / f"rank{rank}.pt")
+
+
+def sharp_head(model):
+    """
+    A head with sharper, context-dependent logits plus an EOS bias: completions end at lengths that differ between
+    ranks (which share one sampling seed), so a token-weighted reduction differs from a mean of per-rank means. Under
+    ZeRO-3 the loaded head is partitioned: it is gathered to be copied, and DeepSpeed partitions the new one.
+    """
+    import contextlib
+
+    weight = model.lm_head.weight
+    gathered = contextlib.nullcontext()
+    if hasattr(weight, "ds_tensor"):
+        import deepspeed
+
+        gathered = deepspeed.zero.GatheredParameters([weight])
+    head = torch.nn.Linear(model.config.hidden_size, model.config.vocab_size, bias=True)
+    with gathered, torch.no_grad():
+        if not weight.is_meta:  # FSDP's RAM-efficient loading: only rank 0 loads, the others receive its weights
+            head.weight.copy_(weight * LOGIT_SCALE)
+    head.bias.data.zero_()
+    head.bias.data[model.config.eos_token_id] = EOS_BIAS
+    return head
+
+
+class ParameterLayoutCallback(TrainerCallback):
+    """
+    At every step end, how each parameter is held on this process: ZeRO-3's partition (`ds_tensor`) and what is left
+    in `.data`, or FSDP2's DTensor placements and local shard.
+    """
+
+    def __init__(self, trainer):
+        self.trainer = trainer
+        self.layouts = []
+
+    def named_parameters(self):
+        return self.trainer.accelerator.unwrap_model(self.trainer.model_wrapped).named_parameters()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        layout = {}
+        for name, param in self.named_parameters():
+            entry = {"numel": param.numel(), "data_numel": param.data.numel()}
+            if hasattr(param, "ds_tensor"):
+                entry.update(ds_numel=param.ds_numel, partition_numel=param.ds_tensor.numel())
+            if hasattr(param, "placements"):  # a DTensor
+                entry.update(placements=[str(p) for p in param.placements], local_numel=param.to_local().numel())
+            layout[name] = entry
+        self.layouts.append(layout)
+
+    def parts(self):
+        """This process's part of every parameter, flat (its ZeRO-3 partition or FSDP2 shard), after training."""
+        parts = {}
+        for name, param in self.named_parameters():
+            if hasattr(param, "ds_tensor"):
+                parts[name] = param.ds_tensor.detach().float().cpu().clone()
+            elif hasattr(param, "placements"):
+                parts[name] = param.to_local().detach().float().cpu().flatten().clone()
+        return parts
+
+
+def count_generate_calls(trainer, model):
+    """
+    The held-out sampling path of `fipo-trl train` on 5 prompts (shares of 3 and 2, padded to 3 each): how many
+    `generate` calls this process made. Under ZeRO-3 every call gathers weights from every process.
+    """
+    from fipo_trl.evaluation.generation import Sampling, generate_on_processes
+
+    calls = []
+    generate = model.generate
+
+    def counting_generate(*args, **kwargs):
+        calls.append(1)
+        return generate(*args, **kwargs)
+
+    model.generate = counting_generate
+    tokenizer = trainer.processing_class
+    prompts = [f"What is {i} + 1?" for i in range(5)]
+    indices, _ = generate_on_processes(
+        trainer.model_wrapped, tokenizer, prompts, Sampling(max_tokens=4), 1, accelerator=trainer.accelerator
+    )
+    model.generate = generate
+    return {"calls": len(calls), "indices": indices}
 
 
 def free_port():
@@ -145,11 +236,43 @@ def launch_torchrun(model_dir, out_dir):
     return launch([*command, __file__, model_dir, str(out_dir), "ddp"], out_dir)
 
 
-def launch_deepspeed(model_dir, out_dir, accelerate_config):
+def launch_accelerate(model_dir, out_dir, accelerate_config, mode="deepspeed"):
     command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", accelerate_config]
     command += ["--num_processes", "2", "--mixed_precision", "no"]
     command += ["--main_process_ip", "127.0.0.1", "--main_process_port", str(free_port())]
-    return launch([*command, __file__, model_dir, str(out_dir), "deepspeed"], out_dir)
+    return launch([*command, __file__, model_dir, str(out_dir), mode], out_dir)
+
+
+def partitioning_zero3_config(folder):
+    """
+    configs/accelerate/zero3.yaml with a DeepSpeed file whose persistence threshold is 0. DeepSpeed keeps whole on
+    every rank each parameter below the threshold (default 1e5 elements; the recipes' "auto" is 10 × hidden size):
+    every parameter of the tiny model, which would then train exactly as under ZeRO-2.
+    """
+    import yaml
+
+    ds_config = {
+        "zero_optimization": {
+            "stage": 3,
+            "stage3_param_persistence_threshold": 0,
+            "stage3_gather_16bit_weights_on_model_save": True,
+        },
+        "gradient_accumulation_steps": "auto",
+        "gradient_clipping": "auto",
+        "train_batch_size": "auto",
+        "train_micro_batch_size_per_gpu": "auto",
+        "bf16": {"enabled": "auto"},
+    }
+    (folder / "ds_zero3.json").write_text(json.dumps(ds_config))
+    accelerate = yaml.safe_load((ROOT / "configs/accelerate/zero3.yaml").read_text())
+    accelerate["deepspeed_config"] = {
+        "deepspeed_config_file": str(folder / "ds_zero3.json"),
+        "zero3_init_flag": True,
+        "deepspeed_multinode_launcher": "standard",
+    }
+    del accelerate["mixed_precision"]  # the DeepSpeed file carries it
+    (folder / "zero3.yaml").write_text(yaml.safe_dump(accelerate))
+    return str(folder / "zero3.yaml")
 
 
 def pad_cat(tensors):
@@ -179,10 +302,14 @@ def test_ddp_both_ranks_train_in_sync(ddp_run):
 
 @pytest.mark.slow  # 2 processes
 def test_ddp_fipo_metrics_equal_single_process_computation_on_both_ranks_data(ddp_run):
+    assert_metrics_are_the_single_process_computation(ddp_run[0])
+
+
+def assert_metrics_are_the_single_process_computation(ranks):
+    """Each step's logged fipo/* metrics equal fipo_diagnostics on both ranks' tensors merged, as one process."""
     from fipo_trl.core import FIPOWeights, weight_bounds
     from fipo_trl.diagnostics import fipo_diagnostics
 
-    ranks, _ = ddp_run
     off_policy_seen = False
     for step in range(MAX_STEPS):
         records = [r["records"][step] for r in ranks]
@@ -237,23 +364,95 @@ def test_ddp_checkpoint_is_written_once(ddp_run):
     assert incomplete_reason(out / f"checkpoint-{MAX_STEPS}", marker_required=True) is None
 
 
+# Same data, same seeds, same AdamW as the DDP run: only the order of float32 sums differs (DeepSpeed and FSDP
+# reduce-scatter gradients in buckets where DDP all-reduces them), a few ulps that 3 Adam steps at lr 0.05 carry into
+# the losses: measured 2.6e-7 relative at most (ZeRO-2), 1.3e-7 (ZeRO-3), 0 (FSDP2); asserted within 1e-5
+LOSS_TOLERANCE = {"rel": 1e-5, "abs": 1e-7}
+
+
 @pytest.mark.slow  # 2 processes
-@pytest.mark.parametrize("stage", [2, 3])
-def test_deepspeed_zero_two_processes_on_cpu_matches_ddp(stage, ddp_run, tiny_model_dir, tmp_path):
-    ranks = launch_deepspeed(tiny_model_dir, tmp_path, f"configs/accelerate/zero{stage}.yaml")
+def test_deepspeed_zero2_two_processes_on_cpu_matches_ddp(ddp_run, tiny_model_dir, tmp_path):
+    ranks = launch_accelerate(tiny_model_dir, tmp_path, "configs/accelerate/zero2.yaml")
     summaries = [r["summary"] for r in ranks]
     for summary in summaries:
         assert summary["num_processes"] == 2
-        assert (summary["engine"], summary["zero_stage"]) == ("DeepSpeedEngine", stage)
+        assert (summary["engine"], summary["zero_stage"]) == ("DeepSpeedEngine", 2)
         assert summary["process_group_ended"]
     assert [len(r["records"]) for r in ranks] == [MAX_STEPS, MAX_STEPS]
-    # Same data, same seeds, same AdamW: ZeRO sharding must not change the losses of the DDP run
-    ddp_losses = ddp_run[0][0]["summary"]["losses"]
-    assert summaries[0]["losses"] == pytest.approx(ddp_losses, rel=1e-4, abs=1e-6)
+    assert summaries[0]["losses"] == pytest.approx(ddp_run[0][0]["summary"]["losses"], **LOSS_TOLERANCE)
     checkpoint = tmp_path / f"checkpoint-{MAX_STEPS}"
     assert (checkpoint / "model.safetensors").is_file()
     shards = sorted(p.name for p in checkpoint.glob(f"global_step{MAX_STEPS}/*optim_states.pt"))
     assert len(shards) == 2  # one optimizer shard per rank
+
+
+@pytest.fixture(scope="module")
+def zero3_run(tiny_model_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("zero3")
+    return launch_accelerate(tiny_model_dir, out, partitioning_zero3_config(out)), out
+
+
+@pytest.mark.slow  # 2 processes
+def test_zero3_loads_partitioned_and_keeps_each_rank_its_own_part_between_steps(zero3_run):
+    from safetensors.torch import load_file
+
+    ranks, out = zero3_run
+    summaries = [r["summary"] for r in ranks]
+    for summary in summaries:
+        assert summary["num_processes"] == 2
+        assert (summary["engine"], summary["zero_stage"]) == ("DeepSpeedEngine", 3)
+        assert summary["loaded_partitioned"]  # zero3_init_flag: from_pretrained built every parameter partitioned
+        assert len(summary["layouts"]) == MAX_STEPS
+        for layout in summary["layouts"]:  # at every step end: this rank's half, no whole copy
+            for name, entry in layout.items():
+                assert entry["data_numel"] == entry["numel"] == 0, name  # numel() of a partitioned parameter is 0
+                assert entry["partition_numel"] == -(-entry["ds_numel"] // 2), name
+    # the two parts of each parameter are its two halves (rank 1's padded), together the saved, gathered weights
+    saved = load_file(out / f"checkpoint-{MAX_STEPS}" / "model.safetensors")
+    parts = [s["parts"] for s in summaries]
+    assert parts[0].keys() == parts[1].keys() == saved.keys()
+    for name, weight in saved.items():
+        assert torch.equal(torch.cat([parts[0][name], parts[1][name]])[: weight.numel()], weight.flatten()), name
+    assert not torch.equal(*(torch.cat(list(p.values())) for p in parts))  # each rank holds something else
+
+
+@pytest.mark.slow  # 2 processes
+def test_zero3_partitioned_trains_as_ddp_with_the_single_process_metrics(zero3_run, ddp_run):
+    ranks, _ = zero3_run
+    assert ranks[0]["summary"]["losses"] == pytest.approx(ddp_run[0][0]["summary"]["losses"], **LOSS_TOLERANCE)
+    assert_metrics_are_the_single_process_computation(ranks)
+
+
+@pytest.mark.slow  # 2 processes
+def test_zero3_sampling_makes_the_same_number_of_generate_calls_on_both_ranks(zero3_run):
+    # 5 prompts: shares of 3 and 2, the short one padded with its last prompt; each call gathers from both ranks
+    calls = [r["summary"]["generate_calls"] for r in zero3_run[0]]
+    assert [c["calls"] for c in calls] == [3, 3]
+    assert [c["indices"] for c in calls] == [[0, 1, 2], [3, 4, 4]]
+
+
+@pytest.mark.slow  # 2 processes
+def test_fsdp2_shards_every_parameter_and_trains_as_ddp(ddp_run, tiny_model_dir, tmp_path):
+    from safetensors.torch import load_file
+
+    ranks = launch_accelerate(tiny_model_dir, tmp_path, "configs/accelerate/fsdp2.yaml", mode="fsdp2")
+    summaries = [r["summary"] for r in ranks]
+    for summary in summaries:
+        assert summary["num_processes"] == 2 and summary["distributed_type"] == "DistributedType.FSDP"
+        assert summary["fsdp_module"]  # fully_shard'ed: the model's class is FSDP2's FSDPModule subclass
+        assert summary["process_group_ended"]
+        assert len(summary["layouts"]) == MAX_STEPS
+        for layout in summary["layouts"]:  # every parameter a DTensor sharded on dim 0, this rank's rows local
+            for name, entry in layout.items():
+                assert entry["placements"] == ["S(0)"], name  # Shard(dim=0)
+                assert entry["local_numel"] < entry["numel"], name
+    saved = load_file(tmp_path / f"checkpoint-{MAX_STEPS}" / "model.safetensors")  # FULL_STATE_DICT: gathered
+    parts = [s["parts"] for s in summaries]
+    assert parts[0].keys() == parts[1].keys() == saved.keys()
+    for name, weight in saved.items():
+        assert torch.equal(torch.cat([parts[0][name], parts[1][name]]), weight.flatten()), name
+    assert summaries[0]["losses"] == pytest.approx(ddp_run[0][0]["summary"]["losses"], **LOSS_TOLERANCE)
+    assert_metrics_are_the_single_process_computation(ranks)
 
 
 SLURM_STUBS = {

@@ -48,8 +48,10 @@ def main(script_args, training_args, model_args):
     `output_dir`): a bad one raises [`UsageError`]; a failure during training raises [`TrainingError`] saying where
     the run stopped.
     """
+    from ..run.launch import configure_processes
     from ..run.setup import prepare_run
 
+    configure_processes(training_args)  # FSDP without a GPU, the process count checked and announced
     with prepare_run(script_args, training_args, model_args) as run:
         return train_and_report(run, script_args, training_args, model_args)
 
@@ -180,6 +182,7 @@ def write_model_card(trainer, model_name, dataset_name):
 def print_summary(trainer, before, after, seconds, heldout_size):
     """One screen at the end: held-out accuracy and length before → after; where the model, checkpoints, logs are."""
     from ..run.checkpoints import last_complete_checkpoint
+    from ..run.launch import describe
 
     args = trainer.args
     out = Path(args.output_dir)
@@ -205,6 +208,7 @@ def print_summary(trainer, before, after, seconds, heldout_size):
         lines.append(
             f"Mean training reward: first log {first:+.3f} (step {first_step}), last {last:+.3f} (step {last_step})"
         )
+    lines.append(f"Trained on:        {describe(trainer.accelerator)}")  # as announced at the start
     lines.append(f"Final model:       {out}")
     checkpoint = last_complete_checkpoint(out, quiet=True)
     if checkpoint:
@@ -231,7 +235,10 @@ def cli(argv=None) -> int:
     if any(arg in ("-h", "--help") for arg in argv):
         print(short_help())
         return 0
-    script_args, training_args, model_args = parse_recipe(argv)
+    from ..run.launch import launch_flags
+
+    # before the config is built: it sets accelerate's state up and sizes batches by the world size it sees
+    script_args, training_args, model_args = parse_recipe([*argv, *launch_flags(argv)])
     command = shlex.join(["fipo-trl", "train", *without_resume_flag(argv), "--resume_from_checkpoint", "last"])
     try:
         main(script_args, training_args, model_args)
