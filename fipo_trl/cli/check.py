@@ -415,7 +415,7 @@ def round_limit_rows(args, kept_groups, per_round, optimizer_steps_per_generatio
             f"{worst / optimizer_steps_per_generation:g} "
             f"(filter off: {kept_groups * group / optimizer_steps_per_generation:g})",
         ),
-        ("groups that must survive to stay under the limit", f"{kept_groups / (rounds * per_round):.2%}"),
+        ("groups that must survive to stay under the limit", f"{100 * kept_groups / (rounds * per_round):.3g}%"),
         (
             "when the limit is hit",
             "error (official)"
