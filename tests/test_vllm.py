@@ -107,27 +107,36 @@ def probe_logprobs_vllm(trainer):
     return torch.tensor([next(iter(entry.values())).logprob for entry in output.prompt_logprobs[1:]])
 
 
-def probe_logprobs_trainer(trainer, dtype):
-    """The trainer's log-probs of `PROBE`, its weights cast to `dtype` (vLLM's), on a copy."""
-    import copy
-
+def probe_logprobs_trainer(trainer, tensors, dtype):
+    """The log-probs of `PROBE` by a model built from the trainer's gathered `tensors`, cast to `dtype` (vLLM's)."""
+    policy = trainer.accelerator.unwrap_model(trainer.model)
+    model = type(policy)(policy.config).float()  # the constructor, not from_config: no ZeRO-3 partitioning
+    model.load_state_dict(tensors, strict=False)  # a tied head comes with the embedding
     ids = torch.tensor([trainer.processing_class(PROBE)["input_ids"]])
-    model = copy.deepcopy(trainer.accelerator.unwrap_model(trainer.model)).to(dtype)
     with torch.no_grad():
-        logits = model(ids).logits[0, :-1].float()
+        logits = model.to(dtype)(ids).logits[0, :-1].float()
     return torch.log_softmax(logits, -1).gather(-1, ids[0, 1:, None])[:, 0]
 
 
-def trainer_tensors(trainer):
-    """The trainer's tensors that vLLM keeps unpacked on CPU, under vLLM's names (q/k/v biases fused as vLLM does)."""
-    params = dict(trainer.accelerator.unwrap_model(trainer.model).named_parameters())
-    tensors = {name: param.detach() for name, param in params.items() if name.endswith("norm.weight")}
-    tensors["model.embed_tokens.weight"] = params["model.embed_tokens.weight"].detach()
-    for name in params:
-        if name.endswith("self_attn.q_proj.bias"):
-            prefix = name.removesuffix("q_proj.bias")
-            tensors[prefix + "qkv_proj.bias"] = torch.cat([params[prefix + f"{x}_proj.bias"].detach() for x in "qkv"])
-    return tensors
+def gathered_tensors(generation):
+    """The trainer's whole tensors as TRL hands them to vLLM (gathered under ZeRO-3: every process must call this)."""
+    return {name: tensor.detach().clone() for name, tensor in generation._iter_named_params()}
+
+
+def unpacked_equal(vllm_params, tensors):
+    """Each tensor vLLM keeps unpacked on CPU (embeddings, norms, fused q/k/v biases): bit-equal to the trainer's?"""
+    equal = {}
+    for name, param in vllm_params.items():
+        if name.endswith("qkv_proj.bias"):
+            prefix = name.removesuffix("qkv_proj.bias")
+            tensor = torch.cat([tensors[prefix + f"{x}_proj.bias"] for x in "qkv"])
+        elif param.numel() and name in tensors:
+            tensor = tensors[name]
+        else:
+            continue  # a packed linear layer: an empty placeholder
+        # vLLM pads the vocabulary (29 -> 64 rows): compare the real rows
+        equal[name] = torch.equal(param[: len(tensor)], tensor.to(param.dtype))
+    return equal
 
 
 def record_syncs(trainer):
@@ -136,21 +145,31 @@ def record_syncs(trainer):
 
     def sync():
         reload_sync(generation)
-        vllm_params = dict(model_runner(trainer).model.named_parameters())
-        exact = {}
-        for name, tensor in trainer_tensors(trainer).items():
-            # vLLM pads the vocabulary (29 -> 64 rows): compare the real rows
-            exact[name] = torch.equal(vllm_params[name][: len(tensor)], tensor.to(vllm_params[name].dtype))
+        tensors = gathered_tensors(generation)
+        exact = unpacked_equal(dict(model_runner(trainer).model.named_parameters()), tensors)
         records.append(
             {
                 "exact": exact,
                 "vllm": probe_logprobs_vllm(trainer),
-                "trainer_bf16": probe_logprobs_trainer(trainer, torch.bfloat16),
+                "trainer_bf16": probe_logprobs_trainer(trainer, tensors, torch.bfloat16),
             }
         )
 
     generation.sync_weights = sync
     return records
+
+
+def check_syncs(records):
+    """Every sync put the trainer's weights in vLLM: unpacked tensors exactly, packed layers through the log-probs."""
+    for record in records:
+        assert len(record["exact"]) == 4 * 3 + 2 and all(record["exact"].values()), record["exact"]
+        # the packed linear layers can only be read through vLLM's outputs: other bf16 kernels, so a tolerance
+        torch.testing.assert_close(record["vllm"], record["trainer_bf16"], atol=0.1, rtol=0.02)
+    # ... far below what each later sync changes (the first, at step 1, syncs the unchanged weights): vLLM computes
+    # with the new weights, not the previous ones
+    for previous, record in zip(records[:-1], records[1:], strict=True):
+        moved = (record["vllm"] - previous["trainer_bf16"]).abs().max()
+        assert moved > 10 * (record["vllm"] - record["trainer_bf16"]).abs().max()
 
 
 def test_trl_colocate_sync_fails_on_vllm_cpu(tmp_path):
@@ -166,15 +185,7 @@ def test_colocate_weight_sync_and_fipo_logprobs(tmp_path):
     records = record_syncs(trainer)
     trainer.train()
     assert len(records) == 3  # one sync per generation: steps 1, 3 and 5 of 6
-    for record in records:
-        assert all(record["exact"].values()), record["exact"]  # embeddings, norms, biases: bit-equal after bf16
-        # the packed linear layers can only be read through vLLM's outputs: other bf16 kernels, so a tolerance
-        torch.testing.assert_close(record["vllm"], record["trainer_bf16"], atol=0.1, rtol=0.02)
-    # ... far below what each later sync changes (the first, at step 1, syncs the unchanged weights): vLLM computes
-    # with the new weights, not the previous ones
-    for previous, record in zip(records[:-1], records[1:], strict=True):
-        moved = (record["vllm"] - previous["trainer_bf16"]).abs().max()
-        assert moved > 10 * (record["vllm"] - record["trainer_bf16"]).abs().max()
+    check_syncs(records)
     logs = [entry for entry in trainer.state.log_history if "fipo/abs_log_ratio_mean" in entry]
     on_policy, stale = logs[0::2], logs[1::2]
     # on a generation's first step the trainer's old log-probs are its current ones: FIPO's log-ratio is exactly 0,
@@ -294,3 +305,52 @@ def test_server_mode_generates_but_trl_cannot_sync_weights_on_cpu(vllm_server, t
     assert len(output["completion_ids"]) == 2 and all(1 <= len(ids) <= 4 for ids in output["completion_ids"])
     with pytest.raises(NotImplementedError, match="NCCL weight-transfer engine, which needs a CUDA device"):
         make_trainer(tmp_path, max_steps=2, vllm_mode="server", vllm_server_base_url=vllm_server)
+
+
+def zero3_worker(out_dir, precision):
+    """One process of the 2-process ZeRO-3 run (`accelerate launch ... tests/test_vllm.py OUT PRECISION`)."""
+    import deepspeed.ops
+    from accelerate import PartialState
+
+    # as tests/test_distributed.py: no C++ shared-memory all-reduce build, and gloo named so both ranks count 2
+    deepspeed.ops.__compatible_ops__ = {**deepspeed.ops.__compatible_ops__, "deepspeed_shm_comm": False}
+    PartialState(backend="gloo")
+    recipe = {"bf16": True, "gradient_checkpointing": True} if precision == "bf16" else {}
+    trainer = make_trainer(out_dir, use_cpu=False, accelerator_config={"use_configured_state": True}, **recipe)
+    records = record_syncs(trainer)
+    trainer.train()
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    summary = {
+        "num_processes": trainer.accelerator.num_processes,
+        "zero_stage": trainer.accelerator.state.deepspeed_plugin.zero_stage,
+        # ZeRO-3 leaves an empty .data outside a gather on parameters it partitions
+        "partitioned": sum(p.data.numel() == 0 for p in model.parameters()),
+        "losses": [entry["loss"] for entry in trainer.state.log_history if "loss" in entry],
+    }
+    rank = trainer.accelerator.process_index
+    torch.save({"records": records, "summary": summary}, Path(out_dir) / f"rank{rank}.pt")
+    torch.distributed.destroy_process_group()
+    os._exit(0)  # as tests/test_distributed.py: no gloo teardown at interpreter exit
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_zero3_two_processes_colocate_sync_on_both_ranks(tmp_path, precision):
+    """2 gloo processes, DeepSpeed ZeRO-3 (the shipped zero3.yaml), one colocated vLLM each: every sync lands."""
+    root = Path(__file__).resolve().parents[1]
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", "configs/accelerate/zero3.yaml"]
+    command += ["--num_processes", "2", "--mixed_precision", "bf16" if precision == "bf16" else "no"]
+    command += ["--main_process_ip", "127.0.0.1", "--main_process_port", str(free_port())]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu", "CUDA_VISIBLE_DEVICES": ""}
+    command += [__file__, str(tmp_path), precision]
+    result = subprocess.run(command, cwd=root, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
+    ranks = [torch.load(tmp_path / f"rank{rank}.pt", weights_only=False) for rank in (0, 1)]
+    for rank in ranks:
+        assert rank["summary"]["num_processes"] == 2 and rank["summary"]["zero_stage"] == 3
+        assert len(rank["records"]) == 2  # syncs at steps 1 and 3 of 4
+        check_syncs(rank["records"])
+    assert ranks[0]["summary"]["losses"] == ranks[1]["summary"]["losses"]
+
+
+if __name__ == "__main__":
+    zero3_worker(*sys.argv[1:])
