@@ -315,8 +315,15 @@ def zero3_worker(out_dir, precision):
     # as tests/test_distributed.py: no C++ shared-memory all-reduce build, and gloo named so both ranks count 2
     deepspeed.ops.__compatible_ops__ = {**deepspeed.ops.__compatible_ops__, "deepspeed_shm_comm": False}
     PartialState(backend="gloo")
-    recipe = {"bf16": True, "gradient_checkpointing": True} if precision == "bf16" else {}
-    trainer = make_trainer(out_dir, use_cpu=False, accelerator_config={"use_configured_state": True}, **recipe)
+    # bf16 on CPU needs use_cpu=True (transformers refuses bf16 without a GPU otherwise)
+    recipe = (
+        {"bf16": True, "gradient_checkpointing": True, "use_cpu": True}
+        if precision == "bf16"
+        else {"gradient_checkpointing": False}
+    )
+    trainer = make_trainer(
+        out_dir, **{"use_cpu": False, "accelerator_config": {"use_configured_state": True}, **recipe}
+    )
     records = record_syncs(trainer)
     trainer.train()
     model = trainer.accelerator.unwrap_model(trainer.model)
@@ -326,6 +333,9 @@ def zero3_worker(out_dir, precision):
         # ZeRO-3 leaves an empty .data outside a gather on parameters it partitions
         "partitioned": sum(p.data.numel() == 0 for p in model.parameters()),
         "losses": [entry["loss"] for entry in trainer.state.log_history if "loss" in entry],
+        "engine": type(trainer.model_wrapped).__name__,
+        "dtype": str(next(model.parameters()).dtype),
+        "gradient_checkpointing": model.is_gradient_checkpointing,
     }
     rank = trainer.accelerator.process_index
     torch.save({"records": records, "summary": summary}, Path(out_dir) / f"rank{rank}.pt")
@@ -346,7 +356,9 @@ def test_zero3_two_processes_colocate_sync_on_both_ranks(tmp_path, precision):
     assert result.returncode == 0, result.stderr[-4000:]
     ranks = [torch.load(tmp_path / f"rank{rank}.pt", weights_only=False) for rank in (0, 1)]
     for rank in ranks:
-        assert rank["summary"]["num_processes"] == 2 and rank["summary"]["zero_stage"] == 3
+        assert rank["summary"]["num_processes"] == 2 and rank["summary"]["zero_stage"] == 3, rank["summary"]
+        assert rank["summary"]["engine"] == "DeepSpeedEngine"
+        assert rank["summary"]["gradient_checkpointing"] == (precision == "bf16")
         assert len(rank["records"]) == 2  # syncs at steps 1 and 3 of 4
         check_syncs(rank["records"])
     assert ranks[0]["summary"]["losses"] == ranks[1]["summary"]["losses"]
