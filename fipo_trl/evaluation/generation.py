@@ -3,8 +3,8 @@
 Prompts are rendered as TRL's GRPOTrainer renders them in training (chat template with a generation prompt, or the
 plain string) and tokenized once ([`tokenize_prompts`]); both backends receive these token ids, so they see the same
 prompts. [`generate_with_transformers`] runs `generate` in batches anywhere; [`generate_with_vllm`] uses vLLM's
-offline `LLM.generate` (GPU only, not exercised by the test suite). Both return, per prompt, `k` samples as
-`{"completion", "num_tokens", "truncated"}` dicts.
+offline `LLM.generate` (a GPU, or vLLM's CPU build in the optional `.ci/vllm` job). Both return, per prompt, `k`
+samples as `{"completion", "num_tokens", "truncated"}` dicts.
 """
 
 import importlib.metadata
