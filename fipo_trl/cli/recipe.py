@@ -12,6 +12,7 @@ import ast
 import contextlib
 import dataclasses
 import io
+import math
 import os
 import types
 import typing
@@ -85,7 +86,8 @@ class FIPOScriptArguments(ScriptArguments):
         preemption_grace_period (`float`, *optional*, defaults to `20`):
             Seconds from a SIGTERM (Slurm preemption or time limit) to the end of the run: the current step
             finishes and a checkpoint is saved if both fit, else the run ends from its last checkpoint. Keep it under
-            the cluster's SIGTERM-to-SIGKILL delay (Slurm's `KillWait`, 30 s by default); docs/cluster-jobs.md.
+            the cluster's SIGTERM-to-SIGKILL delay (Slurm's `KillWait`, 30 s by default); docs/cluster-jobs.md. 0
+            stops at once, abandoning the step (the run resumes from its last checkpoint); a negative value is refused.
     """
 
     dataset_name: str = field(
@@ -139,6 +141,12 @@ class FIPOScriptArguments(ScriptArguments):
         # a YAML value is not checked against the choices by argparse
         if self.console_metrics not in ("brief", "full"):
             raise UsageError(f"console_metrics must be 'brief' or 'full', got {self.console_metrics!r}")
+        grace = self.preemption_grace_period
+        if not (isinstance(grace, (int, float)) and math.isfinite(grace) and grace >= 0):
+            raise UsageError(
+                f"preemption_grace_period: {grace} must be a number of seconds >= 0 (0 stops at once on SIGTERM; keep "
+                "it under the scheduler's SIGTERM-to-SIGKILL delay, Slurm's KillWait: 30 s by default)"
+            )
 
 
 def make_parser():
