@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+import yaml
 from trl import ModelConfig, ScriptArguments
 
 from ..errors import UsageError
@@ -196,10 +197,12 @@ def parse_recipe(argv):
     if argv and not argv[0].startswith("-"):
         argv = ["--config", *argv]  # `fipo-trl train recipe.yaml` as in open-r1's launch lines
     parser = make_parser()
+    path, recipe = None, {}
     if "--config" in argv:
         # TrlParser's own reading of a malformed file ends in a 52-line traceback: read it first, for file:line
         path = argv[argv.index("--config") + 1]
-        check_recipe_types(path, read_yaml_file(path), parser.dataclass_types)
+        recipe = read_yaml_file(path)
+        check_recipe_types(path, recipe, parser.dataclass_types)
     stderr = io.StringIO()
     try:
         # argparse prints a page of usage before its one-line error: keep only that line
@@ -215,6 +218,12 @@ def parse_recipe(argv):
         message = lines[-1].removeprefix(f"{parser.prog}: error: ") if lines else f"invalid arguments: {argv}"
         raise UsageError(message) from None
     except (ValueError, TypeError) as exc:  # a config's own check: one line, its origin kept for FIPO_TRL_DEBUG=1
+        nulls = [name for name, value in recipe.items() if value is None]
+        if isinstance(exc, TypeError) and nulls:  # the types of every other value were checked: a null it cannot take
+            raise UsageError(
+                f"{path}: {', '.join(nulls)}: null is not a value the config can use here ({exc}): give a value, or "
+                "delete the line for the default"
+            ) from exc
         raise UsageError(str(exc).splitlines()[0]) from exc
     unknown = [arg[2:] for arg in [*config_unknown, *cli_unknown] if arg.startswith("--")]
     if unknown or cli_unknown:
@@ -301,9 +310,40 @@ def format_yaml_error(path: str | os.PathLike, exc) -> str:
     return f"{where}: {problem}" + (f" ({exc.context})" if exc.context else "")
 
 
+class StrictLoader(yaml.SafeLoader):
+    """
+    PyYAML's safe loader, refusing a key given twice in one mapping (PyYAML keeps the last value, silently) and an
+    unquoted value with `#` in it: YAML starts a comment only after a space, so `output_dir: out# note` is a folder
+    named "out# note".
+    """
+
+    def construct_mapping(self, node, deep=False):
+        seen = {}
+        for key_node, _ in node.value:
+            key = key_node.value if isinstance(key_node, yaml.ScalarNode) else None
+            if key is not None and key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"{key} is given twice (first at line {seen[key] + 1}): keep one", key_node.start_mark
+                )
+            seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep=deep)
+
+    def construct_scalar(self, node):
+        if node.style is None and "#" in node.value:
+            raise yaml.constructor.ConstructorError(
+                None,
+                None,
+                f"{node.value!r} has a '#' with no space before it, which YAML keeps in the value: write ' #' for a "
+                "comment, or quote the value",
+                node.start_mark,
+            )
+        return super().construct_scalar(node)
+
+
 def read_yaml_file(path: str | os.PathLike, what: str = "recipe") -> dict:
     """
-    Read a YAML mapping of `field: value`, refusing a missing file, non-UTF-8 text, malformed YAML or a non-mapping.
+    Read a YAML mapping of `field: value`, refusing a missing file, non-UTF-8 text, malformed YAML, a non-mapping,
+    and what PyYAML accepts but never means what it says ([`StrictLoader`]): a key given twice, an unquoted `#`.
 
     Args:
         path (`str` or `os.PathLike`):
@@ -330,7 +370,7 @@ def read_yaml_file(path: str | os.PathLike, what: str = "recipe") -> dict:
         byte = raw[exc.start]
         raise UsageError(f"{path}:{line}: byte 0x{byte:02x} is not UTF-8: save the {what} as UTF-8") from None
     try:
-        content = yaml.safe_load(text)
+        content = yaml.load(text, Loader=StrictLoader)  # noqa: S506 (a SafeLoader)
     except yaml.YAMLError as exc:
         raise UsageError(format_yaml_error(path, exc)) from None
     if content is None:

@@ -20,6 +20,7 @@ before the model loads, 3 for a failure during training (docs/troubleshooting.md
 """
 
 import functools
+import json
 import math
 import os
 import shlex
@@ -204,8 +205,8 @@ def quick_start_code(model_dir, prompt, max_new_tokens) -> str:
         "```python",
         "from transformers import pipeline",
         "",
-        f"prompt = {prompt!r}",
-        f'generator = pipeline("text-generation", model={str(model_dir)!r})',
+        f"prompt = {json.dumps(prompt)}",
+        f'generator = pipeline("text-generation", model={json.dumps(str(model_dir))})',
         f"output = generator(prompt, max_new_tokens={max_new_tokens}, return_full_text=False)[0]",
         'print(output["generated_text"])',
         "```",
