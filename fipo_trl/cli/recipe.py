@@ -218,7 +218,8 @@ def parse_recipe(argv):
         message = lines[-1].removeprefix(f"{parser.prog}: error: ") if lines else f"invalid arguments: {argv}"
         raise UsageError(message) from None
     except (ValueError, TypeError) as exc:  # a config's own check: one line, its origin kept for FIPO_TRL_DEBUG=1
-        nulls = [name for name, value in recipe.items() if value is None]
+        defaults = {f.name: f.default for cls in parser.dataclass_types for f in dataclasses.fields(cls)}
+        nulls = [name for name, value in recipe.items() if value is None and defaults.get(name) is not None]
         if isinstance(exc, TypeError) and nulls:  # the types of every other value were checked: a null it cannot take
             raise UsageError(
                 f"{path}: {', '.join(nulls)}: null is not a value the config can use here ({exc}): give a value, or "
