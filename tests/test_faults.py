@@ -829,7 +829,7 @@ def closed_port():
 @pytest.mark.slow
 def test_a_run_without_wandb_settings_trains_offline_after_one_line(no_wandb_setting, tmp_path, capsys, caplog):
     out = tmp_path / "out"
-    fields = {"report_to": ["wandb"], "max_steps": 1, "env": {"HF_HUB_OFFLINE": "1"}}  # the quickstart's WANDB_MODE out
+    fields = {"report_to": ["wandb"], "max_steps": 1, "env": {"HF_HUB_OFFLINE": "1"}}  # no WANDB_MODE
     recipe = write_recipe(tmp_path, Case("wandb", "", recipe=fields), out)
     status, errors, captured = run_cli(capsys, ["train", str(recipe)])
     assert status == 0 and not errors, captured.err
