@@ -846,3 +846,18 @@ def test_every_shipped_yaml_reads_as_it_is_written(path):
     from fipo_trl.cli.recipe import read_yaml_file
 
     read_yaml_file(path)
+
+
+def test_help_into_a_closed_pipe_ends_without_a_traceback():
+    # `fipo-trl train --help | head` ended in a BrokenPipeError traceback; a pipe closed before the child writes
+    # is the same, every time
+    read, write = os.pipe()
+    os.close(read)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    try:
+        for argv in (["--help"], ["train", "--help"]):
+            command = [sys.executable, "-m", "fipo_trl", *argv]
+            result = subprocess.run(command, stdout=write, stderr=subprocess.PIPE, text=True, env=env, timeout=120)
+            assert result.stderr == "", result.stderr
+    finally:
+        os.close(write)
