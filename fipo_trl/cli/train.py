@@ -26,6 +26,7 @@ import os
 import shlex
 import sys
 import time
+import warnings
 from pathlib import Path
 
 from ..errors import Preempted, TrainingError, UsageError
@@ -268,6 +269,8 @@ def cli(argv=None) -> int:
     if any(arg in ("-h", "--help") for arg in argv):
         print(short_help())
         return 0
+    # TRL 1.16 reads transformers' deprecated `is_gradient_checkpointing` at every generation: no recipe can change it
+    warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
     script_args, training_args, model_args = parse_recipe(argv)
     command = shlex.join(["fipo-trl", "train", *without_resume_flag(argv), "--resume_from_checkpoint", "last"])
     try:
