@@ -846,6 +846,16 @@ def test_every_shipped_yaml_reads_as_it_is_written(path):
     from fipo_trl.cli.recipe import read_yaml_file
 
     read_yaml_file(path)
+    assert not [value for value in strings(yaml.safe_load(path.read_text())) if "#" in value]
+
+
+def strings(node):
+    """Every string value in a parsed YAML document."""
+    if isinstance(node, dict):
+        return [item for value in node.values() for item in strings(value)]
+    if isinstance(node, list):
+        return [item for value in node for item in strings(value)]
+    return [node] if isinstance(node, str) else []
 
 
 def test_help_into_a_closed_pipe_ends_without_a_traceback():
