@@ -89,6 +89,11 @@ class FIPOScriptArguments(ScriptArguments):
             finishes and a checkpoint is saved if both fit, else the run ends from its last checkpoint. Keep it under
             the cluster's SIGTERM-to-SIGKILL delay (Slurm's `KillWait`, 30 s by default); docs/cluster-jobs.md. 0
             stops at once, abandoning the step (the run resumes from its last checkpoint); a negative value is refused.
+        launch (`dict` or `None`, *optional*, defaults to `None`):
+            The launch the recipe is written for, with accelerate's names: `config_file` (the accelerate config),
+            `num_processes` (training processes over all nodes) and `num_machines`. `fipo-trl check RECIPE` reports
+            the geometry, memory and warnings of this launch unless its flags say otherwise; `fipo-trl train` takes
+            its processes from the launcher and does not read it.
     """
 
     dataset_name: str = field(
@@ -137,11 +142,20 @@ class FIPOScriptArguments(ScriptArguments):
     preemption_grace_period: float = field(
         default=20.0, metadata={"help": "Seconds from SIGTERM to exit: finish the step, save if it fits (Slurm)."}
     )
+    launch: dict | None = field(
+        default=None,
+        metadata={"help": "The launch the recipe is written for (config_file, num_processes, num_machines): check's."},
+    )
 
     def __post_init__(self):
         # a YAML value is not checked against the choices by argparse
         if self.console_metrics not in ("brief", "full"):
             raise UsageError(f"console_metrics must be 'brief' or 'full', got {self.console_metrics!r}")
+        unknown = sorted(set(self.launch or {}) - {"config_file", "num_processes", "num_machines"})
+        if unknown:
+            raise UsageError(
+                f"launch: unknown key(s) {', '.join(unknown)}; use config_file, num_processes, num_machines"
+            )
         grace = self.preemption_grace_period
         if not (isinstance(grace, (int, float)) and math.isfinite(grace) and grace >= 0):
             raise UsageError(
