@@ -871,3 +871,12 @@ def test_help_into_a_closed_pipe_ends_without_a_traceback():
             assert result.stderr == "", result.stderr
     finally:
         os.close(write)
+
+
+def test_train_help_with_a_recipe_lists_the_recipe_values(tmp_path, capsys):
+    # it showed the code's defaults only (max_steps -1), though the README says it lists the recipe's fields
+    recipe = write_recipe(tmp_path, Case("help", "", recipe={"max_steps": 7}), tmp_path / "out")
+    assert fipo_trl(["train", str(recipe), "--help"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[2] == f"fields of {recipe} (override any with --field value):"
+    assert "  --max_steps 7" in out and "  --model_name_or_path 'fipo_trl/assets/tiny-qwen2-addition'" in out

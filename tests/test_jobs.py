@@ -558,3 +558,22 @@ def test_slurm_script_resumes_with_auto_and_requeues_itself_before_the_time_limi
     assert shell.returncode == 0 and "stopping the run (SIGTERM) and requeueing job 77" in stderr
     script_text = (ROOT / "scripts" / "slurm" / "fipo_multinode.sbatch").read_text()
     assert "#SBATCH --requeue" in script_text and "#SBATCH --open-mode=append" in script_text
+
+
+# ---- the launch a recipe is written for --------------------------------------------------------------------------
+
+
+def test_check_reports_the_launch_the_recipe_is_written_for(capsys, monkeypatch):
+    monkeypatch.chdir(ROOT)  # the recipe names its accelerate config from the repository root, as the sbatch script
+    # a bare `fipo-trl check RECIPE` reported 1 process and warnings that do not apply at 128
+    assert fipo_trl(["check", "configs/recipes/fipo_qwen2.5_32b.yaml"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[2:4] == [
+        "  from the recipe's launch field: --config_file configs/accelerate/zero3.yaml --num_processes 128 "
+        "--num_machines 16 (flags override it)",
+        "  128 training process(es) on 16 node(s) (8 per node), DeepSpeed ZeRO-3",
+    ]
+    assert fipo_trl(["check", "configs/recipes/fipo_qwen2.5_32b.yaml", "--num_processes", "8"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert "from the recipe's launch field: --config_file configs/accelerate/zero3.yaml (flags override it)" in out[2]
+    assert out[3].startswith("  8 training process(es) on 1 node(s)")

@@ -273,8 +273,11 @@ def fipo_config_fields():
     return fields
 
 
-def short_help() -> str:
-    """The first screen of `fipo-trl train --help`: how to call it, the script fields and FIPOConfig's own fields."""
+def short_help(recipe_path=None) -> str:
+    """
+    The first screen of `fipo-trl train [RECIPE] --help`: how to call it, the recipe's own fields and values when one
+    is given, the script fields and FIPOConfig's own fields with their defaults.
+    """
 
     def rows(fields):
         return [f"  --{name} {default}".ljust(40) + f" {help_text}" for name, default, help_text in fields]
@@ -285,9 +288,14 @@ def short_help() -> str:
         for f in dataclasses.fields(FIPOScriptArguments)
         if f.name not in inherited or f.name == "dataset_name"
     ]
+    recipe_lines = []
+    if recipe_path is not None:
+        values = [f"  --{name} {value!r}" for name, value in read_yaml_file(recipe_path).items()]
+        recipe_lines = [f"fields of {recipe_path} (override any with --field value):", *values, ""]
     lines = [
         USAGE,
         "",
+        *recipe_lines,
         "Train FIPO from a YAML recipe. Every field below (and every GRPOConfig / TrainingArguments / trl.ModelConfig",
         "field) can be set in the YAML or overridden on the command line with --field value.",
         "",

@@ -267,7 +267,7 @@ def cli(argv=None) -> int:
         make_parser().print_help()
         return 0
     if any(arg in ("-h", "--help") for arg in argv):
-        print(short_help())
+        print(short_help(None if argv[0].startswith("-") else argv[0]))  # with a recipe: its own values first
         return 0
     # TRL 1.16 reads transformers' deprecated `is_gradient_checkpointing` at every generation: no recipe can change it
     warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
