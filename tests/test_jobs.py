@@ -65,7 +65,8 @@ def start(recipe, *flags, processes=1, log):
     """`fipo-trl train RECIPE FLAGS` in 1 process, or 2 under torchrun (gloo on CPU), in a process group of its own."""
     env = {
         **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+        # tests/ for the recipes that name a reward of tests/fault_rewards.py
+        "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")]),
         "OMP_NUM_THREADS": "1",
         "CUDA_VISIBLE_DEVICES": "",
         "PYTHONWARNINGS": "ignore",
@@ -174,6 +175,24 @@ def test_sigterm_to_one_process_of_two_stops_both_as_a_preemption(tmp_path):
     root_cause = stderr[stderr.index("Root Cause (first observed failure)") :]
     assert re.search(r"^\s*exitcode\s*: 143 ", root_cause, re.MULTILINE), stderr[-3000:]
     assert not worker_tracebacks(stderr), stderr[-3000:]
+
+
+@pytest.mark.slow
+def test_a_failed_two_process_run_ends_its_process_group_on_every_process(tmp_path):
+    # the error path left the gloo process group to the interpreter's exit: the teardown could abort
+    out = tmp_path / "out"
+    rewards = ["dapo_accuracy", "fault_rewards.raising_reward"]  # raises from step 3 on, on every process
+    recipe = write_recipe(tmp_path, out, max_steps=4, save_steps=1, reward_funcs=rewards)
+    process = start(recipe, processes=2, log=tmp_path / "run.log")
+    process.wait(timeout=TIMEOUT)
+    stderr = (tmp_path / "run.err").read_text()
+    lines = train_lines(stderr)
+    assert lines and all(
+        line.startswith("fipo-trl train: failed: reward 'fault_rewards.raising_reward'") for line in lines
+    )
+    assert "terminate called" not in stderr and "Aborted" not in stderr, stderr[-3000:]
+    statuses = re.findall(r"exitcode\s*: (-?\d+)", stderr)
+    assert statuses and set(statuses) == {"3"}, stderr[-3000:]  # every worker ended as a failure, none by a signal
 
 
 @pytest.mark.slow
