@@ -174,7 +174,8 @@ def test_sigterm_to_one_process_of_two_stops_both_as_a_preemption(tmp_path):
     # said where the run stopped, with a SIGTERM of its own
     root_cause = stderr[stderr.index("Root Cause (first observed failure)") :]
     assert re.search(r"^\s*exitcode\s*: 143 ", root_cause, re.MULTILINE), stderr[-3000:]
-    assert not worker_tracebacks(stderr), stderr[-3000:]
+    # torchrun's own ChildFailedError traceback reports a failed worker: none other
+    assert not [block for block in worker_tracebacks(stderr) if "ChildFailedError" not in block], stderr[-3000:]
 
 
 @pytest.mark.slow
