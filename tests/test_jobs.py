@@ -192,8 +192,9 @@ def test_a_failed_two_process_run_ends_its_process_group_on_every_process(tmp_pa
         line.startswith("fipo-trl train: failed: reward 'fault_rewards.raising_reward'") for line in lines
     )
     assert "terminate called" not in stderr and "Aborted" not in stderr, stderr[-3000:]
-    statuses = re.findall(r"exitcode\s*: (-?\d+)", stderr)
-    assert statuses and set(statuses) == {"3"}, stderr[-3000:]  # every worker ended as a failure, none by a signal
+    # the first worker to end exits 3; torchrun then ends the other with a SIGTERM of its own
+    root_cause = stderr[stderr.index("Root Cause (first observed failure)") :]
+    assert re.search(r"^\s*exitcode\s*: 3 ", root_cause, re.MULTILINE), stderr[-3000:]
 
 
 @pytest.mark.slow
