@@ -179,25 +179,6 @@ def test_sigterm_to_one_process_of_two_stops_both_as_a_preemption(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_failed_two_process_run_ends_its_process_group_on_every_process(tmp_path):
-    # the error path left the gloo process group to the interpreter's exit: the teardown could abort
-    out = tmp_path / "out"
-    rewards = ["dapo_accuracy", "fault_rewards.raising_reward"]  # raises from step 3 on, on every process
-    recipe = write_recipe(tmp_path, out, max_steps=4, save_steps=1, reward_funcs=rewards)
-    process = start(recipe, processes=2, log=tmp_path / "run.log")
-    process.wait(timeout=TIMEOUT)
-    stderr = (tmp_path / "run.err").read_text()
-    lines = train_lines(stderr)
-    assert lines and all(
-        line.startswith("fipo-trl train: failed: reward 'fault_rewards.raising_reward'") for line in lines
-    )
-    assert "terminate called" not in stderr and "Aborted" not in stderr, stderr[-3000:]
-    # the first worker to end exits 3; torchrun then ends the other with a SIGTERM of its own
-    root_cause = stderr[stderr.index("Root Cause (first observed failure)") :]
-    assert re.search(r"^\s*exitcode\s*: 3 ", root_cause, re.MULTILINE), stderr[-3000:]
-
-
-@pytest.mark.slow
 def test_grace_period_0_stops_at_once(tmp_path):
     # 0 left the alarm unarmed (setitimer(0) disarms it): the step ran on, a slow reward call for 45 s
     out = tmp_path / "out"
