@@ -344,12 +344,13 @@ CASES += [
         r".*broken_syntax_reward\.py:2$",
         make=lambda tmp_path: broken_reward_module(tmp_path),
     ),
-    # the seeded output_dir's checkpoint-7 has trained 7 steps; FAST asks for 2
+    # a checkpoint-7 that has trained 7 steps (with sound weights); FAST asks for 2
     Case(
         "max_steps_below_the_checkpoint",
         r"^max_steps: 2 is below the 7 steps .*out/checkpoint-7 has already trained: resuming cannot untrain them; "
         r"set max_steps to 7 or more, or use .*checkpoint-7 as model_name_or_path of a new run$",
         flags=["--resume_from_checkpoint", "auto"],
+        make=lambda tmp_path: seeded_with_sound_weights(tmp_path / "trained" / "out"),
     ),
     Case(
         "auto_with_overwrite_output_dir",
@@ -358,6 +359,13 @@ CASES += [
         flags=["--resume_from_checkpoint", "auto", "--overwrite_output_dir", "true"],
     ),
 ]
+
+
+def seeded_with_sound_weights(out):
+    """Another output_dir seeded like the test's, its checkpoint-7 with the shipped model's weights."""
+    seed_output_dir(out)
+    (out / "checkpoint-7" / "model.safetensors").write_bytes((SHIPPED_MODEL / "model.safetensors").read_bytes())
+    return ["--output_dir", str(out)]
 
 
 def broken_reward_module(tmp_path):

@@ -64,7 +64,6 @@ def resolve_resume(training_args, overwrite_output_dir=False, model_dir=None) ->
         clear_earlier_run(out, overwrite_output_dir, training_args.process_index == 0)
         return None
     resume = checkpoint_to_resume(resume, out)
-    check_steps_left(resume, training_args)
     if model_dir is not None:
         mismatch = architecture_mismatch(resume, model_dir)
         if mismatch is not None:
@@ -73,6 +72,7 @@ def resolve_resume(training_args, overwrite_output_dir=False, model_dir=None) ->
                 f"({mismatch}): resume with the model it was trained from, or start a fresh run in another output_dir"
             )
     check_weight_files(resume)
+    check_steps_left(resume, training_args)  # after the checks of the folder itself: a damaged one is named first
     return resume
 
 
