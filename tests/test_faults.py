@@ -779,7 +779,8 @@ def test_troubleshooting_examples_print_what_the_page_shows(tmp_path, capsys, mo
 def no_wandb_setting(tmp_path, monkeypatch):
     """`WANDB_MODE` unset and no API key anywhere wandb looks (environment, ~/.netrc)."""
     for name in ("WANDB_MODE", "WANDB_API_KEY", "WANDB_IDENTITY_TOKEN_FILE", "WANDB_BASE_URL", "WANDB_DIR"):
-        monkeypatch.delenv(name, raising=False)
+        monkeypatch.setenv(name, "")  # so that teardown restores the session's value, or its absence:
+        monkeypatch.delenv(name)  # set_up_wandb sets WANDB_MODE and WANDB_DIR
     monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
     monkeypatch.setenv("HOME", str(tmp_path))
 
