@@ -579,3 +579,12 @@ def test_check_reports_the_launch_the_recipe_is_written_for(capsys, monkeypatch)
     out = capsys.readouterr().out.splitlines()
     assert "from the recipe's launch field: --config_file configs/accelerate/zero3.yaml (flags override it)" in out[2]
     assert out[3].startswith("  8 training process(es) on 1 node(s)")
+
+
+@pytest.mark.slow
+def test_the_model_card_loads_the_trained_model_with_a_training_prompt(two_step_run):
+    # it said pipeline(..., model="None") and asked a chat question of a model trained on "37+48=?" prompts
+    _, out = two_step_run
+    card = (out / "README.md").read_text()
+    assert 'model="None"' not in card and f'model="{out}"' in card
+    assert re.search(r'^prompt = "\d+\+\d+=\?\\n"$', card, re.MULTILINE), card
