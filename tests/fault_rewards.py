@@ -40,3 +40,8 @@ def strings_reward(completions, **kwargs):
 
 
 NOT_A_FUNCTION = 0.5  # a module attribute named as a reward by mistake
+
+
+def inf_reward(completions, **kwargs):
+    # scores every completion, but no value of inf can be learned from
+    return [math.inf] * len(completions)

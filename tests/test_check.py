@@ -302,7 +302,10 @@ def test_cli_override_is_judged_like_the_yaml(capsys):
     assert code == 2 and out == ""
     both = "steps_per_generation and generation_batch_size are both set: TRL accepts only one of them"
     assert err == f"fipo-trl check: error: {both}\n"
-    code, out, _ = run_check(capsys, recipe, "--per_device_train_batch_size", 64, "--steps_per_generation", 8)
+    # on one process: at the recipe's own launch (8) these overrides outgrow its dynamic-sampling round
+    code, out, _ = run_check(
+        capsys, recipe, "--num_processes", 1, "--per_device_train_batch_size", 64, "--steps_per_generation", 8
+    )
     assert code == 0 and "per_device_train_batch_size=64 looks like a count of prompts" in out
 
 

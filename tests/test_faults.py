@@ -309,6 +309,71 @@ CASES += [
 ]
 
 
+# refused before the model loads (issue 21): what would train nothing, mean nothing, or be read as it is not written
+CASES += [
+    Case(
+        "num_train_epochs_0",
+        r"^num_train_epochs: 0 trains nothing with max_steps -1; set num_train_epochs > 0, or max_steps > 0$",
+        recipe={"max_steps": -1, "num_train_epochs": 0},
+    ),
+    Case(
+        "grace_period_negative",
+        r"^preemption_grace_period: -1\.0 must be a number of seconds >= 0 \(0 stops at once on SIGTERM",
+        flags=["--preemption_grace_period", "-1"],
+    ),
+    Case(
+        "num_generations_null",
+        r"recipe\.yaml: num_generations: null is not a value the config can use here \(unsupported operand .*\): "
+        r"give a value, or delete the line for the default$",
+        recipe={"num_generations": None},
+    ),
+    Case(
+        "a_key_given_twice",
+        r"recipe\.yaml:3:1: seed is given twice \(first at line 1\): keep one$",
+        recipe_text="seed: 1\nmax_steps: 2\nseed: 3\n",
+    ),
+    Case(
+        "hash_without_a_space_in_a_value",
+        r"recipe\.yaml:1:13: 'out/run# local' has a '#' with no space before it, which YAML keeps in the value: write "
+        r"' #' for a comment, or quote the value$",
+        recipe_text="output_dir: out/run# local\n",
+    ),
+    Case(
+        "reward_module_with_a_syntax_error",
+        r"^cannot import reward function 'broken_syntax_reward\.score': SyntaxError: '\[' was never closed at "
+        r".*broken_syntax_reward\.py:2$",
+        make=lambda tmp_path: broken_reward_module(tmp_path),
+    ),
+    # a checkpoint-7 that has trained 7 steps (with sound weights); FAST asks for 2
+    Case(
+        "max_steps_below_the_checkpoint",
+        r"^max_steps: 2 is below the 7 steps .*out/checkpoint-7 has already trained: resuming cannot untrain them; "
+        r"set max_steps to 7 or more, or use .*checkpoint-7 as model_name_or_path of a new run$",
+        flags=["--resume_from_checkpoint", "auto"],
+        make=lambda tmp_path: seeded_with_sound_weights(tmp_path / "trained" / "out"),
+    ),
+    Case(
+        "auto_with_overwrite_output_dir",
+        r"^resume_from_checkpoint=auto with overwrite_output_dir=true: one continues the earlier run, the other "
+        r"deletes it; drop --overwrite_output_dir to continue, or --resume_from_checkpoint to start over$",
+        flags=["--resume_from_checkpoint", "auto", "--overwrite_output_dir", "true"],
+    ),
+]
+
+
+def seeded_with_sound_weights(out):
+    """Another output_dir seeded like the test's, its checkpoint-7 with the shipped model's weights."""
+    seed_output_dir(out)
+    (out / "checkpoint-7" / "model.safetensors").write_bytes((SHIPPED_MODEL / "model.safetensors").read_bytes())
+    return ["--output_dir", str(out)]
+
+
+def broken_reward_module(tmp_path):
+    """A reward module next to the recipe (the working directory) that does not parse."""
+    write_file(tmp_path / "broken_syntax_reward.py", "def score(completions, **kwargs):\n    return [0.0\n")
+    return ["--reward_funcs", "broken_syntax_reward.score"]
+
+
 def other_architecture(checkpoint):
     """A checkpoint whose config.json is the shipped model's with other layer sizes."""
     config = json.loads((SHIPPED_MODEL / "config.json").read_text())
@@ -383,15 +448,43 @@ def test_bad_input_is_one_line_and_loses_nothing(case, tmp_path, capsys, monkeyp
     assert re.search(case.message, errors[0][len(prefix) :]), errors[0]
 
 
+def mount_tmpfs(disk, size):
+    disk.mkdir()
+    if subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(disk)], capture_output=True
+    ).returncode:
+        pytest.skip("mounting a tmpfs needs root")
+    return disk
+
+
 @pytest.fixture
 def small_disk(tmp_path):
     """A 1 MiB tmpfs: too small for one checkpoint of the shipped model (~9 MB with its AdamW state)."""
-    disk = tmp_path / "disk"
-    disk.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1M", "tmpfs", str(disk)], capture_output=True).returncode:
-        pytest.skip("mounting a tmpfs needs root")
-    yield disk
-    subprocess.run(["umount", str(disk)], check=True)
+    yield mount_tmpfs(tmp_path / "disk", "1M")
+    subprocess.run(["umount", str(tmp_path / "disk")], check=True)
+
+
+@pytest.fixture
+def disk_for_one_checkpoint(tmp_path):
+    """A 14 MiB tmpfs: room for one checkpoint of the shipped model (~9.6 MB), not for two."""
+    yield mount_tmpfs(tmp_path / "disk", "14M")
+    subprocess.run(["umount", str(tmp_path / "disk")], check=True)
+
+
+@pytest.mark.slow
+def test_a_disk_that_fills_during_training_ends_in_one_line(disk_for_one_checkpoint, tmp_path, capsys):
+    # the pre-flight check passes (one checkpoint fits); the second save fills the disk: it was a torch traceback
+    out = disk_for_one_checkpoint / "out"
+    recipe = write_recipe(tmp_path, Case("full_disk", "", recipe={"max_steps": 4}), out)
+    status, errors, captured = run_cli(capsys, ["train", str(recipe)])
+    assert status == 3 and len(errors) == 1, captured.err
+    assert re.search(
+        r"^fipo-trl train: failed: no space left on the disk of output_dir .*disk/out \(0\.\d MB free\) while saving "
+        r"a checkpoint: free some space \(or lower save_total_limit\) and resume \(at step \d+; last checkpoint: "
+        r"\S+checkpoint-1; " + RESUME_LINE,
+        errors[0],
+    ), errors[0]
+    assert not (out / "fipo_run.lock").exists()
 
 
 def test_a_disk_too_small_for_a_checkpoint_is_refused_before_training(small_disk, tmp_path, capsys):
@@ -463,6 +556,14 @@ RUN_CASES = [
         r"for all its completions: every advantage is 0 .* \(after step 15; last checkpoint: \S+checkpoint-14; "
         + RESUME_LINE,
         recipe={"reward_funcs": ["fault_rewards.constant_reward"], "max_steps": 20},
+    ),
+    # inf for every completion trained 24 steps at reward inf and loss 0, and exited 0
+    RunCase(
+        "inf_reward",
+        r"^fipo-trl train: failed: reward 'fault_rewards\.inf_reward' returned inf for completion 0: a reward must be "
+        r"finite \(return None where it does not apply\); fix the reward function \(at step 1; no checkpoint yet "
+        r"\(save_steps=1\)\)$",
+        recipe={"reward_funcs": ["fault_rewards.inf_reward"]},
     ),
     # a reward without scores for one batch logs a NaN reward: the run goes on and the summary still prints
     RunCase(
@@ -608,13 +709,22 @@ def test_save_interrupted_by_a_kill_never_looks_complete(tmp_path, capsys, caplo
     assert "checkpoint-2: no" in caplog.text and "Using " + str(out / "checkpoint-1") in caplog.text
 
 
+def default_sigint():
+    """In a child about to start: Python's Ctrl-C, whatever the test runner's SIGINT disposition is."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.mark.slow
 def test_ctrl_c_exits_quietly_and_says_how_to_resume(tmp_path):
     out = tmp_path / "out"
     recipe = write_recipe(tmp_path, Case("ctrl_c", "", recipe={"max_steps": 500}), out)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
     process = subprocess.Popen(
-        [sys.executable, "-m", "fipo_trl", "train", str(recipe)], stderr=subprocess.PIPE, text=True, env=env
+        [sys.executable, "-m", "fipo_trl", "train", str(recipe)],
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        preexec_fn=default_sigint,  # a runner started with `cmd &` ignores SIGINT, and its children inherit that
     )
     deadline = time.monotonic() + 300
     while not (out / "checkpoint-2" / "checkpoint_complete.json").is_file():
@@ -660,3 +770,122 @@ def test_troubleshooting_examples_print_what_the_page_shows(tmp_path, capsys, mo
             subprocess.run(["bash", "-c", setup], check=True)
         status, errors, captured = run_cli(capsys, argv)
         assert status == 2 and errors == [expected], captured.err
+
+
+# ---- the experiment tracker --------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def no_wandb_setting(tmp_path, monkeypatch):
+    """`WANDB_MODE` unset and no API key anywhere wandb looks (environment, ~/.netrc)."""
+    for name in ("WANDB_MODE", "WANDB_API_KEY", "WANDB_IDENTITY_TOKEN_FILE", "WANDB_BASE_URL", "WANDB_DIR"):
+        monkeypatch.setenv(name, "")  # so that teardown restores the session's value, or its absence:
+        monkeypatch.delenv(name)  # set_up_wandb sets WANDB_MODE and WANDB_DIR
+    monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
+    monkeypatch.setenv("HOME", str(tmp_path))
+
+
+def wandb_args(out):
+    from types import SimpleNamespace
+
+    return SimpleNamespace(report_to=["wandb"], output_dir=str(out), process_index=0)
+
+
+def test_wandb_without_an_api_key_logs_offline_and_says_so(no_wandb_setting, tmp_path, caplog):
+    # it was a wandb traceback after the model had loaded
+    from fipo_trl.run.setup import set_up_wandb
+
+    set_up_wandb(wandb_args(tmp_path / "out"))
+    assert os.environ["WANDB_MODE"] == "offline"
+    assert [record.getMessage() for record in caplog.records] == [
+        f"wandb: no API key (set WANDB_API_KEY or run `wandb login`): logging offline to {tmp_path / 'out'}/wandb "
+        "(`wandb sync` uploads it later; set WANDB_MODE to choose)"
+    ]
+
+
+def test_wandb_with_a_key_and_no_network_logs_offline_and_says_so(no_wandb_setting, tmp_path, monkeypatch, caplog):
+    # it waited ~110 s for the network, then a traceback; a closed local port answers at once, as a firewall may
+    monkeypatch.setenv("WANDB_API_KEY", "bogus" * 8)
+    monkeypatch.setenv("WANDB_BASE_URL", f"http://127.0.0.1:{closed_port()}")
+    from fipo_trl.run.setup import set_up_wandb
+
+    set_up_wandb(wandb_args(tmp_path / "out"))
+    assert os.environ["WANDB_MODE"] == "offline"
+    assert re.fullmatch(
+        r"wandb: 127\.0\.0\.1:\d+ cannot be reached \(Connection refused\): logging offline to .*", caplog.messages[0]
+    ), caplog.messages
+
+
+def test_wandb_mode_online_without_a_key_is_refused(no_wandb_setting, tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "online")
+    from fipo_trl.errors import UsageError
+    from fipo_trl.run.setup import set_up_wandb
+
+    with pytest.raises(
+        UsageError, match=r"^WANDB_MODE=online but no API key \(set WANDB_API_KEY or run `wandb login`\)"
+    ):
+        set_up_wandb(wandb_args(tmp_path / "out"))
+
+
+def closed_port():
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]  # nothing listens on it once the socket is closed
+
+
+@pytest.mark.slow
+def test_a_run_without_wandb_settings_trains_offline_after_one_line(no_wandb_setting, tmp_path, capsys, caplog):
+    out = tmp_path / "out"
+    fields = {"report_to": ["wandb"], "max_steps": 1, "env": {"HF_HUB_OFFLINE": "1"}}  # no WANDB_MODE
+    recipe = write_recipe(tmp_path, Case("wandb", "", recipe=fields), out)
+    status, errors, captured = run_cli(capsys, ["train", str(recipe)])
+    assert status == 0 and not errors, captured.err
+    assert len([message for message in caplog.messages if message.startswith("wandb: no API key")]) == 1
+    assert list((out / "wandb").glob("offline-run-*"))  # the run's metrics, for `wandb sync`
+
+
+# ---- shipped files ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "configs").rglob("*.yaml")), ids=lambda path: path.name)
+def test_every_shipped_yaml_reads_as_it_is_written(path):
+    # a key given twice or `value# comment` (no space: YAML keeps it in the value) is refused by read_yaml_file
+    from fipo_trl.cli.recipe import read_yaml_file
+
+    read_yaml_file(path)
+    assert not [value for value in strings(yaml.safe_load(path.read_text())) if "#" in value]
+
+
+def strings(node):
+    """Every string value in a parsed YAML document."""
+    if isinstance(node, dict):
+        return [item for value in node.values() for item in strings(value)]
+    if isinstance(node, list):
+        return [item for value in node for item in strings(value)]
+    return [node] if isinstance(node, str) else []
+
+
+def test_help_into_a_closed_pipe_ends_without_a_traceback():
+    # `fipo-trl train --help | head` ended in a BrokenPipeError traceback; a pipe closed before the child writes
+    # is the same, every time
+    read, write = os.pipe()
+    os.close(read)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    try:
+        for argv in (["--help"], ["train", "--help"]):
+            command = [sys.executable, "-m", "fipo_trl", *argv]
+            result = subprocess.run(command, stdout=write, stderr=subprocess.PIPE, text=True, env=env, timeout=120)
+            assert result.stderr == "", result.stderr
+    finally:
+        os.close(write)
+
+
+def test_train_help_with_a_recipe_lists_the_recipe_values(tmp_path, capsys):
+    # it showed the code's defaults only (max_steps -1), though the README says it lists the recipe's fields
+    recipe = write_recipe(tmp_path, Case("help", "", recipe={"max_steps": 7}), tmp_path / "out")
+    assert fipo_trl(["train", str(recipe), "--help"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[2] == f"fields of {recipe} (override any with --field value):"
+    assert "  --max_steps 7" in out and "  --model_name_or_path 'fipo_trl/assets/tiny-qwen2-addition'" in out

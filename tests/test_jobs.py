@@ -7,6 +7,7 @@ Signals are real, sent to real `fipo-trl train` subprocesses; "Slurm-style" mean
 launch at once (its process group), as Slurm signals every process of a job step.
 """
 
+import contextlib
 import json
 import os
 import re
@@ -64,7 +65,8 @@ def start(recipe, *flags, processes=1, log):
     """`fipo-trl train RECIPE FLAGS` in 1 process, or 2 under torchrun (gloo on CPU), in a process group of its own."""
     env = {
         **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+        # tests/ for the recipes that name a reward of tests/fault_rewards.py
+        "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")]),
         "OMP_NUM_THREADS": "1",
         "CUDA_VISIBLE_DEVICES": "",
         "PYTHONWARNINGS": "ignore",
@@ -75,7 +77,26 @@ def start(recipe, *flags, processes=1, log):
         launcher += ["--master_addr", "127.0.0.1", "--master_port", str(free_port())]
         command = [*launcher, "-m", "fipo_trl", "train", str(recipe), "--use_cpu", "true", *flags]
     return subprocess.Popen(command, stdout=log.open("w"), stderr=log.with_suffix(".err").open("w"), env=env,
-                            start_new_session=True)  # fmt: skip
+                            start_new_session=True, preexec_fn=default_signals)  # fmt: skip
+
+
+def default_signals():
+    """In a child about to start: default SIGINT and SIGTERM, whatever the runner's (`cmd &` ignores SIGINT)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def worker_pid(launcher, rank):
+    """The pid of the torchrun worker of `rank` under `launcher`, read from /proc (its `RANK` variable)."""
+    deadline = time.monotonic() + TIMEOUT
+    while time.monotonic() < deadline:
+        children = Path(f"/proc/{launcher.pid}/task/{launcher.pid}/children").read_text().split()
+        for child in children:
+            with contextlib.suppress(OSError):
+                if f"RANK={rank}".encode() in Path(f"/proc/{child}/environ").read_bytes().split(b"\0"):
+                    return int(child)
+        time.sleep(0.2)
+    raise AssertionError(f"no worker of rank {rank}")
 
 
 def wait_for(path, process):
@@ -129,6 +150,65 @@ def test_sigterm_finishes_the_step_saves_and_says_how_to_resume(tmp_path, proces
     # the step the signal fell in was finished and saved, complete (every rank's files listed in the marker)
     assert int(match.group(1)) > 2 and incomplete_reason(match.group(2), marker_required=True) is None
     assert not (out / LOCK_NAME).exists() and not (out / "model.safetensors").exists()  # no final model
+
+
+@pytest.mark.slow
+def test_sigterm_to_one_process_of_two_stops_both_as_a_preemption(tmp_path):
+    # rank 0 was not signalled and concluded that the run had finished: "FIPO run finished: 3 optimizer steps", a
+    # final model, then torchrun's traceback
+    out = tmp_path / "out"
+    recipe = write_recipe(tmp_path, out, max_steps=500)
+    process = start(recipe, processes=2, log=tmp_path / "run.log")
+    wait_for(out / "checkpoint-2" / "checkpoint_complete.json", process)
+    os.kill(worker_pid(process, rank=1), signal.SIGTERM)
+    process.wait(timeout=TIMEOUT)
+    stderr, stdout = (tmp_path / "run.err").read_text(), (tmp_path / "run.log").read_text()
+    assert "FIPO run finished" not in stdout and not (out / "model.safetensors").exists(), stdout[-3000:]
+    lines = train_lines(stderr)
+    assert len(lines) == 1 and re.fullmatch(
+        r"fipo-trl train: stopped by SIGTERM after step (\d+) \(saved in \d+\.\d s; grace period 20 s\); last "
+        r"checkpoint: .*checkpoint-\1; resume with: .*--resume_from_checkpoint last",
+        lines[0],
+    ), stderr[-3000:]
+    # torchrun's report: the signalled worker exited 143 (128 + SIGTERM); torchrun then ends the other, which has
+    # said where the run stopped, with a SIGTERM of its own
+    root_cause = stderr[stderr.index("Root Cause (first observed failure)") :]
+    assert re.search(r"^\s*exitcode\s*: 143 ", root_cause, re.MULTILINE), stderr[-3000:]
+    # torchrun's own ChildFailedError traceback reports a failed worker: none other
+    assert not [block for block in worker_tracebacks(stderr) if "ChildFailedError" not in block], stderr[-3000:]
+
+
+@pytest.mark.slow
+def test_grace_period_0_stops_at_once(tmp_path):
+    # 0 left the alarm unarmed (setitimer(0) disarms it): the step ran on, a slow reward call for 45 s
+    out = tmp_path / "out"
+    recipe = write_recipe(tmp_path, out, max_steps=500)
+    process = start(recipe, "--preemption_grace_period", "0", log=tmp_path / "run.log")
+    wait_for(out / "checkpoint-2" / "checkpoint_complete.json", process)
+    assert slurm_kill(process) == 143
+    stderr = (tmp_path / "run.err").read_text()
+    lines = train_lines(stderr)
+    assert "Traceback" not in stderr and len(lines) == 1, stderr[-3000:]
+    assert re.fullmatch(
+        r"fipo-trl train: stopped by SIGTERM at step \d+ \(preemption_grace_period is 0: stopped at once\); last "
+        r"checkpoint: .*checkpoint-\d+; resume with: .*--resume_from_checkpoint last",
+        lines[0],
+    ), lines
+
+
+@pytest.mark.slow
+def test_sigterm_before_training_says_so_and_releases_the_lock(tmp_path):
+    # SIGTERM while the model loads: exit 143 without a line, and the lock file left behind
+    out = tmp_path / "out"
+    recipe = write_recipe(tmp_path, out, max_steps=500)
+    process = start(recipe, log=tmp_path / "run.log")
+    wait_for(out / LOCK_NAME, process)  # taken before the data, rewards and model load
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=TIMEOUT) == 143
+    lines = train_lines((tmp_path / "run.err").read_text())
+    # a slow machine may reach training first: the run then stops at a step's end, in one line too
+    assert len(lines) == 1 and lines[0].startswith("fipo-trl train: stopped by SIGTERM "), lines
+    assert not (out / LOCK_NAME).exists()
 
 
 @pytest.mark.slow
@@ -229,6 +309,64 @@ def test_overwrite_output_dir_starts_over_without_the_earlier_checkpoints(two_st
     assert fipo_trl(argv) == 0, capsys.readouterr().err
     assert sorted(path.name for path in out.glob("checkpoint-*")) == ["checkpoint-1"]
     assert steps_logged(out / "checkpoint-1") == [(1, 5e-05)]
+
+
+def snapshot(path):
+    return {str(file.relative_to(path)): file.read_bytes() for file in sorted(path.rglob("*")) if file.is_file()}
+
+
+def train_again(capsys, recipe, out, *flags):
+    status = fipo_trl(["train", str(recipe), "--output_dir", str(out), *flags])
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.err, captured.err
+    return status, captured
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("resume", ["auto", "last"])
+def test_a_finished_run_stays_finished(two_step_run, tmp_path, capsys, resume):
+    # a requeue after the end trained an 11th step of max_steps 10 and replaced the final model
+    recipe, out = copy_run(two_step_run, tmp_path)
+    before = snapshot(out)
+    status, captured = train_again(capsys, recipe, out, "--max_steps", "2", "--resume_from_checkpoint", resume)
+    assert status == 0, captured.err
+    assert captured.out.strip().splitlines()[-1] == (
+        f"fipo-trl train: the run in {out} is already complete: step 2 of max_steps 2 (final model in {out}); nothing "
+        "was written (raise max_steps to train further)"
+    )
+    assert snapshot(out) == before
+
+
+@pytest.mark.slow
+def test_a_run_killed_before_its_final_model_is_complete_at_its_last_checkpoint(two_step_run, tmp_path, capsys):
+    recipe, out = copy_run(two_step_run, tmp_path)
+    for name in ("model.safetensors", "fipo_run_complete.json"):
+        (out / name).unlink()
+    before = snapshot(out)
+    status, captured = train_again(capsys, recipe, out, "--max_steps", "2", "--resume_from_checkpoint", "auto")
+    assert status == 0, captured.err
+    assert (
+        captured.out.strip()
+        .splitlines()[-1]
+        .endswith(
+            f"step 2 of max_steps 2 (its final model was not saved: the trained weights are {out / 'checkpoint-2'}); "
+            "nothing was written (raise max_steps to train further)"
+        )
+    )
+    assert snapshot(out) == before
+
+
+@pytest.mark.slow
+def test_a_resume_below_the_checkpoint_step_is_refused(two_step_run, tmp_path, capsys):
+    recipe, out = copy_run(two_step_run, tmp_path)
+    before = snapshot(out)
+    status, captured = train_again(capsys, recipe, out, "--max_steps", "1", "--resume_from_checkpoint", "auto")
+    assert status == 2 and train_lines(captured.err) == [
+        f"fipo-trl train: error: max_steps: 1 is below the 2 steps {out / 'checkpoint-2'} has already trained: "
+        f"resuming cannot untrain them; set max_steps to 2 or more, or use {out / 'checkpoint-2'} as "
+        "model_name_or_path of a new run"
+    ]
+    assert snapshot(out) == before
 
 
 # ---- resume with changed settings ---------------------------------------------------------------------------------
@@ -336,6 +474,34 @@ def test_lock_of_an_earlier_attempt_of_the_same_slurm_job_is_taken_over(tmp_path
         assert held_by_me(tmp_path)
 
 
+def test_a_half_written_lock_is_taken_over_as_what_it_is(tmp_path, caplog):
+    # it was taken over as "host None, pid None ... no heartbeat for inf s"
+    lock = tmp_path / LOCK_NAME
+    lock.write_text('{"host": "node')  # its writer was killed mid-write
+    old = time.time() - lock_module.WRITE_SECONDS - 1
+    os.utime(lock, (old, old))
+    with OutputDirLock(tmp_path):
+        assert held_by_me(tmp_path)
+    assert re.fullmatch(
+        rf"Taking over the lock file {lock}: it is not a lock \(empty or half-written, its writer was killed while "
+        r"writing it \d+ s ago\)",
+        caplog.messages[0],
+    ), caplog.messages
+
+
+def test_a_lock_being_written_is_read_once_written(tmp_path):
+    # an empty lock file just created is another run between its create and its write: read again, not taken over
+    import threading
+
+    lock = tmp_path / LOCK_NAME
+    lock.write_text("")
+    writer = threading.Timer(0.2, write_lock, args=(tmp_path,))  # pid 1 of this host: alive
+    writer.start()
+    with pytest.raises(UsageError, match=r"is in use by another run \(host .*, pid 1,"):
+        OutputDirLock(tmp_path).__enter__()
+    writer.join()
+
+
 def test_only_the_main_process_takes_the_lock(tmp_path, monkeypatch):
     monkeypatch.setenv("RANK", "1")
     with OutputDirLock(tmp_path):
@@ -385,7 +551,6 @@ def test_slurm_script_resumes_with_auto_and_requeues_itself_before_the_time_limi
     while not (log.exists() and "accelerate launch" in log.read_text()):
         assert shell.poll() is None and time.monotonic() < deadline, shell.communicate()
         time.sleep(0.2)
-    time.sleep(0.5)  # the shell is waiting for the training step
     shell.send_signal(signal.SIGUSR1)  # what `#SBATCH --signal=B:USR1@300` sends before the time limit
     _, stderr = shell.communicate(timeout=60)
     calls = log.read_text().splitlines()
@@ -395,3 +560,31 @@ def test_slurm_script_resumes_with_auto_and_requeues_itself_before_the_time_limi
     assert shell.returncode == 0 and "stopping the run (SIGTERM) and requeueing job 77" in stderr
     script_text = (ROOT / "scripts" / "slurm" / "fipo_multinode.sbatch").read_text()
     assert "#SBATCH --requeue" in script_text and "#SBATCH --open-mode=append" in script_text
+
+
+# ---- the launch a recipe is written for --------------------------------------------------------------------------
+
+
+def test_check_reports_the_launch_the_recipe_is_written_for(capsys, monkeypatch):
+    monkeypatch.chdir(ROOT)  # the recipe names its accelerate config from the repository root, as the sbatch script
+    # a bare `fipo-trl check RECIPE` reported 1 process and warnings that do not apply at 128
+    assert fipo_trl(["check", "configs/recipes/fipo_qwen2.5_32b.yaml"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[2:4] == [
+        "  from the recipe's launch field: --config_file configs/accelerate/zero3.yaml --num_processes 128 "
+        "--num_machines 16 (flags override it)",
+        "  128 training process(es) on 16 node(s) (8 per node), DeepSpeed ZeRO-3",
+    ]
+    assert fipo_trl(["check", "configs/recipes/fipo_qwen2.5_32b.yaml", "--num_processes", "8"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert "from the recipe's launch field: --config_file configs/accelerate/zero3.yaml (flags override it)" in out[2]
+    assert out[3].startswith("  8 training process(es) on 1 node(s)")
+
+
+@pytest.mark.slow
+def test_the_model_card_loads_the_trained_model_with_a_training_prompt(two_step_run):
+    # it said pipeline(..., model="None") and asked a chat question of a model trained on "37+48=?" prompts
+    _, out = two_step_run
+    card = (out / "README.md").read_text()
+    assert 'model="None"' not in card and f'model="{out}"' in card
+    assert re.search(r'^prompt = "\d+\+\d+=\?\\n"$', card, re.MULTILINE), card

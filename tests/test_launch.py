@@ -174,12 +174,13 @@ def test_a_deepspeed_launch_that_use_cpu_would_turn_into_ddp_is_refused(tmp_path
     launcher = ["--config_file", "configs/accelerate/zero3.yaml", "--num_processes", "2"]
     process = accelerate_launch(launcher, recipe, "--use_cpu", "true", log=tmp_path / "run.log")
     assert process.wait(timeout=TIMEOUT) != 0
-    lines = {line for line in (tmp_path / "run.err").read_text().splitlines() if line.startswith("fipo-trl train:")}
-    assert lines == {
+    # both processes refuse and write to the same file: count the line, not the file's lines (their bytes may mix)
+    err = (tmp_path / "run.err").read_text()
+    assert err.count(
         "fipo-trl train: error: the launch asks for DeepSpeed ZeRO-3 but accelerate set up without DeepSpeed: use_cpu "
         "turns it off; drop --use_cpu (without a GPU, bf16 under DeepSpeed is refused by transformers: train with "
         "--bf16 false)"
-    }
+    ) >= 1 and "Traceback" not in err
     assert not (tmp_path / "out").exists()  # refused before the model loaded
 
 

@@ -33,6 +33,16 @@ def test_readme_usage_snippet_trains(tmp_path, monkeypatch):
     assert any("fipo/weight_mean" in h for h in trainer.state.log_history)
 
 
+def test_readme_commands_keep_their_venvs_apart():
+    # command 2 installs the test extras: in the quickstart's own .venv it would change what command 1 installed
+    readme = (ROOT / "README.md").read_text()
+    block = readme[readme.index("```bash") : readme.index("```", readme.index("```bash") + 3)]
+    venvs = re.findall(r"python3 -m venv (\S+) && \. (\S+)/bin/activate", block)
+    assert len(venvs) == 2 and all(made == used for made, used in venvs) and venvs[0][0] != venvs[1][0], venvs
+    ignored = (ROOT / ".gitignore").read_text().splitlines()
+    assert all(f"{made}/" in ignored for made, _ in venvs)
+
+
 def test_readme_eval_command_runs_on_the_shipped_model(tmp_path, monkeypatch):
     readme = (ROOT / "README.md").read_text()
     lines = [line for line in readme.splitlines() if line.startswith("fipo-trl eval --model_name_or_path fipo_trl/")]
@@ -40,7 +50,7 @@ def test_readme_eval_command_runs_on_the_shipped_model(tmp_path, monkeypatch):
     command = shlex.split(lines[0].split("#")[0])
     monkeypatch.chdir(tmp_path)  # the shipped model's path resolves from the installed package
     assert fipo_trl(command[1:]) == 0
-    summary = json.loads((tmp_path / "eval_results" / "synthetic.summary.json").read_text())
+    summary = json.loads((tmp_path / "outputs" / "eval" / "synthetic.summary.json").read_text())
     assert summary["num_problems"] == 256 and 0 < summary["metrics"][f"avg@{summary['k']}"] < 1
 
 

@@ -114,6 +114,7 @@ def test_read_only_output_dir_is_refused():
 # the training fields check_training_args reads, at the quickstart's values
 SOUND_TRAINING_FIELDS = {
     "max_steps": -1,
+    "num_train_epochs": 3.0,
     "learning_rate": 5e-5,
     "temperature": 1.0,
     "top_p": 1.0,
@@ -127,6 +128,8 @@ SOUND_TRAINING_FIELDS = {
     ("fields", "message"),
     [
         ({"max_steps": 0}, "max_steps: 0 trains nothing"),
+        ({"num_train_epochs": 0}, "num_train_epochs: 0 trains nothing with max_steps -1"),
+        ({"num_train_epochs": -1.0}, "num_train_epochs: -1 trains nothing"),
         ({"temperature": 0.0}, r"temperature: 0\.0 must be > 0"),
         ({"temperature": float("inf")}, "temperature: inf must be > 0"),
         ({"top_p": 1.5}, r"top_p: 1\.5 must be in \(0, 1\]"),

@@ -62,6 +62,19 @@ def use_one_cpu_thread_per_process():
 
 def main(argv=None) -> int:
     """Entry point of the `fipo-trl` console script; returns the exit status."""
+    try:
+        status = run_command(argv)
+        sys.stdout.flush()  # here, so that a closed pipe is seen here and not at the interpreter's exit
+        return status
+    except BrokenPipeError:
+        # the reader closed the pipe (`fipo-trl train --help | head`): it had what it wanted. Python's documented
+        # way out: stdout to devnull, so that the flush at exit does not raise again
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+
+
+def run_command(argv=None) -> int:
+    """The subcommand of `argv`, its errors reported as one line each (the table of docs/troubleshooting.md)."""
     argv = sys.argv[1:] if argv is None else list(argv)
     if not argv or argv[0] in ("-h", "--help"):
         print(usage(), file=sys.stdout if argv else sys.stderr)

@@ -293,15 +293,26 @@ def cli(argv=None):
     """`fipo-trl check RECIPE [flags] [--field value ...]`; an impossible configuration raises [`UsageError`]."""
     options, extra_args = make_parser().parse_known_args(sys.argv[1:] if argv is None else argv)
     recipe = read_yaml_file(options.recipe)
+    launch = recipe_launch(options.recipe, recipe)
+    config_file = first_given(options.config_file, launch.get("config_file"), "")
     sharding = Sharding("single process", 0)
-    if options.config_file:
-        sharding = read_accelerate_config(options.config_file)
+    if config_file:
+        sharding = read_accelerate_config(config_file)
     for flag, value in (("--num_processes", options.num_processes), ("--num_machines", options.num_machines)):
         if value is not None and value < 1:
             raise UsageError(f"{flag} {value}: a run needs at least 1")
-    # `0` is a value given, not "unset": only a missing flag falls back to the accelerate config, then to 1
-    num_processes = first_given(options.num_processes, sharding.num_processes, 1)
-    num_nodes = first_given(options.num_machines, sharding.num_machines, 1)
+    # `0` is a value given, not "unset": missing flags fall back to the recipe's launch (its two counts go together,
+    # so either flag replaces both), then the accelerate config, then 1
+    counts = {} if options.num_processes is not None or options.num_machines is not None else launch
+    num_processes = first_given(options.num_processes, counts.get("num_processes"), sharding.num_processes, 1)
+    num_nodes = first_given(options.num_machines, counts.get("num_machines"), sharding.num_machines, 1)
+    used = {
+        key: value
+        for key, value in launch.items()
+        if (options.config_file is None if key == "config_file" else counts is launch)
+    }
+    given = " ".join(f"--{key} {value}" for key, value in used.items())
+    note = [f"  from the recipe's launch field: {given} (flags override it)"] if used else []
 
     from ..config import FIPOConfig
 
@@ -315,7 +326,8 @@ def cli(argv=None):
     geometry = resolve_geometry(raw, num_processes, num_nodes)
     script_args, args, model_args = parse_typed(options.recipe, raw, extra_args)
     found = find_warnings(recipe, geometry, args, script_args, model_args, sharding)
-    print("\n".join(describe(options.recipe, recipe, geometry, args, script_args, model_args, sharding, found)))
+    lines = describe(options.recipe, recipe, geometry, args, script_args, model_args, sharding, found)
+    print("\n".join([*lines[:2], *note, *lines[2:]]))
     return 0
 
 
@@ -323,6 +335,18 @@ if __name__ == "__main__":
     from ..cli import main
 
     sys.exit(main(["check", *sys.argv[1:]]))
+
+
+def recipe_launch(recipe_path, recipe) -> dict:
+    """The recipe's `launch` field (the launch it is written for), checked; `{}` when it has none."""
+    launch = recipe.get("launch") or {}
+    if not isinstance(launch, dict):
+        raise UsageError(f"{recipe_path}: launch must be a mapping of config_file, num_processes, num_machines")
+    for key in ("num_processes", "num_machines"):
+        value = launch.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise UsageError(f"{recipe_path}: launch: {key} {value!r} must be an integer >= 1")
+    return launch
 
 
 def read_accelerate_config(path):

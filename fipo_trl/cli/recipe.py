@@ -12,6 +12,7 @@ import ast
 import contextlib
 import dataclasses
 import io
+import math
 import os
 import types
 import typing
@@ -19,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+import yaml
 from trl import ModelConfig, ScriptArguments
 
 from ..errors import UsageError
@@ -85,7 +87,13 @@ class FIPOScriptArguments(ScriptArguments):
         preemption_grace_period (`float`, *optional*, defaults to `20`):
             Seconds from a SIGTERM (Slurm preemption or time limit) to the end of the run: the current step
             finishes and a checkpoint is saved if both fit, else the run ends from its last checkpoint. Keep it under
-            the cluster's SIGTERM-to-SIGKILL delay (Slurm's `KillWait`, 30 s by default); docs/cluster-jobs.md.
+            the cluster's SIGTERM-to-SIGKILL delay (Slurm's `KillWait`, 30 s by default); docs/cluster-jobs.md. 0
+            stops at once, abandoning the step (the run resumes from its last checkpoint); a negative value is refused.
+        launch (`dict` or `None`, *optional*, defaults to `None`):
+            The launch the recipe is written for, with accelerate's names: `config_file` (the accelerate config),
+            `num_processes` (training processes over all nodes) and `num_machines`. `fipo-trl check RECIPE` reports
+            the geometry, memory and warnings of this launch unless its flags say otherwise; `fipo-trl train` takes
+            its processes from the launcher and does not read it.
     """
 
     dataset_name: str = field(
@@ -134,11 +142,26 @@ class FIPOScriptArguments(ScriptArguments):
     preemption_grace_period: float = field(
         default=20.0, metadata={"help": "Seconds from SIGTERM to exit: finish the step, save if it fits (Slurm)."}
     )
+    launch: dict | None = field(
+        default=None,
+        metadata={"help": "The launch the recipe is written for (config_file, num_processes, num_machines): check's."},
+    )
 
     def __post_init__(self):
         # a YAML value is not checked against the choices by argparse
         if self.console_metrics not in ("brief", "full"):
             raise UsageError(f"console_metrics must be 'brief' or 'full', got {self.console_metrics!r}")
+        unknown = sorted(set(self.launch or {}) - {"config_file", "num_processes", "num_machines"})
+        if unknown:
+            raise UsageError(
+                f"launch: unknown key(s) {', '.join(unknown)}; use config_file, num_processes, num_machines"
+            )
+        grace = self.preemption_grace_period
+        if not (isinstance(grace, (int, float)) and math.isfinite(grace) and grace >= 0):
+            raise UsageError(
+                f"preemption_grace_period: {grace} must be a number of seconds >= 0 (0 stops at once on SIGTERM; keep "
+                "it under the scheduler's SIGTERM-to-SIGKILL delay, Slurm's KillWait: 30 s by default)"
+            )
 
 
 def make_parser():
@@ -188,10 +211,12 @@ def parse_recipe(argv):
     if argv and not argv[0].startswith("-"):
         argv = ["--config", *argv]  # `fipo-trl train recipe.yaml` as in open-r1's launch lines
     parser = make_parser()
+    path, recipe = None, {}
     if "--config" in argv:
         # TrlParser's own reading of a malformed file ends in a 52-line traceback: read it first, for file:line
         path = argv[argv.index("--config") + 1]
-        check_recipe_types(path, read_yaml_file(path), parser.dataclass_types)
+        recipe = read_yaml_file(path)
+        check_recipe_types(path, recipe, parser.dataclass_types)
     stderr = io.StringIO()
     try:
         # argparse prints a page of usage before its one-line error: keep only that line
@@ -207,6 +232,13 @@ def parse_recipe(argv):
         message = lines[-1].removeprefix(f"{parser.prog}: error: ") if lines else f"invalid arguments: {argv}"
         raise UsageError(message) from None
     except (ValueError, TypeError) as exc:  # a config's own check: one line, its origin kept for FIPO_TRL_DEBUG=1
+        defaults = {f.name: f.default for cls in parser.dataclass_types for f in dataclasses.fields(cls)}
+        nulls = [name for name, value in recipe.items() if value is None and defaults.get(name) is not None]
+        if isinstance(exc, TypeError) and nulls:  # the types of every other value were checked: a null it cannot take
+            raise UsageError(
+                f"{path}: {', '.join(nulls)}: null is not a value the config can use here ({exc}): give a value, or "
+                "delete the line for the default"
+            ) from exc
         raise UsageError(str(exc).splitlines()[0]) from exc
     unknown = [arg[2:] for arg in [*config_unknown, *cli_unknown] if arg.startswith("--")]
     if unknown or cli_unknown:
@@ -241,8 +273,11 @@ def fipo_config_fields():
     return fields
 
 
-def short_help() -> str:
-    """The first screen of `fipo-trl train --help`: how to call it, the script fields and FIPOConfig's own fields."""
+def short_help(recipe_path=None) -> str:
+    """
+    The first screen of `fipo-trl train [RECIPE] --help`: how to call it, the recipe's own fields and values when one
+    is given, the script fields and FIPOConfig's own fields with their defaults.
+    """
 
     def rows(fields):
         return [f"  --{name} {default}".ljust(40) + f" {help_text}" for name, default, help_text in fields]
@@ -253,9 +288,14 @@ def short_help() -> str:
         for f in dataclasses.fields(FIPOScriptArguments)
         if f.name not in inherited or f.name == "dataset_name"
     ]
+    recipe_lines = []
+    if recipe_path is not None:
+        values = [f"  --{name} {value!r}" for name, value in read_yaml_file(recipe_path).items()]
+        recipe_lines = [f"fields of {recipe_path} (override any with --field value):", *values, ""]
     lines = [
         USAGE,
         "",
+        *recipe_lines,
         "Train FIPO from a YAML recipe. Every field below (and every GRPOConfig / TrainingArguments / trl.ModelConfig",
         "field) can be set in the YAML or overridden on the command line with --field value.",
         "",
@@ -293,9 +333,40 @@ def format_yaml_error(path: str | os.PathLike, exc) -> str:
     return f"{where}: {problem}" + (f" ({exc.context})" if exc.context else "")
 
 
+class StrictLoader(yaml.SafeLoader):
+    """
+    PyYAML's safe loader, refusing a key given twice in one mapping (PyYAML keeps the last value, silently) and an
+    unquoted value with `#` in it: YAML starts a comment only after a space, so `output_dir: out# note` is a folder
+    named "out# note".
+    """
+
+    def construct_mapping(self, node, deep=False):
+        seen = {}
+        for key_node, _ in node.value:
+            key = key_node.value if isinstance(key_node, yaml.ScalarNode) else None
+            if key is not None and key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"{key} is given twice (first at line {seen[key] + 1}): keep one", key_node.start_mark
+                )
+            seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep=deep)
+
+    def construct_scalar(self, node):
+        if node.style is None and "#" in node.value:
+            raise yaml.constructor.ConstructorError(
+                None,
+                None,
+                f"{node.value!r} has a '#' with no space before it, which YAML keeps in the value: write ' #' for a "
+                "comment, or quote the value",
+                node.start_mark,
+            )
+        return super().construct_scalar(node)
+
+
 def read_yaml_file(path: str | os.PathLike, what: str = "recipe") -> dict:
     """
-    Read a YAML mapping of `field: value`, refusing a missing file, non-UTF-8 text, malformed YAML or a non-mapping.
+    Read a YAML mapping of `field: value`, refusing a missing file, non-UTF-8 text, malformed YAML, a non-mapping,
+    and what PyYAML accepts but never means what it says ([`StrictLoader`]): a key given twice, an unquoted `#`.
 
     Args:
         path (`str` or `os.PathLike`):
@@ -322,7 +393,7 @@ def read_yaml_file(path: str | os.PathLike, what: str = "recipe") -> dict:
         byte = raw[exc.start]
         raise UsageError(f"{path}:{line}: byte 0x{byte:02x} is not UTF-8: save the {what} as UTF-8") from None
     try:
-        content = yaml.safe_load(text)
+        content = yaml.load(text, Loader=StrictLoader)  # noqa: S506 (a SafeLoader)
     except yaml.YAMLError as exc:
         raise UsageError(format_yaml_error(path, exc)) from None
     if content is None:

@@ -20,20 +20,26 @@ before the model loads, 3 for a failure during training (docs/troubleshooting.md
 """
 
 import functools
+import json
 import math
 import os
 import shlex
 import sys
 import time
+import warnings
 from pathlib import Path
 
 from ..errors import Preempted, TrainingError, UsageError
+from ..run.resume import RunAlreadyComplete, write_completion_marker
 from ..run.stop import (
     StoppedTrainingError,
     TrainingInterrupted,
     TrainingPreempted,
     close_progress_bar,
+    disk_full_error,
+    end_process_group,
     preempted_at,
+    sigterm_stops_the_run,
     stopped_at,
 )
 from .recipe import make_parser, parse_recipe, short_help
@@ -51,9 +57,13 @@ def main(script_args, training_args, model_args):
     from ..run.launch import configure_processes
     from ..run.setup import prepare_run
 
-    configure_processes(training_args)  # FSDP without a GPU, the process count checked and announced
-    with prepare_run(script_args, training_args, model_args) as run:
-        return train_and_report(run, script_args, training_args, model_args)
+    try:
+        configure_processes(training_args)  # FSDP without a GPU, the process count checked and announced
+        with prepare_run(script_args, training_args, model_args) as run:
+            return train_and_report(run, script_args, training_args, model_args)
+    except BaseException:
+        end_process_group()  # a failure, Ctrl-C or SIGTERM: the success path ends it in trainer.end()
+        raise
 
 
 def train_and_report(run, script_args, training_args, model_args):
@@ -74,7 +84,8 @@ def train_and_report(run, script_args, training_args, model_args):
         after = check()
     trainer.save_model(training_args.output_dir)
     if trainer.accelerator.is_main_process:
-        write_model_card(trainer, run.recipe_model, script_args.dataset_name)
+        write_model_card(trainer, run.recipe_model, script_args.dataset_name, run.train_dataset[0]["prompt"])
+        write_completion_marker(training_args, trainer.state)  # last: the run's end is on disk
         print_summary(trainer, before, after, seconds, len(run.heldout_dataset or []))
     trainer.end()  # finish trackers (wandb) and the process group
     return trainer
@@ -146,6 +157,12 @@ def run_training(trainer, preemption, resume_from_checkpoint):
         close_progress_bar(trainer)
         after_step = error.after_step if isinstance(error, TrainingError) else None
         raise StoppedTrainingError(str(error), *stopped_at(trainer, after_step)) from error
+    except (OSError, RuntimeError) as error:  # torch and safetensors report a full disk as their own errors
+        full = disk_full_error(error, trainer.args.output_dir)
+        if full is None:
+            raise
+        close_progress_bar(trainer)
+        raise StoppedTrainingError(full, *stopped_at(trainer)) from error
     except KeyboardInterrupt as interrupt:
         close_progress_bar(trainer)
         if preemption.preempted:
@@ -158,12 +175,16 @@ def run_training(trainer, preemption, resume_from_checkpoint):
         raise TrainingPreempted(*preempted_at(trainer, preemption, None))
 
 
-def write_model_card(trainer, model_name, dataset_name):
+def write_model_card(trainer, model_name, dataset_name, prompt):
     """
     `output_dir/README.md` by TRL, naming the model trained from: TRL links a Hub id and writes "[None](...)" for a
     local folder, so a local base model is named by its path as the recipe gives it. Only a Hub dataset gets a link.
-    The card is edited as a `huggingface_hub.ModelCard`: its metadata header stays as TRL wrote it.
+    TRL's quick start loads `model="None"` (no Hub id) with a chat question: it is replaced by one that loads
+    `output_dir` and asks one of the training prompts, as text or as chat messages, as the model was trained. The
+    card is edited as a `huggingface_hub.ModelCard`: its metadata header stays as TRL wrote it.
     """
+    import re
+
     from huggingface_hub import ModelCard
 
     hub_dataset = dataset_name != "synthetic" and not os.path.exists(dataset_name)
@@ -176,7 +197,25 @@ def write_model_card(trainer, model_name, dataset_name):
     card = ModelCard.load(path)
     if card.data.base_model is None:  # TRL's template links the base model as "[None](https://huggingface.co/None)"
         card.text = card.text.replace("[None](https://huggingface.co/None)", f"`{model_name}` (a local model)")
-        card.save(path)
+    quick_start = quick_start_code(trainer.args.output_dir, prompt, trainer.args.max_completion_length)
+    block = re.compile(r"(## Quick start\n\n)```python\n.*?```", flags=re.S)
+    card.text = block.sub(lambda match: match.group(1) + quick_start, card.text, count=1)
+    card.save(path)
+
+
+def quick_start_code(model_dir, prompt, max_new_tokens) -> str:
+    """The model card's example: `pipeline` on `model_dir` with `prompt`, a training prompt (text or chat messages)."""
+    lines = [
+        "```python",
+        "from transformers import pipeline",
+        "",
+        f"prompt = {json.dumps(prompt)}",
+        f'generator = pipeline("text-generation", model={json.dumps(str(model_dir))})',
+        f"output = generator(prompt, max_new_tokens={max_new_tokens}, return_full_text=False)[0]",
+        'print(output["generated_text"])',
+        "```",
+    ]
+    return "\n".join(lines)
 
 
 def print_summary(trainer, before, after, seconds, heldout_size):
@@ -233,15 +272,22 @@ def cli(argv=None) -> int:
         make_parser().print_help()
         return 0
     if any(arg in ("-h", "--help") for arg in argv):
-        print(short_help())
+        print(short_help(None if argv[0].startswith("-") else argv[0]))  # with a recipe: its own values first
         return 0
     from ..run.launch import launch_flags
 
+    # TRL 1.16 reads transformers' deprecated `is_gradient_checkpointing` at every generation: no recipe can change it
+    warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
     # before the config is built: it sets accelerate's state up and sizes batches by the world size it sees
     script_args, training_args, model_args = parse_recipe([*argv, *launch_flags(argv)])
     command = shlex.join(["fipo-trl", "train", *without_resume_flag(argv), "--resume_from_checkpoint", "last"])
     try:
-        main(script_args, training_args, model_args)
+        with sigterm_stops_the_run():  # before and after training; PreemptionCallback's handler during it
+            main(script_args, training_args, model_args)
+    except RunAlreadyComplete as complete:  # a requeue after the end: nothing to do, which is success
+        if int(os.environ.get("RANK", "0")) == 0:
+            print(f"fipo-trl train: {complete}")
+        return 0
     except StoppedTrainingError as error:
         if error.checkpoint is None:
             raise

@@ -109,6 +109,8 @@ def get_reward_funcs(script_args, training_args) -> list:
                 func = getattr(importlib.import_module(module_name), attr)
             except (ImportError, AttributeError) as exc:
                 raise UsageError(f"cannot import reward function {name!r}: {exc}") from None
+            except Exception as exc:  # the module's own code failed as it was imported (a SyntaxError, a NameError)
+                raise UsageError(f"cannot import reward function {name!r}: {import_failure(exc)}") from exc
             if not callable(func):
                 raise UsageError(
                     f"reward function {name!r} is a {type(func).__name__}, not a function: name a function "
@@ -126,3 +128,14 @@ def get_reward_funcs(script_args, training_args) -> list:
     funcs[0] = with_accuracy_metric(funcs[0])
     # each reward named as the recipe names it in its errors, and stopped when it gives no signal
     return [guard_reward(func, name=name) for func, name in zip(funcs, script_args.reward_funcs, strict=True)]
+
+
+def import_failure(exc) -> str:
+    """`SyntaxError: invalid syntax at my_rewards.py:3`: the error a module raised on import, where in its code."""
+    import traceback
+
+    if isinstance(exc, SyntaxError):
+        return f"SyntaxError: {exc.msg} at {exc.filename}:{exc.lineno}"
+    frames = traceback.extract_tb(exc.__traceback__)
+    where = f" at {frames[-1].filename}:{frames[-1].lineno}" if frames else ""
+    return f"{type(exc).__name__}: {exc}{where}"

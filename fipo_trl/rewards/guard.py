@@ -11,7 +11,9 @@ loss 0 and grad norm 0 for as long as it is left running. [`guard_reward`] wraps
    both names and lengths, before the reward sees them;
 3. an output of the wrong type or length is refused with what was expected;
 4. NaN is reported once (TRL treats it like `None`, which is rarely what a NaN means);
-5. a reward that scores none of the completions of [`MAX_BATCHES_WITHOUT_SIGNAL`] batches in a row stops the run.
+5. `inf` or `-inf` stops the run at once: one infinite reward makes its group's mean infinite and every advantage of
+   the group NaN or 0, so no value of it can be learned from (docs/rewards-and-data.md);
+6. a reward that scores none of the completions of [`MAX_BATCHES_WITHOUT_SIGNAL`] batches in a row stops the run.
 
 Rewards that all score, but give every completion of a group the same total, leave every advantage at 0 as surely:
 that needs the group structure, which only the trainer has; [`~fipo_trl.rewards.spread.RewardSpreadCallback`] stops
@@ -133,11 +135,17 @@ class RewardGuard:
                 continue
             try:
                 num_nan += math.isnan(reward)
+                infinite = math.isinf(reward)
             except TypeError:
                 raise RewardError(
                     f"reward {self.name!r} returned {reward!r} ({type(reward).__name__}) for completion {index}: "
                     "a reward is a float, or None where it does not apply"
                 ) from None
+            if infinite:  # the group's mean is then ±inf and every advantage NaN or 0: nothing to learn from
+                raise RewardError(
+                    f"reward {self.name!r} returned {reward} for completion {index}: a reward must be finite (return "
+                    "None where it does not apply); fix the reward function"
+                )
         num_scored = sum(reward is not None for reward in rewards) - num_nan
         if num_nan and not self._nan_reported:
             self._nan_reported = True

@@ -11,7 +11,8 @@ decision. A lock is stale, and taken over with a warning, when:
 - its holder ran on this host and its process is gone, or
 - its holder is an earlier attempt of this Slurm job (same `SLURM_JOB_ID`: Slurm ended that attempt before
   requeueing the job), or
-- its heartbeat is older than [`STALE_SECONDS`] (a holder on another node that died without removing it).
+- its heartbeat is older than [`STALE_SECONDS`] (a holder on another node that died without removing it), or
+- it is not a lock: empty or half-written [`WRITE_SECONDS`] after its creation (its writer was killed mid-write).
 
 Otherwise the run is refused in one line naming the holder and both ways out.
 """
@@ -33,6 +34,7 @@ logger = logging.getLogger(__name__)
 LOCK_NAME = "fipo_run.lock"
 HEARTBEAT_SECONDS = 30  # how often the holder touches the file
 STALE_SECONDS = 300  # 10 missed heartbeats: a holder on another host is dead (or its file system is stuck)
+WRITE_SECONDS = 5  # a lock file still empty this long after its creation was left by a writer killed mid-write
 
 
 def is_main_process() -> bool:
@@ -120,16 +122,19 @@ class OutputDirLock:
     def __exit__(self, *exc_info):
         self.release()
 
-    def read(self) -> tuple[dict, float] | None:
-        """`(holder, seconds since its last heartbeat)`, or `None` when there is no lock (or an unreadable one)."""
+    def read(self) -> tuple[dict | None, float] | None:
+        """
+        `(holder, seconds since its last heartbeat)`, with `holder` `None` for a file that is not a lock (empty or
+        half-written); `None` when there is no lock file.
+        """
         try:
-            holder = json.loads(self.path.read_text())
             age = time.time() - self.path.stat().st_mtime
+            holder = json.loads(self.path.read_text())
         except FileNotFoundError:
             return None
-        except ValueError:  # a holder killed while writing it: nothing to respect
-            return {}, float("inf")
-        return holder, age
+        except ValueError:
+            return None if not self.path.exists() else (None, age)
+        return (holder if isinstance(holder, dict) else None), age
 
     def acquire(self) -> None:
         while True:
@@ -140,6 +145,18 @@ class OutputDirLock:
                 if found is None:
                     continue  # removed between our attempt and the read
                 holder, age = found
+                if holder is None and age < WRITE_SECONDS:  # another run between its create and its write
+                    time.sleep(0.1)
+                    continue
+                if holder is None:
+                    logger.warning(
+                        "Taking over the lock file %s: it is not a lock (empty or half-written, its writer was killed "
+                        "while writing it %.0f s ago)",
+                        self.path,
+                        age,
+                    )
+                    self.path.unlink(missing_ok=True)
+                    continue
                 reason = stale_reason(holder, age)
                 if reason is None:
                     raise UsageError(
@@ -171,6 +188,7 @@ class OutputDirLock:
         self._stop.set()
         self._thread.join()
         found = self.read()
-        if found is not None and found[0].get("pid") == os.getpid() and found[0].get("host") == socket.gethostname():
+        holder = found[0] if found is not None else None
+        if holder is not None and holder.get("pid") == os.getpid() and holder.get("host") == socket.gethostname():
             self.path.unlink(missing_ok=True)
         self._held = False

@@ -31,8 +31,8 @@ class PreemptionCallback(TrainerCallback):
         accelerator (`accelerate.Accelerator`):
             The trainer's accelerator: the processes agree on stopping and saving through it.
         grace_period (`float`):
-            Seconds from the signal to the end of the run (step, save and exit); keep it under the scheduler's
-            SIGTERM-to-SIGKILL delay.
+            Seconds from the signal to the end of the run (step, save and exit), >= 0; keep it under the scheduler's
+            SIGTERM-to-SIGKILL delay. 0 stops at once, in the middle of the step, from the last checkpoint.
     """
 
     def __init__(self, accelerator, grace_period: float):
@@ -60,12 +60,15 @@ class PreemptionCallback(TrainerCallback):
 
     @property
     def preempted(self) -> bool:
-        return self.signalled_at is not None
+        # a run stops as preempted when any of its processes was signalled: the others know it from check_trigger
+        return self.signalled_at is not None or self.stopped_after_step is not None
 
     def _on_sigterm(self, signum, frame):
         if self.signalled_at is not None:  # a launcher (torchrun) passes the job's signal on: one is enough
             return
         self.signalled_at = time.monotonic()
+        if self.grace_period == 0:  # no time to finish the step: stop now (setitimer(0) would disarm the alarm)
+            raise Preempted("preemption_grace_period is 0: stopped at once")
         self.accelerator.set_trigger()
         signal.setitimer(signal.ITIMER_REAL, self.grace_period)
 

@@ -153,6 +153,13 @@ def check_training_args(training_args) -> None:
 
     if training_args.max_steps == 0:
         raise UsageError("max_steps: 0 trains nothing; set max_steps > 0 (or -1 to train num_train_epochs epochs)")
+    epochs = training_args.num_train_epochs
+    if training_args.max_steps < 0 and not (math.isfinite(epochs) and epochs > 0):
+        # transformers trains ceil(num_train_epochs × steps per epoch) steps: 0 epochs is 0 steps, and a final model
+        raise UsageError(
+            f"num_train_epochs: {epochs:g} trains nothing with max_steps {training_args.max_steps}; set "
+            "num_train_epochs > 0, or max_steps > 0"
+        )
     learning_rate = training_args.learning_rate
     if not math.isfinite(learning_rate) or learning_rate < 0:
         raise UsageError(f"learning_rate: {learning_rate} must be a finite number >= 0 (the quickstart uses 5e-5)")

@@ -93,6 +93,7 @@ def prepare_run(script_args, training_args, model_args) -> Iterator[RunSetup]:
     from .preflight import check_training_args
 
     check_training_args(training_args)
+    set_up_wandb(training_args)  # before anything heavy: a tracker that cannot log online says so now
     with OutputDirLock(training_args.output_dir):
         yield load_run(script_args, training_args, model_args)
 
@@ -150,8 +151,8 @@ def check_run_fits(script_args, training_args, model_args, model_path, tokenizer
 
 def apply_run_settings(training_args, model_args) -> None:
     """
-    The one change [`prepare_run`] makes to `training_args`: `model_init_kwargs` from the model fields (the recipe's
-    own `model_init_kwargs` win), and [`set_up_wandb`].
+    The one change [`prepare_run`] makes to `training_args` after loading: `model_init_kwargs` from the model fields
+    (the recipe's own `model_init_kwargs` win); [`set_up_wandb`] has set `report_to` before.
     """
     model_init_kwargs = {
         "revision": model_args.model_revision,
@@ -160,11 +161,16 @@ def apply_run_settings(training_args, model_args) -> None:
         "dtype": model_args.dtype,
     }
     training_args.model_init_kwargs = {**model_init_kwargs, **(training_args.model_init_kwargs or {})}
-    set_up_wandb(training_args)
 
 
 def set_up_wandb(training_args) -> None:
-    """wandb logs next to the checkpoints; without wandb installed, `report_to` without it (console logging only)."""
+    """
+    wandb logs next to the checkpoints; without wandb installed, `report_to` without it (console logging only).
+
+    With `WANDB_MODE` unset, a run that cannot log online ([`wandb_offline_reason`]: no API key, or the wandb server
+    unreachable) logs offline instead, saying so in one line: wandb would otherwise fail after the model loaded, or
+    wait about two minutes for the network first. `WANDB_MODE=online` makes the same finding an error.
+    """
     if "wandb" not in training_args.report_to:
         return
     try:
@@ -175,3 +181,45 @@ def set_up_wandb(training_args) -> None:
         return
     os.makedirs(training_args.output_dir, exist_ok=True)
     os.environ.setdefault("WANDB_DIR", training_args.output_dir)  # the run's logs next to its checkpoints
+    mode = os.environ.get("WANDB_MODE", "").strip().lower()
+    if mode not in ("", "online"):  # offline, disabled, dryrun: nothing to reach
+        return
+    reason = wandb_offline_reason()
+    if reason is None:
+        return
+    if mode == "online":
+        raise UsageError(f"WANDB_MODE=online but {reason}: fix it, or set WANDB_MODE=offline and `wandb sync` later")
+    os.environ["WANDB_MODE"] = "offline"
+    if training_args.process_index == 0:
+        logger.warning(
+            "wandb: %s: logging offline to %s/wandb (`wandb sync` uploads it later; set WANDB_MODE to choose)",
+            reason,
+            os.environ["WANDB_DIR"],
+        )
+
+
+def wandb_offline_reason(timeout: float = 5.0) -> str | None:
+    """
+    Why wandb cannot log online from here, or `None`: no API key (`WANDB_API_KEY`, an identity token file, or the
+    `~/.netrc` entry `wandb login` writes), or no connection within `timeout` seconds to `WANDB_BASE_URL` (default
+    `https://api.wandb.ai`). Whether the key is valid is left to wandb.
+    """
+    import netrc
+    import socket
+    from urllib.parse import urlsplit
+
+    url = urlsplit(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai"))
+    host, port = url.hostname or "api.wandb.ai", url.port or (80 if url.scheme == "http" else 443)
+    has_key = bool(os.environ.get("WANDB_API_KEY") or os.environ.get("WANDB_IDENTITY_TOKEN_FILE"))
+    if not has_key:
+        try:
+            has_key = netrc.netrc(os.environ.get("NETRC")).authenticators(host) is not None
+        except (OSError, netrc.NetrcParseError):
+            has_key = False
+    if not has_key:
+        return "no API key (set WANDB_API_KEY or run `wandb login`)"
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+    except OSError as error:
+        return f"{host}:{port} cannot be reached ({error.strerror or type(error).__name__})"
+    return None

@@ -1,5 +1,9 @@
 """How a run stopped during `trainer.train()`: a failure, Ctrl-C or SIGTERM, where it stopped and what it saved."""
 
+import contextlib
+import errno
+import shutil
+import signal
 from pathlib import Path
 
 from ..errors import Preempted, TrainingError
@@ -77,3 +81,53 @@ class StoppedTrainingError(TrainingError):
     def __init__(self, message, where, checkpoint):
         super().__init__(f"{message} ({where})")
         self.message, self.where, self.checkpoint = message, where, checkpoint
+
+
+@contextlib.contextmanager
+def sigterm_stops_the_run():
+    """
+    SIGTERM outside `trainer.train()` (while the model loads, during the held-out check or the final save) raises
+    [`Preempted`], so that the run ends in one line and its lock on `output_dir` is released; Python's default is to
+    die at once, silently. [`~fipo_trl.run.preemption.PreemptionCallback`] has its own handler during training.
+    """
+
+    def stop(signum, frame):
+        raise Preempted("stopped by SIGTERM outside training (nothing new was saved); run the same command again")
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def end_process_group():
+    """Destroy the distributed process group, if any: a gloo or NCCL group left to the interpreter's exit aborts."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def disk_full_error(error, output_dir) -> str | None:
+    """
+    The one-line message for `error` when it is a full disk (`ENOSPC` in its chain, or an error raised while saving
+    with less than 1 MiB left on `output_dir`'s disk: torch and safetensors report a short write without an errno),
+    else `None`.
+    """
+    import traceback
+
+    chain, cause = [], error
+    while cause is not None and len(chain) < 10:
+        chain.append(cause)
+        cause = cause.__cause__ or cause.__context__
+    free = shutil.disk_usage(output_dir).free if Path(output_dir).is_dir() else None
+    saving = any("save" in frame.name for frame in traceback.extract_tb(error.__traceback__))
+    enospc = any(getattr(item, "errno", None) == errno.ENOSPC for item in chain)
+    if not enospc and not (saving and free is not None and free < 2**20):
+        return None
+    left = f" ({free / 2**20:.1f} MB free)" if free is not None else ""
+    return (
+        f"no space left on the disk of output_dir {output_dir}{left} while saving a checkpoint: free some space (or "
+        "lower save_total_limit) and resume"
+    )
