@@ -181,7 +181,7 @@ def test_a_deepspeed_launch_that_use_cpu_would_turn_into_ddp_is_refused(tmp_path
         "turns it off; drop --use_cpu (without a GPU, bf16 under DeepSpeed is refused by transformers: train with "
         "--bf16 false)"
     )
-    assert refusal in err and "Traceback" not in err
+    assert refusal in err  # torchrun adds its own report of the failed processes (ChildFailedError) after it
     assert not (tmp_path / "out").exists()  # refused before the model loaded
 
 
