@@ -4,6 +4,7 @@ and `make_trainer`, which builds a real `FIPOTrainer` on it for a few CPU steps.
 """
 
 import os
+import socket
 
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -154,3 +155,10 @@ def make_trainer(tiny_model_dir, tmp_path):
             )
 
     return make
+
+
+def free_port():
+    """A TCP port on 127.0.0.1 that nothing listens on, for a process group or a server of a test."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]

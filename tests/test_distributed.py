@@ -15,13 +15,13 @@ with stub `srun`/`vllm`/`accelerate` commands that log the command lines it buil
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import free_port
 from torch.distributed.fsdp import FSDPModule
 from transformers import TrainerCallback
 
@@ -204,12 +204,6 @@ def count_generate_calls(trainer, model):
     )
     model.generate = generate
     return {"calls": len(calls), "indices": indices}
-
-
-def free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def launch(command, out_dir):

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import FAST_RUN
+from conftest import FAST_RUN, free_port
 from safetensors.torch import load_file
 
 from fipo_trl.cli import main as fipo_trl
@@ -53,12 +53,6 @@ def write_recipe(folder, out, **changes):
     path = folder / "recipe.yaml"
     path.write_text(yaml.safe_dump(recipe))
     return path
-
-
-def free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def start(recipe, *flags, processes=1, log):

@@ -9,7 +9,6 @@ refused because it would train one process where two were asked for ([`fipo_trl.
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import FAST_RUN
+from conftest import FAST_RUN, free_port
 from safetensors.torch import load_file
 
 from fipo_trl.errors import UsageError
@@ -37,12 +36,6 @@ def write_recipe(folder, **changes):
     path = folder / "recipe.yaml"
     path.write_text(yaml.safe_dump(recipe))
     return path
-
-
-def free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def accelerate_launch(launcher_flags, recipe, *flags, log):

@@ -12,7 +12,6 @@ import importlib.util
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -31,6 +30,7 @@ pytestmark = [
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB: the tiny model needs almost none
 
 import torch  # noqa: E402
+from conftest import free_port  # noqa: E402
 from datasets import Dataset  # noqa: E402
 
 from fipo_trl import FIPOConfig, FIPOTrainer  # noqa: E402
@@ -242,12 +242,6 @@ def test_eval_with_vllm_backend(tmp_path):
         with_transformers,
     )
     assert with_vllm["metrics"]["avg@4"] > 0.05
-
-
-def free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def test_trl_vllm_serve_fails_to_start_on_vllm_cpu():
