@@ -162,3 +162,13 @@ def free_port():
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+@pytest.fixture(autouse=True)
+def wandb_environment(monkeypatch):
+    """Each test starts with the session's WANDB_DIR and WANDB_MODE, which a `fipo-trl train` in it may set."""
+    for name in ("WANDB_DIR", "WANDB_MODE"):
+        value = os.environ.get(name)
+        monkeypatch.setenv(name, value or "")  # registers the restore of the value, or of its absence
+        if value is None:
+            monkeypatch.delenv(name)

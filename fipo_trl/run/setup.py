@@ -163,6 +163,12 @@ def apply_run_settings(training_args, model_args) -> None:
     training_args.model_init_kwargs = {**model_init_kwargs, **(training_args.model_init_kwargs or {})}
 
 
+# The WANDB_DIR set for the previous run of this process (a script or a test session that trains several times): the
+# next run replaces it with its own output_dir, where a plain `setdefault` (or wandb's own process-wide settings)
+# would send its logs to the first run's
+_wandb_dir_set = {"by_fipo_trl": None}
+
+
 def set_up_wandb(training_args) -> None:
     """
     wandb logs next to the checkpoints; without wandb installed, `report_to` without it (console logging only).
@@ -180,7 +186,11 @@ def set_up_wandb(training_args) -> None:
         training_args.report_to = [r for r in training_args.report_to if r != "wandb"]
         return
     os.makedirs(training_args.output_dir, exist_ok=True)
-    os.environ.setdefault("WANDB_DIR", training_args.output_dir)  # the run's logs next to its checkpoints
+    earlier = _wandb_dir_set["by_fipo_trl"]
+    if os.environ.get("WANDB_DIR") in (None, earlier):  # a WANDB_DIR of the user's is kept
+        os.environ["WANDB_DIR"] = _wandb_dir_set["by_fipo_trl"] = training_args.output_dir  # logs by the checkpoints
+        if earlier not in (None, training_args.output_dir):
+            wandb.teardown()  # wandb reads WANDB_DIR once per process setup: a new setup reads this run's
     mode = os.environ.get("WANDB_MODE", "").strip().lower()
     if mode not in ("", "online"):  # offline, disabled, dryrun: nothing to reach
         return
