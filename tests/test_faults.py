@@ -461,14 +461,14 @@ def mount_tmpfs(disk, size):
 def small_disk(tmp_path):
     """A 1 MiB tmpfs: too small for one checkpoint of the shipped model (~9 MB with its AdamW state)."""
     yield mount_tmpfs(tmp_path / "disk", "1M")
-    subprocess.run(["umount", str(tmp_path / "disk")], check=True)
+    subprocess.run(["umount", "--lazy", str(tmp_path / "disk")], check=True)  # even while a file in it is open
 
 
 @pytest.fixture
 def disk_for_one_checkpoint(tmp_path):
     """A 14 MiB tmpfs: room for one checkpoint of the shipped model (~9.6 MB), not for two."""
     yield mount_tmpfs(tmp_path / "disk", "14M")
-    subprocess.run(["umount", str(tmp_path / "disk")], check=True)
+    subprocess.run(["umount", "--lazy", str(tmp_path / "disk")], check=True)  # even while a file in it is open
 
 
 @pytest.mark.slow
