@@ -30,7 +30,7 @@ pytestmark = [
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB: the tiny model needs almost none
 
 import torch  # noqa: E402
-from conftest import free_port  # noqa: E402
+from conftest import TINY_TRAINING, free_port, reward_length  # noqa: E402
 from datasets import Dataset  # noqa: E402
 
 from fipo_trl import FIPOConfig, FIPOTrainer  # noqa: E402
@@ -43,27 +43,14 @@ TRL = str(Path(sys.executable).with_name("trl"))
 PROMPTS = ["12+34=?", "5+7=?", "40+2=?", "9+9=?"]
 PROBE = "12+34=?Answer: 46"
 VLLM_TRAINING = {
-    "use_cpu": True,
-    "bf16": False,
-    "report_to": "none",
-    "save_strategy": "no",
-    "learning_rate": 0.05,
-    "per_device_train_batch_size": 4,
-    "num_generations": 4,
-    "max_completion_length": 8,
-    "max_steps": 4,
-    "logging_steps": 1,
-    "steps_per_generation": 2,  # > gradient_accumulation_steps (1): every other step trains on stale samples
-    "seed": 0,
+    # TINY_TRAINING's 4 steps, 2 optimizer steps per generation (every other step trains on stale samples), with
+    # TRL's default gradient checkpointing and vLLM colocated
+    **{key: value for key, value in TINY_TRAINING.items() if key != "gradient_checkpointing"},
     "use_vllm": True,
     "vllm_mode": "colocate",
     "vllm_gpu_memory_utilization": 0.1,
     "vllm_max_model_length": 64,
 }
-
-
-def reward_length(completions, **kwargs):
-    return [len(c) / 10 for c in completions]
 
 
 def model_path():

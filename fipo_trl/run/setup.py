@@ -180,7 +180,7 @@ def set_up_wandb(training_args) -> None:
     if "wandb" not in training_args.report_to:
         return
     try:
-        import wandb  # noqa: F401
+        import wandb
     except ImportError:
         logger.warning("wandb is not installed (pip install wandb): logging to the console only.")
         training_args.report_to = [r for r in training_args.report_to if r != "wandb"]
